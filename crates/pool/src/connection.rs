@@ -1,0 +1,341 @@
+//! One admitted connection: the RAII [`ConnectionGuard`], the [`ConnectionTracker`] the protocol
+//! code reports activity through, and the per-request [`RequestTracker`].
+//!
+//! Contract: the guard is the connection's slot in the pool. Dropping it — normally, on panic or
+//! on cancellation — releases the slot exactly once, so the open count can never leak. Trackers
+//! may outlive the guard (a spawned stream task, say); they only report into the pool's counters.
+//!
+//! Activity is kept in relaxed atomics owned by the connection: in HTTP/1 every update comes from
+//! the connection's own task, so they never contend; pool-wide counters are touched once per
+//! request and once per connection, never per read or write.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+use crate::events::{ConnectionId, PoolEventKind};
+use crate::metrics::CloseReason;
+use crate::policy::{Activity, Phase, ProtocolPolicy};
+use crate::pool::{PoolCore, PoolInner};
+
+/// Activity shared by a connection's guard, its driver and its protocol code.
+#[derive(Debug)]
+pub(crate) struct ConnectionShared {
+    pub core: Arc<PoolCore>,
+    pub id: ConnectionId,
+    pub peer: Option<SocketAddr>,
+    pub opened_at: Instant,
+    phase: AtomicU8,
+    /// Nanoseconds since the pool's origin.
+    phase_since: AtomicU64,
+    in_flight: AtomicU32,
+    requests: AtomicU64,
+    /// Bytes not yet added to the pool's totals.
+    pending_in: AtomicU64,
+    pending_out: AtomicU64,
+    /// Nanoseconds since the pool's origin plus one; 0 = no write blocked.
+    write_blocked_since: AtomicU64,
+    closing: AtomicBool,
+}
+
+impl ConnectionShared {
+    pub fn new(core: Arc<PoolCore>, id: ConnectionId, peer: Option<SocketAddr>) -> Self {
+        let opened_at = Instant::now();
+        let since = core.nanos(opened_at);
+        ConnectionShared {
+            core,
+            id,
+            peer,
+            opened_at,
+            phase: AtomicU8::new(Phase::Idle as u8),
+            phase_since: AtomicU64::new(since),
+            in_flight: AtomicU32::new(0),
+            requests: AtomicU64::new(0),
+            pending_in: AtomicU64::new(0),
+            pending_out: AtomicU64::new(0),
+            write_blocked_since: AtomicU64::new(0),
+            closing: AtomicBool::new(false),
+        }
+    }
+
+    fn set_phase(&self, phase: Phase, at: Instant) {
+        self.phase.store(phase as u8, Ordering::Relaxed);
+        self.phase_since
+            .store(self.core.nanos(at), Ordering::Relaxed);
+    }
+
+    pub fn activity(&self) -> Activity {
+        let blocked = self.write_blocked_since.load(Ordering::Relaxed);
+        Activity {
+            phase: Phase::from_u8(self.phase.load(Ordering::Relaxed)),
+            phase_since: self.core.instant(self.phase_since.load(Ordering::Relaxed)),
+            opened_at: self.opened_at,
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            requests: self.requests.load(Ordering::Relaxed),
+            write_blocked_since: (blocked != 0).then(|| self.core.instant(blocked - 1)),
+            closing: self.closing.load(Ordering::Relaxed),
+        }
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) == 0
+            && Phase::from_u8(self.phase.load(Ordering::Relaxed)) == Phase::Idle
+    }
+
+    pub fn mark_closing(&self) {
+        if !self.closing.swap(true, Ordering::Relaxed) {
+            self.core.counters.closing.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Adds this connection's unreported bytes to the pool's totals.
+    fn flush_bytes(&self) {
+        let c = &self.core.counters;
+        let bytes_in = self.pending_in.swap(0, Ordering::Relaxed);
+        if bytes_in > 0 {
+            c.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
+        }
+        let bytes_out = self.pending_out.swap(0, Ordering::Relaxed);
+        if bytes_out > 0 {
+            c.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A handle protocol code reports a connection's activity through; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ConnectionTracker {
+    pub(crate) shared: Arc<ConnectionShared>,
+}
+
+impl ConnectionTracker {
+    /// The connection's id, unique within its pool.
+    pub fn id(&self) -> ConnectionId {
+        self.shared.id
+    }
+
+    /// The peer's address.
+    pub fn peer(&self) -> Option<SocketAddr> {
+        self.shared.peer
+    }
+
+    /// Bytes arrived from the peer. The first byte after an idle spell starts a request head.
+    #[inline]
+    pub fn bytes_read(&self, n: usize) {
+        let s = &self.shared;
+        s.pending_in.fetch_add(n as u64, Ordering::Relaxed);
+        if n > 0
+            && s.phase.load(Ordering::Relaxed) == Phase::Idle as u8
+            && s.in_flight.load(Ordering::Relaxed) == 0
+        {
+            if s.requests.load(Ordering::Relaxed) == 0 {
+                // A new connection's first head is timed from when it was opened.
+                s.phase.store(Phase::ReadingHead as u8, Ordering::Relaxed);
+            } else {
+                s.set_phase(Phase::ReadingHead, Instant::now());
+            }
+        }
+    }
+
+    /// Bytes were sent to the peer; any blocked write made progress.
+    #[inline]
+    pub fn bytes_written(&self, n: usize) {
+        let s = &self.shared;
+        s.pending_out.fetch_add(n as u64, Ordering::Relaxed);
+        if s.write_blocked_since.load(Ordering::Relaxed) != 0 {
+            s.write_blocked_since.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// A write is waiting because the peer is not reading.
+    #[inline]
+    pub fn write_blocked(&self) {
+        let s = &self.shared;
+        if s.write_blocked_since.load(Ordering::Relaxed) == 0 {
+            let at = s.core.nanos(Instant::now());
+            s.write_blocked_since.store(at + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// A request head was received: the request is in flight until the returned tracker is
+    /// finished or dropped.
+    pub fn request_started(&self) -> RequestTracker {
+        let s = &self.shared;
+        let now = Instant::now();
+        if s.in_flight.fetch_add(1, Ordering::Relaxed) == 0 {
+            s.core.counters.busy.fetch_add(1, Ordering::Relaxed);
+            // The body is timed from the head's start, which `bytes_read` recorded.
+            let phase = Phase::from_u8(s.phase.load(Ordering::Relaxed));
+            if phase == Phase::ReadingHead {
+                s.phase.store(Phase::ReadingBody as u8, Ordering::Relaxed);
+            } else {
+                s.set_phase(Phase::ReadingBody, now);
+            }
+        }
+        RequestTracker {
+            conn: s.clone(),
+            started: now,
+            response_after: None,
+            error: false,
+            finished: false,
+        }
+    }
+
+    /// Reports a connection-level error (counted, announced and weighed in health).
+    pub fn error(&self, error: &dyn std::fmt::Display) {
+        let s = &self.shared;
+        s.core.record_error();
+        tracing::debug!(pool = %s.core.name, id = s.id, %error, "connection error");
+        s.core.publish(|| PoolEventKind::ConnectionError {
+            id: s.id,
+            error: error.to_string(),
+        });
+    }
+
+    /// The current activity.
+    pub fn activity(&self) -> Activity {
+        self.shared.activity()
+    }
+}
+
+/// One request in flight; finishing or dropping it records its duration and outcome.
+#[derive(Debug)]
+pub struct RequestTracker {
+    conn: Arc<ConnectionShared>,
+    started: Instant,
+    response_after: Option<Duration>,
+    error: bool,
+    finished: bool,
+}
+
+impl RequestTracker {
+    /// The whole request body has arrived; the request timeout no longer applies.
+    pub fn body_received(&self) {
+        let s = &self.conn;
+        if s.phase.load(Ordering::Relaxed) == Phase::ReadingBody as u8 {
+            s.set_phase(Phase::Responding, Instant::now());
+        }
+    }
+
+    /// The response head is ready; `error` marks a server-side failure (a 5xx).
+    pub fn response_started(&mut self, error: bool) {
+        if self.response_after.is_none() {
+            self.response_after = Some(self.started.elapsed());
+        }
+        self.error |= error;
+        // Whatever of the body was not read is the protocol's to discard, not ours to time.
+        self.body_received();
+    }
+
+    /// Marks the request as failed (the response body broke off, say).
+    pub fn fail(&mut self) {
+        self.error = true;
+    }
+
+    /// Records the request as done.
+    pub fn finish(mut self) {
+        self.record();
+    }
+
+    fn record(&mut self) {
+        if std::mem::replace(&mut self.finished, true) {
+            return;
+        }
+        let s = &self.conn;
+        let now = Instant::now();
+        let duration = now - self.started;
+        let core = &s.core;
+        core.counters.requests.fetch_add(1, Ordering::Relaxed);
+        core.counters.latency.record(duration);
+        if self.error {
+            core.counters.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        core.window.record_request(
+            core.elapsed(now),
+            self.response_after.unwrap_or(duration),
+            self.error,
+        );
+        s.requests.fetch_add(1, Ordering::Relaxed);
+        s.flush_bytes();
+        if s.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            core.counters.busy.fetch_sub(1, Ordering::Relaxed);
+            s.set_phase(Phase::Idle, now);
+        }
+    }
+}
+
+impl Drop for RequestTracker {
+    fn drop(&mut self) {
+        self.record();
+    }
+}
+
+/// An admitted connection's slot in its pool (the design's `addConnection` result); dropping it
+/// removes the connection (`removeConnection`) with the reason set by then.
+#[derive(Debug)]
+pub struct ConnectionGuard<P: ProtocolPolicy> {
+    pub(crate) shared: Arc<ConnectionShared>,
+    pub(crate) pool: Arc<PoolInner<P>>,
+    pub(crate) reason: CloseReason,
+    pub(crate) claimed_shed: bool,
+    pub(crate) per_ip: bool,
+}
+
+impl<P: ProtocolPolicy> ConnectionGuard<P> {
+    /// The connection's id, unique within its pool.
+    pub fn id(&self) -> ConnectionId {
+        self.shared.id
+    }
+
+    /// A tracker for the protocol code to report activity through.
+    pub fn tracker(&self) -> ConnectionTracker {
+        ConnectionTracker {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Sets the reason the connection will be removed with.
+    pub fn set_reason(&mut self, reason: CloseReason) {
+        self.reason = reason;
+    }
+
+    /// Whether the connection is in good shape, per the protocol policy (`isConnectionHealthy`).
+    pub fn is_healthy(&self) -> bool {
+        self.pool
+            .policy
+            .is_healthy(&self.shared.activity(), &self.pool.core.config())
+    }
+}
+
+impl<P: ProtocolPolicy> Drop for ConnectionGuard<P> {
+    fn drop(&mut self) {
+        let s = &self.shared;
+        let core = &self.pool.core;
+        s.flush_bytes();
+        if s.closing.load(Ordering::Relaxed) {
+            core.counters.closing.fetch_sub(1, Ordering::Relaxed);
+        }
+        let requests = s.requests.load(Ordering::Relaxed);
+        core.counters.count_close(self.reason, requests);
+        if self.per_ip {
+            if let Some(peer) = s.peer {
+                core.per_ip.release(peer.ip());
+            }
+        }
+        let open = core.admission.release(self.claimed_shed);
+        let duration = s.opened_at.elapsed();
+        tracing::debug!(
+            pool = %core.name, id = s.id, reason = %self.reason, requests,
+            duration_ms = duration.as_millis() as u64, "connection removed"
+        );
+        core.publish(|| PoolEventKind::ConnectionRemoved {
+            id: s.id,
+            reason: self.reason,
+            duration_ms: duration.as_millis() as u64,
+            requests,
+        });
+        core.after_release(open);
+    }
+}

@@ -1,0 +1,60 @@
+//! The protocol-agnostic core of poolserve: every connection of a server is admitted, tracked,
+//! timed out, health-scored, measured, announced and drained through one [`Pool`].
+//!
+//! The pool knows nothing about sockets or protocols. A protocol plugs in through a
+//! [`ProtocolPolicy`] (validation, health and timeout rules) and a [`ManagedConnection`] (its
+//! polite close), and reports activity through the [`ConnectionTracker`] of each admitted
+//! connection.
+//!
+//! # The design's vocabulary in Rust
+//!
+//! | design (koatty_serve)        | poolserve                                                      |
+//! |------------------------------|----------------------------------------------------------------|
+//! | `addConnection`              | [`Pool::admit`] → [`ConnectionGuard`]                          |
+//! | `removeConnection`           | dropping the [`ConnectionGuard`] (reason: [`ConnectionGuard::set_reason`] or [`ConnectionGuard::serve`]) |
+//! | `canAcceptConnection`        | [`Pool::can_accept`] (advisory; `admit` decides atomically)   |
+//! | `getActiveConnectionCount`   | [`Pool::active_connections`]                                   |
+//! | `isConnectionHealthy`        | [`ConnectionGuard::is_healthy`] → [`ProtocolPolicy::is_healthy`] |
+//! | `validateConnection`         | [`ProtocolPolicy::validate`]                                   |
+//! | `cleanupConnection`          | [`ManagedConnection::close_politely`], then drop               |
+//! | `closeAllConnections(t)`     | [`Pool::close_all`]`(deadline)` → [`CloseReport`]              |
+//! | `updateHealthStatus`/`getHealth` | [`Pool::health`] (recomputed; changes are events)          |
+//! | `getMetrics`                 | [`Pool::metrics`] → [`MetricsSnapshot`]                        |
+//! | `updateConfig`               | [`Pool::update_config`] → changes, or [`ConfigErrors`]         |
+//! | `on(event)`                  | [`Pool::subscribe`] / [`PoolRegistry::subscribe`] → [`Subscription`] |
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+mod admission;
+mod config;
+mod connection;
+mod driver;
+mod events;
+mod health;
+mod histogram;
+mod metrics;
+mod per_ip;
+mod policy;
+mod pool;
+mod registry;
+mod window;
+
+pub use admission::{AdmissionCounter, Refusal};
+pub use config::{
+    ConfigChange, ConfigErrors, FieldError, GrpcConfig, GrpcSettings, HealthSettings,
+    HealthThresholds, Http1Config, Http1Settings, Http2Config, Http2Settings, PoolConfig,
+    PoolSettings, WebSocketConfig, WebSocketSettings, MAX_CONNECTIONS_LIMIT,
+};
+pub use connection::{ConnectionGuard, ConnectionTracker, RequestTracker};
+pub use driver::ManagedConnection;
+pub use events::{
+    ConnectionId, EventBus, EventError, PoolEvent, PoolEventKind, Subscription, EVENT_BUFFER,
+};
+pub use health::{assess, utilization, Health, HealthInputs, HealthStatus, MIN_REQUESTS_FOR_RATES};
+pub use histogram::{HistogramSnapshot, LatencyHistogram, BOUNDS_MICROS};
+pub use metrics::{CloseReason, MetricsSnapshot, TimeoutKind};
+pub use per_ip::PerIpLimiter;
+pub use policy::{earliest, http1_deadline, Activity, DefaultPolicy, Phase, ProtocolPolicy};
+pub use pool::{CloseReport, ControlState, Pool, Stage, HEALTH_INTERVAL};
+pub use registry::{PoolHandle, PoolRegistry, RegistryError};
+pub use window::{DecayingWindow, WindowStats, BUCKETS};

@@ -1,0 +1,257 @@
+//! Pool counters and the one snapshot type every protocol reports through.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::histogram::{HistogramSnapshot, LatencyHistogram};
+
+/// Why a connection left the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The protocol finished normally: the peer closed or asked to close.
+    Completed,
+    /// A timeout of the given kind closed it.
+    Timeout(TimeoutKind),
+    /// A protocol or I/O error closed it.
+    Error,
+    /// Closed politely because the pool is shutting down.
+    Shutdown,
+    /// Still open at the shutdown deadline and closed at once.
+    ForcedShutdown,
+    /// Closed to bring the pool under a lowered `max_connections`.
+    LimitLowered,
+}
+
+impl CloseReason {
+    /// Every reason, for metrics that list them all.
+    pub const ALL: [CloseReason; 5] = [
+        CloseReason::Completed,
+        CloseReason::Error,
+        CloseReason::Shutdown,
+        CloseReason::ForcedShutdown,
+        CloseReason::LimitLowered,
+    ];
+
+    /// The label used in metrics and events (`timeout` for every timeout kind).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            CloseReason::Completed => "completed",
+            CloseReason::Timeout(_) => "timeout",
+            CloseReason::Error => "error",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::ForcedShutdown => "forced_shutdown",
+            CloseReason::LimitLowered => "limit_lowered",
+        }
+    }
+
+    fn index(&self) -> usize {
+        match self {
+            CloseReason::Completed => 0,
+            CloseReason::Error => 1,
+            CloseReason::Shutdown => 2,
+            CloseReason::ForcedShutdown => 3,
+            CloseReason::LimitLowered => 4,
+            CloseReason::Timeout(_) => 5,
+        }
+    }
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::Timeout(kind) => write!(f, "timeout ({})", kind.as_str()),
+            other => f.write_str(other.as_str()),
+        }
+    }
+}
+
+/// Which bound a connection overran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum TimeoutKind {
+    /// The TLS handshake did not finish in time.
+    Handshake,
+    /// A request head (or a new connection's first head) did not arrive in time.
+    Headers,
+    /// A whole request was not received in time.
+    Request,
+    /// A kept-alive connection stayed idle between requests too long.
+    KeepAlive,
+    /// A connection stayed idle with no request in flight too long.
+    Idle,
+    /// The peer stopped reading what the server was writing.
+    WriteStall,
+}
+
+impl TimeoutKind {
+    /// Every kind, for metrics that list them all.
+    pub const ALL: [TimeoutKind; 6] = [
+        TimeoutKind::Handshake,
+        TimeoutKind::Headers,
+        TimeoutKind::Request,
+        TimeoutKind::KeepAlive,
+        TimeoutKind::Idle,
+        TimeoutKind::WriteStall,
+    ];
+
+    /// The label used in metrics and events.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            TimeoutKind::Handshake => "handshake",
+            TimeoutKind::Headers => "headers",
+            TimeoutKind::Request => "request",
+            TimeoutKind::KeepAlive => "keep_alive",
+            TimeoutKind::Idle => "idle",
+            TimeoutKind::WriteStall => "write_stall",
+        }
+    }
+
+    fn index(&self) -> usize {
+        match self {
+            TimeoutKind::Handshake => 0,
+            TimeoutKind::Headers => 1,
+            TimeoutKind::Request => 2,
+            TimeoutKind::KeepAlive => 3,
+            TimeoutKind::Idle => 4,
+            TimeoutKind::WriteStall => 5,
+        }
+    }
+}
+
+/// The pool's live counters.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub accepted: AtomicU64,
+    pub rejected: AtomicU64,
+    /// Indexed by `CloseReason::index`; the last slot counts all timeouts.
+    pub closed: [AtomicU64; 6],
+    pub timeouts: [AtomicU64; TimeoutKind::ALL.len()],
+    pub errors: AtomicU64,
+    pub requests: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    /// Connections with at least one request in flight.
+    pub busy: AtomicU64,
+    /// Connections asked to close politely that are still open.
+    pub closing: AtomicU64,
+    /// Sum of requests served by closed connections.
+    pub closed_connection_requests: AtomicU64,
+    pub latency: LatencyHistogram,
+}
+
+impl Counters {
+    pub fn count_close(&self, reason: CloseReason, requests: u64) {
+        self.closed[reason.index()].fetch_add(1, Ordering::Relaxed);
+        if let CloseReason::Timeout(kind) = reason {
+            self.timeouts[kind.index()].fetch_add(1, Ordering::Relaxed);
+        }
+        self.closed_connection_requests
+            .fetch_add(requests, Ordering::Relaxed);
+    }
+}
+
+/// A point-in-time copy of one pool's metrics, the same shape for every protocol.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MetricsSnapshot {
+    /// Pool name.
+    pub name: String,
+    /// Protocol label.
+    pub protocol: &'static str,
+    /// Time since the pool was created.
+    pub uptime: Duration,
+    /// Open connections.
+    pub active: u64,
+    /// Open connections with no request in flight.
+    pub idle: u64,
+    /// Open connections with a request in flight.
+    pub busy: u64,
+    /// Open connections asked to close politely.
+    pub closing: u64,
+    /// The connection limit, if any.
+    pub max_connections: Option<u32>,
+    /// Connections admitted since start.
+    pub accepted: u64,
+    /// Connections refused since start.
+    pub rejected: u64,
+    /// Closed connections per reason (timeouts summed under `timeout`).
+    pub closed: Vec<(&'static str, u64)>,
+    /// Timeouts per kind.
+    pub timeouts: Vec<(&'static str, u64)>,
+    /// Connection and request errors since start.
+    pub errors: u64,
+    /// Requests finished since start.
+    pub requests: u64,
+    /// Bytes received.
+    pub bytes_in: u64,
+    /// Bytes sent.
+    pub bytes_out: u64,
+    /// Mean requests served per closed connection.
+    pub requests_per_connection: f64,
+    /// Request duration histogram.
+    #[serde(skip)]
+    pub latency: HistogramSnapshot,
+    /// Estimated median request duration, seconds.
+    pub latency_p50: Option<f64>,
+    /// Estimated 95th percentile request duration, seconds.
+    pub latency_p95: Option<f64>,
+    /// Estimated 99th percentile request duration, seconds.
+    pub latency_p99: Option<f64>,
+}
+
+impl Counters {
+    pub fn snapshot(
+        &self,
+        name: &str,
+        protocol: &'static str,
+        uptime: Duration,
+        active: u32,
+        max_connections: Option<u32>,
+    ) -> MetricsSnapshot {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let active = u64::from(active);
+        let busy = load(&self.busy).min(active);
+        let mut closed: Vec<(&'static str, u64)> = CloseReason::ALL
+            .iter()
+            .map(|r| (r.as_str(), load(&self.closed[r.index()])))
+            .collect();
+        closed.push(("timeout", load(&self.closed[5])));
+        let closed_total: u64 = closed.iter().map(|(_, n)| n).sum();
+        let latency = self.latency.snapshot();
+        MetricsSnapshot {
+            name: name.to_owned(),
+            protocol,
+            uptime,
+            active,
+            idle: active - busy,
+            busy,
+            closing: load(&self.closing).min(active),
+            max_connections,
+            accepted: load(&self.accepted),
+            rejected: load(&self.rejected),
+            timeouts: TimeoutKind::ALL
+                .iter()
+                .map(|k| (k.as_str(), load(&self.timeouts[k.index()])))
+                .collect(),
+            closed,
+            errors: load(&self.errors),
+            requests: load(&self.requests),
+            bytes_in: load(&self.bytes_in),
+            bytes_out: load(&self.bytes_out),
+            requests_per_connection: if closed_total > 0 {
+                load(&self.closed_connection_requests) as f64 / closed_total as f64
+            } else {
+                0.0
+            },
+            latency_p50: latency.quantile(0.5),
+            latency_p95: latency.quantile(0.95),
+            latency_p99: latency.quantile(0.99),
+            latency,
+        }
+    }
+}

@@ -1,0 +1,486 @@
+//! The pool: admission, live configuration, health, metrics, events and close-all for one server.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+
+use serde::Serialize;
+use tokio::sync::{watch, Notify};
+
+use crate::admission::{AdmissionCounter, Refusal};
+use crate::config::{ConfigChange, ConfigErrors, PoolConfig, PoolSettings};
+use crate::connection::{ConnectionGuard, ConnectionShared};
+use crate::events::{now_ms, EventBus, PoolEvent, PoolEventKind, Subscription};
+use crate::health::{assess, utilization, Health, HealthInputs, HealthStatus};
+use crate::metrics::{CloseReason, Counters, MetricsSnapshot};
+use crate::per_ip::PerIpLimiter;
+use crate::policy::ProtocolPolicy;
+use crate::window::DecayingWindow;
+
+/// How often a pool's health monitor re-reads its decaying window.
+pub const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Where a pool is in its life, as every connection sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Admitting and serving.
+    Serving,
+    /// Refusing new connections; open ones are asked to finish politely.
+    Draining,
+    /// The drain deadline passed: open connections close at once.
+    Forced,
+}
+
+/// What every connection of a pool watches: the config in force and the pool's stage.
+#[derive(Debug, Clone)]
+pub struct ControlState {
+    /// The config in force.
+    pub config: Arc<PoolConfig>,
+    /// The pool's stage.
+    pub stage: Stage,
+}
+
+/// What [`Pool::close_all`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CloseReport {
+    /// Connections open when the close began.
+    pub open_at_start: u64,
+    /// Connections that finished politely before the deadline.
+    pub closed_politely: u64,
+    /// Connections still open at the deadline, closed at once.
+    pub forced: u64,
+}
+
+/// The protocol-independent state of a pool, shared with its connections.
+#[derive(Debug)]
+pub(crate) struct PoolCore {
+    pub name: Arc<str>,
+    pub protocol: &'static str,
+    pub admission: AdmissionCounter,
+    pub per_ip: PerIpLimiter,
+    /// `max_connections_per_ip`, 0 when unset; kept apart so admission never locks the config.
+    per_ip_limit: AtomicU32,
+    pub counters: Counters,
+    pub window: DecayingWindow,
+    origin: Instant,
+    pub events: EventBus,
+    pub control: watch::Sender<ControlState>,
+    next_id: AtomicU64,
+    /// The last health status computed, as `HealthStatus as u8`.
+    status: AtomicU8,
+    /// Open counts at which utilisation crosses the degraded and overloaded thresholds.
+    degraded_at: AtomicU32,
+    overloaded_at: AtomicU32,
+    band: AtomicU8,
+    all_closed: Notify,
+    update_lock: Mutex<()>,
+}
+
+fn status_from_u8(v: u8) -> HealthStatus {
+    HealthStatus::ALL
+        .get(usize::from(v))
+        .copied()
+        .unwrap_or(HealthStatus::Unavailable)
+}
+
+fn status_index(s: HealthStatus) -> u8 {
+    HealthStatus::ALL.iter().position(|x| *x == s).unwrap_or(0) as u8
+}
+
+impl PoolCore {
+    pub fn nanos(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.origin).as_nanos() as u64
+    }
+
+    pub fn instant(&self, nanos: u64) -> Instant {
+        self.origin + Duration::from_nanos(nanos)
+    }
+
+    pub fn elapsed(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.origin)
+    }
+
+    pub fn config(&self) -> Arc<PoolConfig> {
+        self.control.borrow().config.clone()
+    }
+
+    /// Publishes an event built only when somebody listens.
+    pub fn publish(&self, kind: impl FnOnce() -> PoolEventKind) {
+        if self.events.has_subscribers() {
+            self.events.publish(PoolEvent {
+                pool: self.name.clone(),
+                protocol: self.protocol,
+                at_ms: now_ms(),
+                kind: kind(),
+            });
+        }
+    }
+
+    pub fn record_error(&self) {
+        self.counters.errors.fetch_add(1, Ordering::Relaxed);
+        self.window.record_error(self.elapsed(Instant::now()));
+    }
+
+    fn refuse(&self, peer: Option<SocketAddr>, why: Refusal) -> Refusal {
+        self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+        self.window.record_rejection(self.elapsed(Instant::now()));
+        let limit = match why {
+            Refusal::AtLimit => "max_connections",
+            Refusal::PerIpLimit => "max_connections_per_ip",
+            Refusal::NotAccepting => "not_accepting",
+            Refusal::Invalid(word) => word,
+        };
+        let active = self.admission.active();
+        let max = self.admission.max();
+        tracing::debug!(pool = %self.name, ?peer, limit, active, "connection refused");
+        self.publish(|| PoolEventKind::PoolLimitReached {
+            peer,
+            limit,
+            active,
+            max,
+        });
+        if status_from_u8(self.status.load(Ordering::Relaxed)) < HealthStatus::Overloaded {
+            self.refresh_health();
+        }
+        why
+    }
+
+    fn band(&self, active: u32) -> u8 {
+        if self.admission.max().is_none() {
+            0
+        } else if active >= self.overloaded_at.load(Ordering::Relaxed) {
+            2
+        } else if active >= self.degraded_at.load(Ordering::Relaxed) {
+            1
+        } else {
+            0
+        }
+    }
+
+    /// Recomputes health when the open count moved into another utilisation band.
+    fn check_band(&self, active: u32) {
+        let band = self.band(active);
+        if self.band.swap(band, Ordering::Relaxed) != band {
+            self.refresh_health();
+        }
+    }
+
+    pub fn after_release(&self, open: u32) {
+        if open == 0 && self.control.borrow().stage != Stage::Serving {
+            self.all_closed.notify_waiters();
+        }
+        self.check_band(open);
+    }
+
+    fn set_thresholds(&self, config: &PoolConfig) {
+        let at = |ratio: f64| match config.max_connections {
+            Some(m) => (f64::from(m) * ratio).ceil().max(1.0) as u32,
+            None => u32::MAX,
+        };
+        self.degraded_at.store(
+            at(config.health.degraded_utilization),
+            Ordering::Relaxed,
+        );
+        self.overloaded_at.store(
+            at(config.health.overloaded_utilization),
+            Ordering::Relaxed,
+        );
+        self.per_ip_limit.store(
+            config.max_connections_per_ip.unwrap_or(0),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Computes health, announcing a status change.
+    pub fn refresh_health(&self) -> Health {
+        let config = self.config();
+        let now = Instant::now();
+        let active = self.admission.active();
+        let max = self.admission.max();
+        let window = self.window.stats(self.elapsed(now));
+        let inputs = HealthInputs {
+            accepting: self.admission.is_accepting(),
+            active,
+            max,
+            window,
+        };
+        let (status, message) = assess(&inputs, &config.health);
+        let previous = status_from_u8(self.status.swap(status_index(status), Ordering::Relaxed));
+        if previous != status {
+            if status > previous {
+                tracing::warn!(pool = %self.name, from = %previous, to = %status, %message, "health status changed");
+            } else {
+                tracing::info!(pool = %self.name, from = %previous, to = %status, %message, "health status changed");
+            }
+            let message = message.clone();
+            self.publish(move || PoolEventKind::HealthStatusChanged {
+                from: previous,
+                to: status,
+                message,
+            });
+        }
+        Health {
+            protocol: self.protocol,
+            status,
+            utilization_ratio: utilization(active, max),
+            active_connections: active,
+            max_connections: max,
+            rejected_connections: self.counters.rejected.load(Ordering::Relaxed),
+            average_response_time_ms: window.average_response_ms,
+            error_rate: window.error_rate(),
+            message,
+        }
+    }
+
+    async fn wait_until_empty(&self) {
+        loop {
+            let notified = self.all_closed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.admission.active() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// The shared state behind a [`Pool`].
+#[derive(Debug)]
+pub(crate) struct PoolInner<P> {
+    pub core: Arc<PoolCore>,
+    pub policy: P,
+}
+
+/// A connection pool for one server, generic over its protocol's policy. Cheap to clone.
+#[derive(Debug)]
+pub struct Pool<P: ProtocolPolicy> {
+    pub(crate) inner: Arc<PoolInner<P>>,
+}
+
+impl<P: ProtocolPolicy> Clone for Pool<P> {
+    fn clone(&self) -> Self {
+        Pool {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<P: ProtocolPolicy> Pool<P> {
+    /// A pool named `name` with its own event bus.
+    pub fn new(name: &str, policy: P, config: PoolConfig) -> Self {
+        Self::with_events(name, policy, config, EventBus::default())
+    }
+
+    /// A pool that publishes on a shared event bus (a registry's).
+    pub fn with_events(name: &str, policy: P, config: PoolConfig, events: EventBus) -> Self {
+        let (control, _) = watch::channel(ControlState {
+            config: Arc::new(config.clone()),
+            stage: Stage::Serving,
+        });
+        let core = PoolCore {
+            name: name.into(),
+            protocol: policy.protocol(),
+            admission: AdmissionCounter::new(config.max_connections),
+            per_ip: PerIpLimiter::default(),
+            per_ip_limit: AtomicU32::new(0),
+            counters: Counters::default(),
+            window: DecayingWindow::new(config.health.window),
+            origin: Instant::now(),
+            events,
+            control,
+            next_id: AtomicU64::new(1),
+            status: AtomicU8::new(status_index(HealthStatus::Healthy)),
+            degraded_at: AtomicU32::new(u32::MAX),
+            overloaded_at: AtomicU32::new(u32::MAX),
+            band: AtomicU8::new(0),
+            all_closed: Notify::new(),
+            update_lock: Mutex::new(()),
+        };
+        core.set_thresholds(&config);
+        Pool {
+            inner: Arc::new(PoolInner {
+                core: Arc::new(core),
+                policy,
+            }),
+        }
+    }
+
+    /// The pool's name.
+    pub fn name(&self) -> &str {
+        &self.inner.core.name
+    }
+
+    /// The protocol label.
+    pub fn protocol(&self) -> &'static str {
+        self.inner.core.protocol
+    }
+
+    /// The protocol policy.
+    pub fn policy(&self) -> &P {
+        &self.inner.policy
+    }
+
+    /// Whether a connection would be admitted now (`canAcceptConnection`); advisory only, as
+    /// [`admit`](Self::admit) decides atomically.
+    pub fn can_accept(&self) -> bool {
+        let a = &self.inner.core.admission;
+        a.is_accepting() && a.max().is_none_or(|m| a.active() < m)
+    }
+
+    /// Admits a connection (`addConnection`) before any protocol work, or refuses it: a refusal
+    /// is counted, announced as `pool_limit_reached` and leaves nothing behind.
+    pub fn admit(&self, peer: Option<SocketAddr>) -> Result<ConnectionGuard<P>, Refusal> {
+        let core = &self.inner.core;
+        if let Err(word) = self.inner.policy.validate(peer) {
+            return Err(core.refuse(peer, Refusal::Invalid(word)));
+        }
+        if let Err(why) = core.admission.try_admit() {
+            return Err(core.refuse(peer, why));
+        }
+        let mut per_ip = false;
+        let limit = core.per_ip_limit.load(Ordering::Relaxed);
+        if let (true, Some(addr)) = (limit > 0, peer) {
+            if !core.per_ip.try_acquire(addr.ip(), limit) {
+                core.admission.release(false);
+                return Err(core.refuse(peer, Refusal::PerIpLimit));
+            }
+            per_ip = true;
+        }
+        let id = core.next_id.fetch_add(1, Ordering::Relaxed);
+        core.counters.accepted.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(pool = %core.name, id, ?peer, "connection added");
+        core.publish(|| PoolEventKind::ConnectionAdded { id, peer });
+        core.check_band(core.admission.active());
+        Ok(ConnectionGuard {
+            shared: Arc::new(ConnectionShared::new(core.clone(), id, peer)),
+            pool: self.inner.clone(),
+            reason: CloseReason::Completed,
+            claimed_shed: false,
+            per_ip,
+        })
+    }
+
+    /// Open connections (`getActiveConnectionCount`).
+    pub fn active_connections(&self) -> u32 {
+        self.inner.core.admission.active()
+    }
+
+    /// The config in force.
+    pub fn config(&self) -> Arc<PoolConfig> {
+        self.inner.core.config()
+    }
+
+    /// A receiver of config and stage changes, for code that drives connections itself.
+    pub fn control(&self) -> watch::Receiver<ControlState> {
+        self.inner.core.control.subscribe()
+    }
+
+    /// Applies a settings patch live (`updateConfig`): validated whole, swapped atomically and
+    /// applied to open connections — timeouts at once, a lowered limit by closing idle
+    /// connections first and busy ones only after their current request. Returns what changed,
+    /// or every bad field with nothing applied.
+    pub fn update_config(&self, patch: &PoolSettings) -> Result<Vec<ConfigChange>, ConfigErrors> {
+        let core = &self.inner.core;
+        let _serial = core.update_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let current = core.config();
+        let (next, changes) = current.apply(patch, "")?;
+        if changes.is_empty() {
+            return Ok(changes);
+        }
+        if next.health.window != current.health.window {
+            core.window.set_window(next.health.window);
+        }
+        core.set_thresholds(&next);
+        core.admission.set_max(next.max_connections);
+        for c in &changes {
+            tracing::info!(pool = %core.name, field = %c.field, old = %c.old, new = %c.new, "pool config changed");
+        }
+        // Every connection wakes, re-reads its timeouts and, if the pool is over its new limit
+        // and the connection is idle, takes a shedding claim.
+        core.control.send_modify(|s| s.config = Arc::new(next));
+        core.band.store(u8::MAX, Ordering::Relaxed);
+        core.check_band(core.admission.active());
+        Ok(changes)
+    }
+
+    /// Current health (`getHealth`); also announces a status change.
+    pub fn health(&self) -> Health {
+        self.inner.core.refresh_health()
+    }
+
+    /// A metrics snapshot (`getMetrics`).
+    pub fn metrics(&self) -> MetricsSnapshot {
+        let core = &self.inner.core;
+        core.counters.snapshot(
+            &core.name,
+            core.protocol,
+            core.elapsed(Instant::now()),
+            core.admission.active(),
+            core.admission.max(),
+        )
+    }
+
+    /// A subscription to this pool's events (`on(event)`).
+    pub fn subscribe(&self) -> Subscription {
+        let core = &self.inner.core;
+        core.events.subscribe(Some(core.name.clone()))
+    }
+
+    /// Starts a task that re-reads the decaying window every [`HEALTH_INTERVAL`] so status
+    /// changes are announced even when no traffic arrives; it ends when the pool is dropped.
+    pub fn spawn_health_monitor(&self) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(&self.inner.core);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HEALTH_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match weak.upgrade() {
+                    Some(core) => {
+                        core.refresh_health();
+                    }
+                    None => return,
+                }
+            }
+        })
+    }
+
+    /// Stops admitting and closes every connection (`closeAllConnections(timeout)`): each is asked
+    /// to finish politely, in-flight work gets until `deadline`, then the rest close at once.
+    pub async fn close_all(&self, deadline: Duration) -> CloseReport {
+        let core = &self.inner.core;
+        core.admission.set_accepting(false);
+        core.refresh_health();
+        let open_at_start = u64::from(core.admission.active());
+        tracing::info!(pool = %core.name, open = open_at_start, ?deadline, "closing all connections");
+        core.control.send_modify(|s| s.stage = Stage::Draining);
+        let drained = tokio::time::timeout(deadline, core.wait_until_empty())
+            .await
+            .is_ok();
+        let forced = if drained {
+            0
+        } else {
+            let remaining = u64::from(core.admission.active());
+            core.control.send_modify(|s| s.stage = Stage::Forced);
+            // Forced connections drop their sockets on their next poll; this bound only guards
+            // against a connection task that is itself stuck.
+            let _ = tokio::time::timeout(Duration::from_secs(5), core.wait_until_empty()).await;
+            remaining
+        };
+        let report = CloseReport {
+            open_at_start,
+            closed_politely: open_at_start.saturating_sub(forced),
+            forced,
+        };
+        tracing::info!(pool = %core.name, ?report, "all connections closed");
+        report
+    }
+
+    /// Whether the pool is admitting connections.
+    pub fn is_accepting(&self) -> bool {
+        self.inner.core.admission.is_accepting()
+    }
+}

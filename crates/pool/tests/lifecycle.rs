@@ -1,0 +1,366 @@
+//! Pool lifecycle tests: admission, timeouts, live limit changes, close-all and events, driven
+//! through `ConnectionGuard::serve` with an in-memory connection (the pool has no sockets).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use poolserve_pool::{
+    CloseReason, ConnectionTracker, DefaultPolicy, EventError, HealthStatus, ManagedConnection,
+    Pool, PoolConfig, PoolEventKind, PoolSettings, Refusal, RequestTracker, TimeoutKind,
+};
+use tokio::sync::futures::OwnedNotified;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// The test's hand on one in-memory connection.
+#[derive(Default)]
+struct Remote {
+    request: Mutex<Option<RequestTracker>>,
+    peer_closed: AtomicBool,
+    politely_asked: AtomicBool,
+    wake: Arc<Notify>,
+}
+
+impl Remote {
+    fn begin(&self, tracker: &ConnectionTracker) {
+        // A request whose head and body are in: its response is being produced or streamed.
+        tracker.bytes_read(10);
+        let request = tracker.request_started();
+        request.body_received();
+        *self.request.lock().unwrap() = Some(request);
+        self.wake.notify_one();
+    }
+    fn end(&self) {
+        self.request.lock().unwrap().take();
+        self.wake.notify_one();
+    }
+    fn close(&self) {
+        self.peer_closed.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+}
+
+/// A connection that serves until its peer closes, or, once asked politely, until no request is
+/// in flight — the shape of an HTTP/1 connection under `Connection: close`.
+struct MemoryConnection {
+    remote: Arc<Remote>,
+    polite: bool,
+    notified: Pin<Box<OwnedNotified>>,
+}
+
+impl MemoryConnection {
+    fn new(remote: Arc<Remote>) -> Self {
+        let notified = Box::pin(remote.wake.clone().notified_owned());
+        MemoryConnection {
+            remote,
+            polite: false,
+            notified,
+        }
+    }
+}
+
+impl Future for MemoryConnection {
+    type Output = Result<(), &'static str>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            if self.remote.peer_closed.load(Ordering::SeqCst)
+                || (self.polite && self.remote.request.lock().unwrap().is_none())
+            {
+                return Poll::Ready(Ok(()));
+            }
+            match self.notified.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(()) => {
+                    self.notified = Box::pin(self.remote.wake.clone().notified_owned());
+                }
+            }
+        }
+    }
+}
+
+impl ManagedConnection for MemoryConnection {
+    type Error = &'static str;
+    fn close_politely(mut self: Pin<&mut Self>) {
+        self.polite = true;
+        self.remote.politely_asked.store(true, Ordering::SeqCst);
+    }
+}
+
+type Served = tokio::task::JoinHandle<CloseReason>;
+
+fn pool(settings: PoolSettings) -> Pool<DefaultPolicy> {
+    let (config, _) = PoolConfig::default().apply(&settings, "").unwrap();
+    Pool::new("test", DefaultPolicy("http"), config)
+}
+
+fn open(pool: &Pool<DefaultPolicy>) -> (Arc<Remote>, ConnectionTracker, Served) {
+    let guard = pool.admit(None).expect("admitted");
+    let tracker = guard.tracker();
+    let remote = Arc::new(Remote::default());
+    let conn = MemoryConnection::new(remote.clone());
+    (remote, tracker, tokio::spawn(guard.serve(conn)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_admit_and_release_from_many_tasks_ends_at_exactly_zero() {
+    let pool = pool(PoolSettings {
+        max_connections: Some(50),
+        ..Default::default()
+    });
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let mut admitted = 0;
+                for _ in 0..200 {
+                    if let Ok(guard) = pool.admit(None) {
+                        admitted += 1;
+                        assert!(pool.active_connections() <= 50);
+                        tokio::task::yield_now().await;
+                        drop(guard);
+                    }
+                }
+                admitted
+            })
+        })
+        .collect();
+    let mut admitted = 0u64;
+    for t in tasks {
+        admitted += t.await.unwrap();
+    }
+    let m = pool.metrics();
+    assert_eq!(pool.active_connections(), 0);
+    assert_eq!(m.accepted, admitted);
+    assert_eq!(m.accepted + m.rejected, 200 * 200);
+    assert_eq!(m.closed.iter().map(|(_, n)| n).sum::<u64>(), admitted);
+}
+
+#[tokio::test]
+async fn limit_is_exact_and_refusals_are_counted_announced_and_overload_health() {
+    let pool = pool(PoolSettings {
+        max_connections: Some(2),
+        ..Default::default()
+    });
+    let mut events = pool.subscribe();
+    let a = pool.admit(None).unwrap();
+    let _b = pool.admit(None).unwrap();
+    assert!(!pool.can_accept());
+    assert_eq!(pool.admit(None).unwrap_err(), Refusal::AtLimit);
+    let m = pool.metrics();
+    assert_eq!((m.active, m.accepted, m.rejected), (2, 2, 1));
+    let health = pool.health();
+    assert_eq!(health.status, HealthStatus::Overloaded);
+    assert_eq!(health.rejected_connections, 1);
+    assert_eq!(health.utilization_ratio, 1.0);
+
+    let mut names = Vec::new();
+    while let Some(Ok(e)) = events.try_recv() {
+        names.push(e.kind.name());
+    }
+    let lifecycle: Vec<_> = names
+        .iter()
+        .filter(|n| **n != "health_status_changed")
+        .collect();
+    assert_eq!(
+        lifecycle,
+        [
+            &"connection_added",
+            &"connection_added",
+            &"pool_limit_reached"
+        ]
+    );
+    assert!(names.contains(&"health_status_changed"), "{names:?}");
+    drop(a);
+    assert!(pool.can_accept());
+}
+
+#[tokio::test]
+async fn per_ip_limit_refuses_only_that_address() {
+    let pool = pool(PoolSettings {
+        max_connections_per_ip: Some(1),
+        ..Default::default()
+    });
+    let a = "10.0.0.1:1000".parse().ok();
+    let b = "10.0.0.2:1000".parse().ok();
+    let first = pool.admit(a).unwrap();
+    assert_eq!(pool.admit(a).unwrap_err(), Refusal::PerIpLimit);
+    let _other = pool.admit(b).unwrap();
+    drop(first);
+    pool.admit(a).unwrap();
+    assert_eq!(pool.metrics().rejected, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn silent_connection_closes_at_headers_timeout_exactly() {
+    let pool = pool(PoolSettings {
+        headers_timeout: Some("2s".into()),
+        ..Default::default()
+    });
+    let mut events = pool.subscribe();
+    let start = Instant::now();
+    let (_remote, _tracker, served) = open(&pool);
+    let reason = served.await.unwrap();
+    assert_eq!(reason, CloseReason::Timeout(TimeoutKind::Headers));
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+    let m = pool.metrics();
+    assert!(m.timeouts.contains(&("headers", 1)), "{:?}", m.timeouts);
+    assert_eq!(m.active, 0);
+    let mut kinds = Vec::new();
+    while let Some(Ok(e)) = events.try_recv() {
+        kinds.push(e.kind);
+    }
+    assert!(kinds.iter().any(|k| matches!(
+        k,
+        PoolEventKind::ConnectionTimeout {
+            kind: TimeoutKind::Headers,
+            ..
+        }
+    )));
+}
+
+#[tokio::test(start_paused = true)]
+async fn keep_alive_timeout_counts_from_the_end_of_the_last_response() {
+    let pool = pool(PoolSettings {
+        keep_alive_timeout: Some("5s".into()),
+        ..Default::default()
+    });
+    let (remote, tracker, served) = open(&pool);
+    remote.begin(&tracker);
+    tokio::time::sleep(Duration::from_secs(60)).await; // a long response is never cut
+    assert!(!served.is_finished());
+    remote.end();
+    let ended = Instant::now();
+    let reason = served.await.unwrap();
+    assert_eq!(reason, CloseReason::Timeout(TimeoutKind::KeepAlive));
+    assert_eq!(ended.elapsed(), Duration::from_secs(5));
+    assert_eq!(pool.metrics().requests, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn lowered_timeouts_apply_to_open_connections() {
+    let pool = pool(PoolSettings::default());
+    let (remote, tracker, served) = open(&pool);
+    remote.begin(&tracker);
+    remote.end();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let changes = pool
+        .update_config(&PoolSettings {
+            keep_alive_timeout: Some("2s".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(changes[0].field, "keep_alive_timeout");
+    let at = Instant::now();
+    assert_eq!(
+        served.await.unwrap(),
+        CloseReason::Timeout(TimeoutKind::KeepAlive)
+    );
+    // Idle since 1 s before the change; the new 2 s bound leaves 1 s.
+    assert_eq!(at.elapsed(), Duration::from_secs(1));
+}
+
+#[tokio::test]
+async fn lowering_the_limit_closes_idle_connections_first_and_never_a_request_in_flight() {
+    let pool = pool(PoolSettings {
+        max_connections: Some(4),
+        ..Default::default()
+    });
+    let conns: Vec<_> = (0..4).map(|_| open(&pool)).collect();
+    // Two busy, two idle (each idle one has served a request already).
+    for (remote, tracker, _) in &conns {
+        remote.begin(tracker);
+    }
+    conns[2].0.end();
+    conns[3].0.end();
+    // Lower to 1: three must go; the two idle ones at once, one busy one after its request.
+    pool.update_config(&PoolSettings {
+        max_connections: Some(1),
+        ..Default::default()
+    })
+    .unwrap();
+    let mut conns = conns.into_iter();
+    let (busy_a, _, served_a) = conns.next().unwrap();
+    let (busy_b, _, served_b) = conns.next().unwrap();
+    for (_, _, served) in conns {
+        assert_eq!(served.await.unwrap(), CloseReason::LimitLowered);
+    }
+    assert_eq!(pool.active_connections(), 2);
+    assert!(busy_a.request.lock().unwrap().is_some());
+    assert!(busy_b.request.lock().unwrap().is_some());
+    assert!(!served_a.is_finished() && !served_b.is_finished());
+    // The first busy connection to finish its request is the one shed.
+    busy_a.end();
+    assert_eq!(served_a.await.unwrap(), CloseReason::LimitLowered);
+    busy_b.end();
+    tokio::task::yield_now().await;
+    assert!(!served_b.is_finished(), "the pool is at its limit now");
+    assert_eq!(pool.active_connections(), 1);
+    let m = pool.metrics();
+    assert!(m.closed.contains(&("limit_lowered", 3)), "{:?}", m.closed);
+    assert_eq!(pool.admit(None).unwrap_err(), Refusal::AtLimit);
+    busy_b.close();
+    assert_eq!(served_b.await.unwrap(), CloseReason::Completed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn close_all_lets_requests_finish_and_forces_the_rest_at_the_deadline() {
+    let pool = pool(PoolSettings::default());
+    let (idle, _, served_idle) = open(&pool);
+    let (quick, quick_tracker, served_quick) = open(&pool);
+    let (stuck, stuck_tracker, served_stuck) = open(&pool);
+    quick.begin(&quick_tracker);
+    stuck.begin(&stuck_tracker);
+    let closing = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.close_all(Duration::from_secs(3)).await })
+    };
+    assert_eq!(served_idle.await.unwrap(), CloseReason::Shutdown);
+    assert!(idle.politely_asked.load(Ordering::SeqCst));
+    assert_eq!(pool.admit(None).unwrap_err(), Refusal::NotAccepting);
+    assert_eq!(pool.health().status, HealthStatus::Unavailable);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    quick.end();
+    assert_eq!(served_quick.await.unwrap(), CloseReason::Shutdown);
+    let report = closing.await.unwrap();
+    assert_eq!(served_stuck.await.unwrap(), CloseReason::ForcedShutdown);
+    assert_eq!(
+        (report.open_at_start, report.closed_politely, report.forced),
+        (3, 2, 1)
+    );
+    assert_eq!(pool.active_connections(), 0);
+    drop(stuck);
+}
+
+#[tokio::test]
+async fn connection_errors_are_counted_and_weigh_in_health() {
+    let pool = pool(PoolSettings::default());
+    for _ in 0..20 {
+        let guard = pool.admit(None).unwrap();
+        let t = guard.tracker();
+        let mut r = t.request_started();
+        r.response_started(true);
+        r.finish();
+    }
+    let h = pool.health();
+    assert_eq!(h.status, HealthStatus::Overloaded, "{}", h.message);
+    assert!(h.error_rate > 0.99);
+    assert_eq!(pool.metrics().errors, 20);
+}
+
+#[tokio::test]
+async fn slow_subscriber_is_told_it_lagged() {
+    let pool = pool(PoolSettings::default());
+    let mut events = pool.subscribe();
+    for _ in 0..(poolserve_pool::EVENT_BUFFER + 10) {
+        drop(pool.admit(None).unwrap());
+    }
+    match events.recv().await {
+        Err(EventError::Lagged(n)) => assert!(n >= 10, "{n}"),
+        other => panic!("expected a lag, got {other:?}"),
+    }
+    assert!(events.recv().await.is_ok());
+}
