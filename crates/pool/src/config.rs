@@ -389,7 +389,11 @@ impl PoolConfig {
             changes: Vec::new(),
         };
         let s = settings;
-        a.limit("max_connections", s.max_connections, &mut next.max_connections);
+        a.limit(
+            "max_connections",
+            s.max_connections,
+            &mut next.max_connections,
+        );
         a.limit(
             "max_connections_per_ip",
             s.max_connections_per_ip,
@@ -405,8 +409,16 @@ impl PoolConfig {
             &s.keep_alive_timeout,
             &mut next.keep_alive_timeout,
         );
-        a.duration("request_timeout", &s.request_timeout, &mut next.request_timeout);
-        a.duration("headers_timeout", &s.headers_timeout, &mut next.headers_timeout);
+        a.duration(
+            "request_timeout",
+            &s.request_timeout,
+            &mut next.request_timeout,
+        );
+        a.duration(
+            "headers_timeout",
+            &s.headers_timeout,
+            &mut next.headers_timeout,
+        );
         if let Some(h1) = &s.http1 {
             // hyper refuses read buffers under 8 KiB; 64 MiB is far past any sane request head.
             a.count(

@@ -84,6 +84,12 @@ impl ConnectionShared {
             && Phase::from_u8(self.phase.load(Ordering::Relaxed)) == Phase::Idle
     }
 
+    fn body_received(&self) {
+        if self.phase.load(Ordering::Relaxed) == Phase::ReadingBody as u8 {
+            self.set_phase(Phase::Responding, Instant::now());
+        }
+    }
+
     pub fn mark_closing(&self) {
         if !self.closing.swap(true, Ordering::Relaxed) {
             self.core.counters.closing.fetch_add(1, Ordering::Relaxed);
@@ -183,11 +189,27 @@ impl ConnectionTracker {
         }
     }
 
+    /// The current request's body has fully arrived; the request timeout no longer applies.
+    pub fn body_received(&self) {
+        self.shared.body_received();
+    }
+
     /// Reports a connection-level error (counted, announced and weighed in health).
     pub fn error(&self, error: &dyn std::fmt::Display) {
         let s = &self.shared;
         s.core.record_error();
         tracing::debug!(pool = %s.core.name, id = s.id, %error, "connection error");
+        s.core.publish(|| PoolEventKind::ConnectionError {
+            id: s.id,
+            error: error.to_string(),
+        });
+    }
+
+    /// Reports that the peer broke the protocol: announced, counted by close reason, but not an
+    /// error of this server's.
+    pub fn peer_fault(&self, error: &dyn std::fmt::Display) {
+        let s = &self.shared;
+        tracing::debug!(pool = %s.core.name, id = s.id, %error, "peer protocol error");
         s.core.publish(|| PoolEventKind::ConnectionError {
             id: s.id,
             error: error.to_string(),
@@ -213,10 +235,7 @@ pub struct RequestTracker {
 impl RequestTracker {
     /// The whole request body has arrived; the request timeout no longer applies.
     pub fn body_received(&self) {
-        let s = &self.conn;
-        if s.phase.load(Ordering::Relaxed) == Phase::ReadingBody as u8 {
-            s.set_phase(Phase::Responding, Instant::now());
-        }
+        self.conn.body_received();
     }
 
     /// The response head is ready; `error` marks a server-side failure (a 5xx).

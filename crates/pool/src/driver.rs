@@ -20,8 +20,8 @@ use crate::config::PoolConfig;
 use crate::connection::{ConnectionGuard, ConnectionShared};
 use crate::events::PoolEventKind;
 use crate::metrics::{CloseReason, TimeoutKind};
-use crate::pool::{PoolCore, Stage};
 use crate::policy::ProtocolPolicy;
+use crate::pool::{PoolCore, Stage};
 
 /// A protocol connection the pool can drive: a future that serves it to the end, plus the
 /// protocol's polite close (`cleanupConnection`: HTTP/1 `Connection: close` after the current
@@ -32,6 +32,12 @@ pub trait ManagedConnection: Future<Output = Result<(), Self::Error>> {
 
     /// Asks the connection to finish what is in flight and then close.
     fn close_politely(self: Pin<&mut Self>);
+
+    /// Whether an error is the peer's doing (a malformed request, a reset): such closes are
+    /// announced and counted as `protocol_error` but do not weigh in the pool's error rate.
+    fn is_peer_fault(_error: &Self::Error) -> bool {
+        false
+    }
 }
 
 /// What the phase timer reports.
@@ -122,6 +128,10 @@ impl<P: ProtocolPolicy> ConnectionGuard<P> {
                 result = conn.as_mut() => {
                     return match result {
                         Ok(()) => closing.unwrap_or(CloseReason::Completed),
+                        Err(e) if C::is_peer_fault(&e) => {
+                            self.tracker().peer_fault(&e);
+                            closing.unwrap_or(CloseReason::ProtocolError)
+                        }
                         Err(e) => {
                             self.tracker().error(&e);
                             closing.unwrap_or(CloseReason::Error)

@@ -203,7 +203,9 @@ impl Subscription {
                 Err(broadcast::error::TryRecvError::Lagged(n)) => {
                     return Some(Err(EventError::Lagged(n)))
                 }
-                Err(broadcast::error::TryRecvError::Closed) => return Some(Err(EventError::Closed)),
+                Err(broadcast::error::TryRecvError::Closed) => {
+                    return Some(Err(EventError::Closed))
+                }
             }
         }
     }
@@ -248,7 +250,10 @@ mod tests {
         }
         assert_eq!(sub.recv().await, Err(EventError::Lagged(6)));
         let next = sub.recv().await.unwrap();
-        assert_eq!(next.kind, PoolEventKind::ConnectionAdded { id: 6, peer: None });
+        assert_eq!(
+            next.kind,
+            PoolEventKind::ConnectionAdded { id: 6, peer: None }
+        );
     }
 
     #[tokio::test]

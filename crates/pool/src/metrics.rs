@@ -17,8 +17,10 @@ pub enum CloseReason {
     Completed,
     /// A timeout of the given kind closed it.
     Timeout(TimeoutKind),
-    /// A protocol or I/O error closed it.
+    /// A server-side failure closed it (an I/O error, a failing handler).
     Error,
+    /// The peer broke the protocol or vanished mid-request (a malformed request, a reset).
+    ProtocolError,
     /// Closed politely because the pool is shutting down.
     Shutdown,
     /// Still open at the shutdown deadline and closed at once.
@@ -29,9 +31,10 @@ pub enum CloseReason {
 
 impl CloseReason {
     /// Every reason, for metrics that list them all.
-    pub const ALL: [CloseReason; 5] = [
+    pub const ALL: [CloseReason; 6] = [
         CloseReason::Completed,
         CloseReason::Error,
+        CloseReason::ProtocolError,
         CloseReason::Shutdown,
         CloseReason::ForcedShutdown,
         CloseReason::LimitLowered,
@@ -43,6 +46,7 @@ impl CloseReason {
             CloseReason::Completed => "completed",
             CloseReason::Timeout(_) => "timeout",
             CloseReason::Error => "error",
+            CloseReason::ProtocolError => "protocol_error",
             CloseReason::Shutdown => "shutdown",
             CloseReason::ForcedShutdown => "forced_shutdown",
             CloseReason::LimitLowered => "limit_lowered",
@@ -56,7 +60,8 @@ impl CloseReason {
             CloseReason::Shutdown => 2,
             CloseReason::ForcedShutdown => 3,
             CloseReason::LimitLowered => 4,
-            CloseReason::Timeout(_) => 5,
+            CloseReason::ProtocolError => 5,
+            CloseReason::Timeout(_) => 6,
         }
     }
 }
@@ -130,7 +135,7 @@ pub(crate) struct Counters {
     pub accepted: AtomicU64,
     pub rejected: AtomicU64,
     /// Indexed by `CloseReason::index`; the last slot counts all timeouts.
-    pub closed: [AtomicU64; 6],
+    pub closed: [AtomicU64; 7],
     pub timeouts: [AtomicU64; TimeoutKind::ALL.len()],
     pub errors: AtomicU64,
     pub requests: AtomicU64,
@@ -220,7 +225,7 @@ impl Counters {
             .iter()
             .map(|r| (r.as_str(), load(&self.closed[r.index()])))
             .collect();
-        closed.push(("timeout", load(&self.closed[5])));
+        closed.push(("timeout", load(&self.closed[6])));
         let closed_total: u64 = closed.iter().map(|(_, n)| n).sum();
         let latency = self.latency.snapshot();
         MetricsSnapshot {

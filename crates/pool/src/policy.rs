@@ -163,7 +163,10 @@ mod tests {
             connection_timeout: Duration::from_secs(1),
             ..c.clone()
         };
-        assert_eq!(http1_deadline(&a, &short_idle).unwrap().1, TimeoutKind::Idle);
+        assert_eq!(
+            http1_deadline(&a, &short_idle).unwrap().1,
+            TimeoutKind::Idle
+        );
         let a = activity(Phase::ReadingBody, 0);
         assert_eq!(http1_deadline(&a, &c).unwrap().1, TimeoutKind::Request);
         let mut a = activity(Phase::Responding, 0);

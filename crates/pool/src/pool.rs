@@ -179,14 +179,10 @@ impl PoolCore {
             Some(m) => (f64::from(m) * ratio).ceil().max(1.0) as u32,
             None => u32::MAX,
         };
-        self.degraded_at.store(
-            at(config.health.degraded_utilization),
-            Ordering::Relaxed,
-        );
-        self.overloaded_at.store(
-            at(config.health.overloaded_utilization),
-            Ordering::Relaxed,
-        );
+        self.degraded_at
+            .store(at(config.health.degraded_utilization), Ordering::Relaxed);
+        self.overloaded_at
+            .store(at(config.health.overloaded_utilization), Ordering::Relaxed);
         self.per_ip_limit.store(
             config.max_connections_per_ip.unwrap_or(0),
             Ordering::Relaxed,

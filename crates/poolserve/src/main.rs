@@ -1,1 +1,144 @@
-fn main() {}
+//! The `poolserve` binary: runs the built-in defaults or a TOML config file, with the demo app
+//! answering on every server, until SIGTERM or SIGINT drains it.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use poolserve_server::demo;
+use poolserve_server::file_config::{LogConfig, RunConfig};
+use poolserve_server::Runtime;
+use tracing_subscriber::EnvFilter;
+
+/// Every protocol under one connection-pool manager.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Run the servers of this TOML file instead of the built-in defaults.
+    #[arg(long, value_name = "FILE", conflicts_with = "check")]
+    config: Option<PathBuf>,
+    /// Validate this TOML file and exit: 0 when valid, 2 naming each bad field.
+    #[arg(long, value_name = "FILE")]
+    check: Option<PathBuf>,
+}
+
+fn init_logs(log: &LogConfig) {
+    // RUST_LOG, when set, overrides the file's level.
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
+    if log.json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(path) = cli.check {
+        return match RunConfig::from_file(&path) {
+            Ok(cfg) => {
+                println!(
+                    "{}: valid ({} server(s))",
+                    path.display(),
+                    cfg.servers.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                for e in &errors.0 {
+                    eprintln!("{}: {e}", path.display());
+                }
+                ExitCode::from(2)
+            }
+        };
+    }
+    let config = match &cli.config {
+        Some(path) => match RunConfig::from_file(path) {
+            Ok(cfg) => cfg,
+            Err(errors) => {
+                for e in &errors.0 {
+                    eprintln!("{}: {e}", path.display());
+                }
+                return ExitCode::from(2);
+            }
+        },
+        None => RunConfig::builtin(),
+    };
+    init_logs(&config.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(config))
+}
+
+async fn run(config: RunConfig) -> ExitCode {
+    let servers = match Runtime::start(&config, demo::service()).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            return ExitCode::FAILURE;
+        }
+    };
+    for s in servers.servers() {
+        let self_signed = s.protocol().is_tls()
+            && config
+                .servers
+                .iter()
+                .any(|c| c.name == s.name() && c.tls.is_none());
+        tracing::info!(
+            server = s.name(),
+            protocol = s.protocol().as_str(),
+            addr = %s.local_addr(),
+            self_signed,
+            "ready"
+        );
+    }
+    tracing::info!(admin = %servers.admin_addr(), "poolserve is up");
+    let signal = wait_for_signal().await;
+    tracing::info!(signal, "draining");
+    let shutdown = servers.shutdown();
+    tokio::pin!(shutdown);
+    tokio::select! {
+        _ = &mut shutdown => ExitCode::SUCCESS,
+        second = wait_for_signal() => {
+            tracing::warn!(signal = second, "second signal during drain: exiting at once");
+            ExitCode::from(130)
+        }
+    }
+}
+
+async fn wait_for_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers; stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+            return "SIGINT";
+        };
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "Ctrl-C"
+    }
+}

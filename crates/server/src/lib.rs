@@ -1,1 +1,26 @@
+//! poolserve's servers: HTTP/1.1 and HTTPS listeners whose every connection runs under a
+//! [`poolserve_pool::Pool`], the admin endpoint, the config file and graceful shutdown.
+//!
+//! Handlers are tower [`Service`](tower::Service)s over `Request<`[`Body`]`>`, so an axum
+//! `Router` plugs in unchanged.
 #![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod admin;
+mod body;
+pub mod demo;
+pub mod file_config;
+mod http1;
+mod io;
+mod listener;
+mod reject;
+mod runtime;
+mod service;
+pub mod tls;
+
+pub use body::{Body, TrackedBody};
+pub use http1::{Http1Connection, Http1Policy};
+pub use io::TrackedIo;
+pub use listener::{Protocol, Server, ServerError, ServerOptions};
+pub use reject::REFUSAL_503;
+pub use runtime::{Runtime, StartError};

@@ -1,0 +1,453 @@
+//! The TOML config file (SPEC C): parsed into raw sections, then validated once into a
+//! [`RunConfig`], naming every bad field.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use poolserve_pool::{FieldError, PoolConfig, PoolSettings};
+use serde::{Deserialize, Serialize};
+
+use crate::listener::Protocol;
+use crate::tls::TlsFiles;
+
+/// The admin endpoint's default address.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+/// How long shutdown waits for in-flight work by default.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The file as written.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// How long shutdown waits for in-flight work, e.g. `"30s"`.
+    pub drain_timeout: Option<String>,
+    /// The admin endpoint.
+    pub admin: Option<AdminSection>,
+    /// Logging.
+    pub log: Option<LogSection>,
+    /// The servers.
+    #[serde(default)]
+    pub server: Vec<ServerSection>,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    /// Address to listen on.
+    pub listen: Option<String>,
+    /// Bearer token every admin request must carry.
+    pub token: Option<String>,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    /// A tracing filter: `info`, `debug`, `poolserve_pool=debug,info`, ...
+    pub level: Option<String>,
+    /// `text` or `json`.
+    pub format: Option<String>,
+}
+
+/// `[[server]]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// Unique name.
+    pub name: String,
+    /// `http` or `https`.
+    pub protocol: String,
+    /// Address to listen on.
+    pub listen: String,
+    /// Certificate and key files.
+    pub tls: Option<TlsFiles>,
+    /// Pool settings.
+    #[serde(default)]
+    pub pool: PoolSettings,
+}
+
+/// A validated server.
+#[derive(Debug, Clone)]
+pub struct ServerSpec {
+    /// Unique name.
+    pub name: String,
+    /// Protocol.
+    pub protocol: Protocol,
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Certificate files; `None` on a TLS protocol means a self-signed certificate.
+    pub tls: Option<TlsFiles>,
+    /// The pool's config.
+    pub pool: PoolConfig,
+}
+
+/// A validated log section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// The tracing filter.
+    pub level: String,
+    /// Whether lines are JSON.
+    pub json: bool,
+}
+
+/// A validated config: what a poolserve process runs.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// Admin endpoint address.
+    pub admin_listen: SocketAddr,
+    /// Admin bearer token.
+    pub admin_token: Option<String>,
+    /// Shutdown drain deadline.
+    pub drain_timeout: Duration,
+    /// Logging.
+    pub log: LogConfig,
+    /// The servers.
+    pub servers: Vec<ServerSpec>,
+}
+
+/// Why a config was refused: every problem found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigFileError(pub Vec<FieldError>);
+
+impl std::fmt::Display for ConfigFileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigFileError {}
+
+fn field_error(
+    field: impl Into<String>,
+    value: impl std::fmt::Display,
+    reason: impl Into<String>,
+) -> FieldError {
+    FieldError {
+        field: field.into(),
+        value: value.to_string(),
+        reason: reason.into(),
+    }
+}
+
+impl RunConfig {
+    /// Reads and validates a config file.
+    pub fn from_file(path: &Path) -> Result<RunConfig, ConfigFileError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigFileError(vec![field_error(
+                "(file)",
+                path.display(),
+                format!("cannot read: {e}"),
+            )])
+        })?;
+        Self::from_toml(&text)
+    }
+
+    /// Parses and validates config text.
+    pub fn from_toml(text: &str) -> Result<RunConfig, ConfigFileError> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| {
+            let span = e
+                .span()
+                .map(|s| format!(" (bytes {}..{})", s.start, s.end))
+                .unwrap_or_default();
+            ConfigFileError(vec![field_error(
+                "(syntax)",
+                span.trim(),
+                e.message().to_owned(),
+            )])
+        })?;
+        file.validate()
+    }
+
+    /// The built-in default: a demo app on every protocol this build serves, all on loopback.
+    pub fn builtin() -> RunConfig {
+        let spec = |name: &str, protocol, port: u16| ServerSpec {
+            name: name.to_owned(),
+            protocol,
+            listen: SocketAddr::from(([127, 0, 0, 1], port)),
+            tls: None,
+            pool: PoolConfig::default(),
+        };
+        RunConfig {
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            admin_token: None,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            log: LogConfig {
+                level: "info".into(),
+                json: false,
+            },
+            servers: vec![
+                spec("web", Protocol::Http, 3000),
+                spec("web-tls", Protocol::Https, 3443),
+            ],
+        }
+    }
+}
+
+impl FileConfig {
+    /// Validates every section, collecting every bad field.
+    pub fn validate(&self) -> Result<RunConfig, ConfigFileError> {
+        let mut errors = Vec::new();
+        let admin = self.admin.clone().unwrap_or_default();
+        let admin_listen = admin.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN);
+        let admin_listen = admin_listen.parse::<SocketAddr>().unwrap_or_else(|_| {
+            errors.push(field_error(
+                "admin.listen",
+                format!("{admin_listen:?}"),
+                "not an IP:port address",
+            ));
+            SocketAddr::from(([127, 0, 0, 1], 9090))
+        });
+        if let Some(t) = &admin.token {
+            if t.trim().is_empty() {
+                errors.push(field_error(
+                    "admin.token",
+                    "\"\"",
+                    "must not be empty (leave it out for no token)",
+                ));
+            }
+        }
+        let drain_timeout = match &self.drain_timeout {
+            None => DEFAULT_DRAIN_TIMEOUT,
+            Some(raw) => match humantime::parse_duration(raw.trim()) {
+                Ok(d) if !d.is_zero() => d,
+                _ => {
+                    errors.push(field_error(
+                        "drain_timeout",
+                        format!("{raw:?}"),
+                        "not a positive duration such as \"30s\"",
+                    ));
+                    DEFAULT_DRAIN_TIMEOUT
+                }
+            },
+        };
+        let log = self.log.clone().unwrap_or_default();
+        let json = match log.format.as_deref() {
+            None | Some("text") => false,
+            Some("json") => true,
+            Some(other) => {
+                errors.push(field_error(
+                    "log.format",
+                    format!("{other:?}"),
+                    "must be \"text\" or \"json\"",
+                ));
+                false
+            }
+        };
+        let log = LogConfig {
+            level: log.level.unwrap_or_else(|| "info".into()),
+            json,
+        };
+
+        let mut names = HashSet::new();
+        let mut addrs = HashSet::new();
+        let mut servers = Vec::new();
+        for (i, s) in self.server.iter().enumerate() {
+            let at = if s.name.is_empty() {
+                format!("server[{i}]")
+            } else {
+                format!("server[{i}] ({})", s.name)
+            };
+            if s.name.trim().is_empty() {
+                errors.push(field_error(
+                    format!("{at}.name"),
+                    "\"\"",
+                    "must not be empty",
+                ));
+            } else if !names.insert(s.name.clone()) {
+                errors.push(field_error(
+                    format!("{at}.name"),
+                    format!("{:?}", s.name),
+                    "another server has this name",
+                ));
+            }
+            let protocol = match s.protocol.as_str() {
+                "http" => Some(Protocol::Http),
+                "https" => Some(Protocol::Https),
+                "http2" | "grpc" | "ws" | "wss" => {
+                    errors.push(field_error(
+                        format!("{at}.protocol"),
+                        format!("{:?}", s.protocol),
+                        "not served by this build yet (http, https)",
+                    ));
+                    None
+                }
+                other => {
+                    errors.push(field_error(
+                        format!("{at}.protocol"),
+                        format!("{other:?}"),
+                        "must be one of http, https, http2, grpc, ws, wss",
+                    ));
+                    None
+                }
+            };
+            let listen = match s.listen.parse::<SocketAddr>() {
+                Ok(a) => {
+                    if a.port() != 0 && !addrs.insert(a) {
+                        errors.push(field_error(
+                            format!("{at}.listen"),
+                            format!("{:?}", s.listen),
+                            "another server listens here",
+                        ));
+                    }
+                    Some(a)
+                }
+                Err(_) => {
+                    errors.push(field_error(
+                        format!("{at}.listen"),
+                        format!("{:?}", s.listen),
+                        "not an IP:port address",
+                    ));
+                    None
+                }
+            };
+            if let (Some(p), Some(_)) = (protocol, &s.tls) {
+                if !p.is_tls() {
+                    errors.push(field_error(
+                        format!("{at}.tls"),
+                        "{ cert, key }",
+                        format!("protocol {} does not use TLS", p.as_str()),
+                    ));
+                }
+            }
+            if let Some(tls) = &s.tls {
+                for (what, path) in [("cert", &tls.cert), ("key", &tls.key)] {
+                    if !path.is_file() {
+                        errors.push(field_error(
+                            format!("{at}.tls.{what}"),
+                            format!("{:?}", path.display().to_string()),
+                            "no such file",
+                        ));
+                    }
+                }
+            }
+            let pool = match PoolConfig::default().apply(&s.pool, &format!("{at}.pool.")) {
+                Ok((pool, _)) => Some(pool),
+                Err(e) => {
+                    errors.extend(e.0);
+                    None
+                }
+            };
+            if let (Some(protocol), Some(listen), Some(pool)) = (protocol, listen, pool) {
+                servers.push(ServerSpec {
+                    name: s.name.clone(),
+                    protocol,
+                    listen,
+                    tls: s.tls.clone(),
+                    pool,
+                });
+            }
+        }
+        if addrs.contains(&admin_listen) {
+            errors.push(field_error(
+                "admin.listen",
+                admin_listen,
+                "a server listens here too",
+            ));
+        }
+        if errors.is_empty() {
+            Ok(RunConfig {
+                admin_listen,
+                admin_token: admin.token,
+                drain_timeout,
+                log,
+                servers,
+            })
+        } else {
+            Err(ConfigFileError(errors))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_spec_example_parses() {
+        let cfg = RunConfig::from_toml(
+            r#"
+            [admin]
+            listen = "127.0.0.1:9090"
+            [[server]]
+            name = "web"
+            protocol = "http"
+            listen = "127.0.0.1:3000"
+              [server.pool]
+              max_connections = 1000
+              connection_timeout = "30s"
+              keep_alive_timeout = "5s"
+              request_timeout = "30s"
+              headers_timeout = "10s"
+              [server.pool.http2]
+              max_session_memory = 10485760
+              max_header_list_size = 16384
+              max_concurrent_streams = 250
+              [server.pool.grpc]
+              max_receive_message_length = 4194304
+              max_send_message_length = 4194304
+              keep_alive_time = "30s"
+              [server.pool.websocket]
+              ping_interval = "30s"
+              pong_timeout = "10s"
+              max_message_size = 16777216
+            "#,
+        )
+        .unwrap();
+        assert_eq!(cfg.servers.len(), 1);
+        assert_eq!(cfg.servers[0].pool.max_connections, Some(1000));
+        assert_eq!(cfg.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
+    }
+
+    #[test]
+    fn every_bad_field_is_named() {
+        let err = RunConfig::from_toml(
+            r#"
+            drain_timeout = "never"
+            [[server]]
+            name = "a"
+            protocol = "gopher"
+            listen = "nowhere"
+            pool = { max_connections = 0, headers_timeout = "fast" }
+            [[server]]
+            name = "a"
+            protocol = "http"
+            listen = "127.0.0.1:0"
+            tls = { cert = "/nonexistent.pem", key = "/nonexistent.key" }
+            "#,
+        )
+        .unwrap_err();
+        let fields: Vec<_> = err.0.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "drain_timeout",
+                "server[0] (a).protocol",
+                "server[0] (a).listen",
+                "server[0] (a).pool.max_connections",
+                "server[0] (a).pool.headers_timeout",
+                "server[1] (a).name",
+                "server[1] (a).tls",
+                "server[1] (a).tls.cert",
+                "server[1] (a).tls.key",
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let err = RunConfig::from_toml(
+            "[[server]]\nname='a'\nprotocol='http'\nlisten='127.0.0.1:1'\nmax_conns=5\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("max_conns"), "{err}");
+    }
+}

@@ -1,0 +1,301 @@
+//! A listening server: one socket, one protocol, one pool.
+//!
+//! Data flows one way: accept → admit (or refuse before any handshake) → TLS handshake →
+//! HTTP → the guard's drop. The accept loop stops when the pool starts draining, closing the
+//! listening socket so new connections go to other instances instead of queueing here.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use poolserve_pool::{CloseReason, Pool, PoolConfig, PoolRegistry, Stage};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+use crate::body::Body;
+use crate::http1::{self, Http1Policy};
+use crate::reject::Refuser;
+use crate::tls::PemPair;
+
+/// The protocols this build serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// HTTP/1.1 over TCP.
+    Http,
+    /// HTTP/1.1 over TLS.
+    Https,
+}
+
+impl Protocol {
+    /// The label used in config, metrics and events.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Https => "https",
+        }
+    }
+
+    /// Whether the protocol runs over TLS.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Protocol::Https)
+    }
+}
+
+/// Everything needed to start one server.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Unique name; labels metrics and events.
+    pub name: String,
+    /// The protocol.
+    pub protocol: Protocol,
+    /// Address to listen on (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// Certificate and key for TLS protocols.
+    pub tls: Option<PemPair>,
+    /// Pool settings.
+    pub pool: PoolConfig,
+}
+
+/// Why a server could not start.
+#[derive(Debug)]
+pub enum ServerError {
+    /// The address could not be bound.
+    Bind(SocketAddr, io::Error),
+    /// TLS could not be set up.
+    Tls(String),
+    /// The pool name is taken by another protocol.
+    Registry(String),
+}
+
+impl std::fmt::Display for ServerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServerError::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
+            ServerError::Tls(e) => write!(f, "TLS: {e}"),
+            ServerError::Registry(e) => f.write_str(e),
+        }
+    }
+}
+
+impl std::error::Error for ServerError {}
+
+/// A running server.
+#[derive(Debug)]
+pub struct Server {
+    name: String,
+    protocol: Protocol,
+    local_addr: SocketAddr,
+    pool: Pool<Http1Policy>,
+    accept: JoinHandle<()>,
+}
+
+impl Server {
+    /// Binds the listener and starts accepting, with `service` answering every request.
+    ///
+    /// The socket is bound and TLS is ready before this returns, so a server is warm as soon
+    /// as it exists.
+    pub async fn start<S, B>(
+        registry: &PoolRegistry,
+        options: ServerOptions,
+        service: S,
+    ) -> Result<Server, ServerError>
+    where
+        S: tower::Service<Request<Body>, Response = Response<B>> + Clone + Send + Sync + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let tls = match (options.protocol.is_tls(), &options.tls) {
+            (false, _) => None,
+            (true, Some(pem)) => Some(TlsAcceptor::from(
+                pem.server_config(&[b"http/1.1"])
+                    .map_err(|e| ServerError::Tls(e.to_string()))?,
+            )),
+            (true, None) => {
+                let pem = PemPair::self_signed().map_err(|e| ServerError::Tls(e.to_string()))?;
+                Some(TlsAcceptor::from(
+                    pem.server_config(&[b"http/1.1"])
+                        .map_err(|e| ServerError::Tls(e.to_string()))?,
+                ))
+            }
+        };
+        let listener = bind(options.listen)
+            .await
+            .map_err(|e| ServerError::Bind(options.listen, e))?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|e| ServerError::Bind(options.listen, e))?;
+        let pool = registry
+            .get_or_create(
+                &options.name,
+                Http1Policy {
+                    tls: options.protocol.is_tls(),
+                },
+                options.pool.clone(),
+            )
+            .map_err(|e| ServerError::Registry(e.to_string()))?;
+        pool.spawn_health_monitor();
+        tracing::info!(server = %options.name, protocol = options.protocol.as_str(), %local_addr, "listening");
+        let accept = tokio::spawn(accept_loop(
+            listener,
+            pool.clone(),
+            tls,
+            Arc::new(service),
+            options.name.clone(),
+        ));
+        Ok(Server {
+            name: options.name,
+            protocol: options.protocol,
+            local_addr,
+            pool,
+            accept,
+        })
+    }
+
+    /// The server's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The protocol.
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    /// The bound address (the real port when started on port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The server's pool.
+    pub fn pool(&self) -> &Pool<Http1Policy> {
+        &self.pool
+    }
+
+    /// Stops accepting and drains the pool within `deadline`; see [`Pool::close_all`].
+    pub async fn shutdown(self, deadline: Duration) -> poolserve_pool::CloseReport {
+        let report = self.pool.close_all(deadline).await;
+        let _ = self.accept.await;
+        report
+    }
+}
+
+async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+async fn accept_loop<S, B>(
+    listener: TcpListener,
+    pool: Pool<Http1Policy>,
+    tls: Option<TlsAcceptor>,
+    service: Arc<S>,
+    name: String,
+) where
+    S: tower::Service<Request<Body>, Response = Response<B>> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let refuser = Refuser::default();
+    let mut control = pool.control();
+    loop {
+        let (stream, peer) = tokio::select! {
+            biased;
+            changed = control.changed() => {
+                if changed.is_err() || control.borrow_and_update().stage != Stage::Serving {
+                    break;
+                }
+                continue;
+            }
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    if is_per_connection_error(&e) {
+                        continue;
+                    }
+                    // Out of file descriptors and the like: back off instead of spinning, the
+                    // way hyper's and tokio's accept loops do.
+                    tracing::error!(server = %name, error = %e, "accept failed; backing off");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let guard = match pool.admit(Some(peer)) {
+            Ok(guard) => guard,
+            Err(_) => {
+                if tls.is_none() {
+                    refuser.refuse_http(stream);
+                }
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let tls = tls.clone();
+        let service = (*service).clone();
+        let config = pool.config();
+        tokio::spawn(async move {
+            serve_connection(guard, stream, tls, service, config).await;
+        });
+    }
+    tracing::info!(server = %name, "stopped accepting");
+}
+
+async fn serve_connection<S, B>(
+    mut guard: poolserve_pool::ConnectionGuard<Http1Policy>,
+    stream: TcpStream,
+    tls: Option<TlsAcceptor>,
+    service: S,
+    config: Arc<PoolConfig>,
+) where
+    S: tower::Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match tls {
+        None => {
+            http1::serve(guard, stream, service, &config).await;
+        }
+        Some(acceptor) => {
+            // Bytes are counted as the application sees them, after decryption, so the
+            // handshake is not wrapped.
+            match guard.opening(acceptor.accept(stream)).await {
+                Some(Ok(tls_stream)) => {
+                    http1::serve(guard, tls_stream, service, &config).await;
+                }
+                Some(Err(e)) => {
+                    guard
+                        .tracker()
+                        .peer_fault(&format!("TLS handshake failed: {e}"));
+                    guard.set_reason(CloseReason::ProtocolError);
+                }
+                None => {}
+            }
+        }
+    }
+}
+
+fn is_per_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}

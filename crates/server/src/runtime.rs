@@ -1,0 +1,143 @@
+//! A whole poolserve process: its servers, their pools, the admin endpoint and shutdown.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use poolserve_pool::{CloseReport, PoolRegistry};
+
+use crate::admin::{AdminServer, AdminState};
+use crate::body::Body;
+use crate::file_config::RunConfig;
+use crate::listener::{Server, ServerError, ServerOptions};
+use crate::tls::PemPair;
+
+/// Running servers plus the admin endpoint, sharing one pool registry.
+#[derive(Debug)]
+pub struct Runtime {
+    registry: Arc<PoolRegistry>,
+    servers: Vec<Server>,
+    admin: AdminServer,
+    draining: Arc<AtomicBool>,
+    drain_timeout: Duration,
+}
+
+/// Why a runtime could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// A server failed to start.
+    Server(String, ServerError),
+    /// The admin endpoint failed to start.
+    Admin(std::io::Error),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Server(name, e) => write!(f, "server {name:?}: {e}"),
+            StartError::Admin(e) => write!(f, "admin endpoint: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+impl Runtime {
+    /// Starts every server of `config` with `service` answering, then the admin endpoint.
+    /// All listeners are bound and TLS is loaded before this returns.
+    pub async fn start<S, B>(config: &RunConfig, service: S) -> Result<Runtime, StartError>
+    where
+        S: tower::Service<Request<Body>, Response = Response<B>> + Clone + Send + Sync + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let registry = Arc::new(PoolRegistry::new());
+        let mut servers = Vec::new();
+        for spec in &config.servers {
+            let tls = match &spec.tls {
+                Some(files) => Some(PemPair::from_files(files).map_err(|e| {
+                    StartError::Server(spec.name.clone(), ServerError::Tls(e.to_string()))
+                })?),
+                None => None,
+            };
+            let options = ServerOptions {
+                name: spec.name.clone(),
+                protocol: spec.protocol,
+                listen: spec.listen,
+                tls,
+                pool: spec.pool.clone(),
+            };
+            let server = Server::start(&registry, options, service.clone())
+                .await
+                .map_err(|e| StartError::Server(spec.name.clone(), e))?;
+            servers.push(server);
+        }
+        let draining = Arc::new(AtomicBool::new(false));
+        let admin = AdminServer::start(
+            config.admin_listen,
+            AdminState {
+                registry: registry.clone(),
+                draining: draining.clone(),
+                token: config.admin_token.as_deref().map(Arc::from),
+            },
+        )
+        .await
+        .map_err(StartError::Admin)?;
+        Ok(Runtime {
+            registry,
+            servers,
+            admin,
+            draining,
+            drain_timeout: config.drain_timeout,
+        })
+    }
+
+    /// The pool registry.
+    pub fn registry(&self) -> &Arc<PoolRegistry> {
+        &self.registry
+    }
+
+    /// The running servers.
+    pub fn servers(&self) -> &[Server] {
+        &self.servers
+    }
+
+    /// The server named `name`.
+    pub fn server(&self, name: &str) -> Option<&Server> {
+        self.servers.iter().find(|s| s.name() == name)
+    }
+
+    /// The admin endpoint's address.
+    pub fn admin_addr(&self) -> std::net::SocketAddr {
+        self.admin.local_addr()
+    }
+
+    /// Graceful shutdown: readiness turns 503, every server stops accepting and drains within
+    /// the configured deadline (the rest are closed at once), then the admin endpoint stops.
+    pub async fn shutdown(self) -> Vec<(String, CloseReport)> {
+        self.draining.store(true, Ordering::Relaxed);
+        tracing::info!(deadline = ?self.drain_timeout, "shutting down");
+        let deadline = self.drain_timeout;
+        let mut draining = tokio::task::JoinSet::new();
+        for server in self.servers {
+            let name = server.name().to_owned();
+            draining.spawn(async move { (name, server.shutdown(deadline).await) });
+        }
+        let mut reports = Vec::new();
+        while let Some(done) = draining.join_next().await {
+            if let Ok(report) = done {
+                reports.push(report);
+            }
+        }
+        reports.sort_by(|a, b| a.0.cmp(&b.0));
+        self.admin.shutdown().await;
+        for (name, r) in &reports {
+            tracing::info!(server = %name, open = r.open_at_start, polite = r.closed_politely, forced = r.forced, "server drained");
+        }
+        reports
+    }
+}

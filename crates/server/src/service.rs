@@ -1,0 +1,79 @@
+//! Adapts a user's tower `Service` to hyper, recording each request in the pool.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use poolserve_pool::{ConnectionTracker, RequestTracker};
+use tower::util::Oneshot;
+use tower::{Service, ServiceExt};
+
+use crate::body::{Body, TrackedBody};
+
+/// A hyper service that wraps each request of one connection in the pool's tracking.
+#[derive(Debug, Clone)]
+pub(crate) struct TrackedService<S> {
+    inner: S,
+    tracker: ConnectionTracker,
+}
+
+impl<S> TrackedService<S> {
+    pub fn new(inner: S, tracker: ConnectionTracker) -> Self {
+        TrackedService { inner, tracker }
+    }
+}
+
+impl<S, B> hyper::service::Service<Request<Incoming>> for TrackedService<S>
+where
+    S: Service<Request<Body>, Response = Response<B>> + Clone,
+{
+    type Response = Response<TrackedBody<B>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<Oneshot<S, Request<Body>>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let request = self.tracker.request_started();
+        let req = req.map(|b| Body::new(b, self.tracker.clone()));
+        ResponseFuture {
+            inner: self.inner.clone().oneshot(req),
+            request: Some(request),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future: marks the response start and hands the request record to the body.
+    pub(crate) struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        request: Option<RequestTracker>,
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<TrackedBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let out = ready!(this.inner.poll(cx));
+        let Some(mut request) = this.request.take() else {
+            // Polled after completion: hyper never does this.
+            return Poll::Pending;
+        };
+        Poll::Ready(match out {
+            Ok(res) => {
+                request.response_started(res.status().is_server_error());
+                Ok(res.map(|b| TrackedBody::new(b, request)))
+            }
+            Err(e) => {
+                request.fail();
+                Err(e)
+            }
+        })
+    }
+}
