@@ -38,6 +38,10 @@ pub(crate) struct ConnectionShared {
     /// Nanoseconds since the pool's origin plus one; 0 = no write blocked.
     write_blocked_since: AtomicU64,
     closing: AtomicBool,
+    /// The peer broke off a request body; failures that follow are its doing, not ours.
+    peer_failed: AtomicBool,
+    /// This connection holds one of the pool's shedding claims (see `AdmissionCounter`).
+    shed_claimed: AtomicBool,
 }
 
 impl ConnectionShared {
@@ -57,6 +61,8 @@ impl ConnectionShared {
             pending_out: AtomicU64::new(0),
             write_blocked_since: AtomicU64::new(0),
             closing: AtomicBool::new(false),
+            peer_failed: AtomicBool::new(false),
+            shed_claimed: AtomicBool::new(false),
         }
     }
 
@@ -88,6 +94,25 @@ impl ConnectionShared {
         if self.phase.load(Ordering::Relaxed) == Phase::ReadingBody as u8 {
             self.set_phase(Phase::Responding, Instant::now());
         }
+    }
+
+    /// Takes a shedding claim if the pool is over its limit and this connection has none and
+    /// is not closing already. The connection must then close.
+    pub fn try_claim_shed(&self) -> bool {
+        let admission = &self.core.admission;
+        if self.closing.load(Ordering::Relaxed)
+            || self.shed_claimed.load(Ordering::Relaxed)
+            || !admission.has_excess()
+            || !admission.try_claim_shed()
+        {
+            return false;
+        }
+        self.shed_claimed.store(true, Ordering::Relaxed);
+        true
+    }
+
+    pub fn shed_claimed(&self) -> bool {
+        self.shed_claimed.load(Ordering::Relaxed)
     }
 
     pub fn mark_closing(&self) {
@@ -194,6 +219,12 @@ impl ConnectionTracker {
         self.shared.body_received();
     }
 
+    /// The peer broke off a request body (a reset, a truncated upload): a response failing
+    /// because of it is not counted as this server's error.
+    pub fn request_body_failed(&self) {
+        self.shared.peer_failed.store(true, Ordering::Relaxed);
+    }
+
     /// Reports a connection-level error (counted, announced and weighed in health).
     pub fn error(&self, error: &dyn std::fmt::Display) {
         let s = &self.shared;
@@ -244,13 +275,26 @@ impl RequestTracker {
             self.response_after = Some(self.started.elapsed());
         }
         self.error |= error;
-        // Whatever of the body was not read is the protocol's to discard, not ours to time.
-        self.body_received();
     }
 
-    /// Marks the request as failed (the response body broke off, say).
+    /// Whether the connection should close after this response because the pool is over a
+    /// lowered limit: a protocol that can say so on the response (HTTP/1 `Connection: close`)
+    /// asks here as the response head is produced, so the client learns before reusing it.
+    pub fn should_close_connection(&self) -> bool {
+        if self.conn.try_claim_shed() {
+            self.conn.mark_closing();
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Marks the request as failed (the response body broke off, say), unless the peer broke
+    /// off its request body first.
     pub fn fail(&mut self) {
-        self.error = true;
+        if !self.conn.peer_failed.load(Ordering::Relaxed) {
+            self.error = true;
+        }
     }
 
     /// Records the request as done.
@@ -298,7 +342,6 @@ pub struct ConnectionGuard<P: ProtocolPolicy> {
     pub(crate) shared: Arc<ConnectionShared>,
     pub(crate) pool: Arc<PoolInner<P>>,
     pub(crate) reason: CloseReason,
-    pub(crate) claimed_shed: bool,
     pub(crate) per_ip: bool,
 }
 
@@ -343,7 +386,7 @@ impl<P: ProtocolPolicy> Drop for ConnectionGuard<P> {
                 core.per_ip.release(peer.ip());
             }
         }
-        let open = core.admission.release(self.claimed_shed);
+        let open = core.admission.release(s.shed_claimed());
         let duration = s.opened_at.elapsed();
         tracing::debug!(
             pool = %core.name, id = s.id, reason = %self.reason, requests,

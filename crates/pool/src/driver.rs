@@ -21,7 +21,7 @@ use crate::connection::{ConnectionGuard, ConnectionShared};
 use crate::events::PoolEventKind;
 use crate::metrics::{CloseReason, TimeoutKind};
 use crate::policy::ProtocolPolicy;
-use crate::pool::{PoolCore, Stage};
+use crate::pool::Stage;
 
 /// A protocol connection the pool can drive: a future that serves it to the end, plus the
 /// protocol's polite close (`cleanupConnection`: HTTP/1 `Connection: close` after the current
@@ -50,7 +50,6 @@ enum Expiry {
 /// One timer per connection, always armed at the policy's current deadline.
 struct PhaseTimer<'a, P> {
     conn: &'a ConnectionShared,
-    core: &'a PoolCore,
     policy: &'a P,
     config: Arc<PoolConfig>,
     sleep: Pin<Box<Sleep>>,
@@ -61,28 +60,24 @@ struct PhaseTimer<'a, P> {
 
 impl<P: ProtocolPolicy> PhaseTimer<'_, P> {
     fn poll_expiry(&mut self, cx: &mut Context<'_>) -> Poll<Expiry> {
-        if self.may_shed && self.core.admission.has_excess() && self.conn.is_idle() {
-            if self.core.admission.try_claim_shed() {
-                self.may_shed = false;
-                return Poll::Ready(Expiry::Shed);
-            }
+        if self.may_shed && self.conn.is_idle() && self.conn.try_claim_shed() {
+            self.may_shed = false;
+            return Poll::Ready(Expiry::Shed);
         }
-        {
-            let Some((deadline, kind)) = self.policy.deadline(&self.conn.activity(), &self.config)
-            else {
-                // No bound in this phase; the next poll of the connection recomputes.
-                self.armed = None;
-                return Poll::Pending;
-            };
-            if self.armed != Some(deadline) {
-                self.armed = Some(deadline);
-                self.sleep.as_mut().reset(deadline);
-            }
-            return match self.sleep.as_mut().poll(cx) {
-                Poll::Pending => Poll::Pending,
-                // The deadline was computed from the latest activity just now, so it is overrun.
-                Poll::Ready(()) => Poll::Ready(Expiry::Timeout(kind)),
-            };
+        let Some((deadline, kind)) = self.policy.deadline(&self.conn.activity(), &self.config)
+        else {
+            // No bound in this phase; the next poll of the connection recomputes.
+            self.armed = None;
+            return Poll::Pending;
+        };
+        if self.armed != Some(deadline) {
+            self.armed = Some(deadline);
+            self.sleep.as_mut().reset(deadline);
+        }
+        match self.sleep.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            // The deadline was computed from the latest activity just now, so it is overrun.
+            Poll::Ready(()) => Poll::Ready(Expiry::Timeout(kind)),
         }
     }
 }
@@ -105,7 +100,6 @@ impl<P: ProtocolPolicy> ConnectionGuard<P> {
         let state = control.borrow_and_update().clone();
         let mut timer = PhaseTimer {
             conn: &shared,
-            core,
             policy: &pool.policy,
             config: state.config.clone(),
             sleep: Box::pin(tokio::time::sleep_until(Instant::now())),
@@ -127,6 +121,7 @@ impl<P: ProtocolPolicy> ConnectionGuard<P> {
                 biased;
                 result = conn.as_mut() => {
                     return match result {
+                        Ok(()) if shared.shed_claimed() => CloseReason::LimitLowered,
                         Ok(()) => closing.unwrap_or(CloseReason::Completed),
                         Err(e) if C::is_peer_fault(&e) => {
                             self.tracker().peer_fault(&e);
@@ -163,7 +158,6 @@ impl<P: ProtocolPolicy> ConnectionGuard<P> {
                         return CloseReason::Timeout(kind);
                     }
                     Expiry::Shed => {
-                        self.claimed_shed = true;
                         self.close_politely(conn.as_mut(), &mut closing, CloseReason::LimitLowered);
                     }
                 }

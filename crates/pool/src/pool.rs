@@ -354,7 +354,6 @@ impl<P: ProtocolPolicy> Pool<P> {
             shared: Arc::new(ConnectionShared::new(core.clone(), id, peer)),
             pool: self.inner.clone(),
             reason: CloseReason::Completed,
-            claimed_shed: false,
             per_ip,
         })
     }

@@ -8,15 +8,12 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use poolserve_pool::{ConnectionTracker, RequestTracker};
 
-pin_project_lite::pin_project! {
-    /// The request body handlers receive: hyper's body, reporting to the pool when it is fully
-    /// received so the request timeout stops applying.
-    #[derive(Debug)]
-    pub struct Body {
-        #[pin]
-        inner: Incoming,
-        tracker: Option<ConnectionTracker>,
-    }
+/// The request body handlers receive: hyper's body, reporting to the pool when it is fully
+/// received so the request timeout stops applying.
+#[derive(Debug)]
+pub struct Body {
+    inner: Incoming,
+    tracker: Option<ConnectionTracker>,
 }
 
 impl Body {
@@ -31,6 +28,16 @@ impl Body {
     }
 }
 
+impl Drop for Body {
+    fn drop(&mut self) {
+        // A handler that drops the body unread is done receiving; what is left is hyper's to
+        // discard, and the request timeout stops applying.
+        if let Some(t) = self.tracker.take() {
+            t.body_received();
+        }
+    }
+}
+
 impl HttpBody for Body {
     type Data = Bytes;
     type Error = hyper::Error;
@@ -39,12 +46,17 @@ impl HttpBody for Body {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let mut this = self.project();
-        let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        let this = self.get_mut();
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
         let done = match &frame {
             None => true,
             Some(Ok(_)) => this.inner.is_end_stream(),
-            Some(Err(_)) => false,
+            Some(Err(_)) => {
+                if let Some(t) = this.tracker.take() {
+                    t.request_body_failed();
+                }
+                false
+            }
         };
         if done {
             if let Some(t) = this.tracker.take() {

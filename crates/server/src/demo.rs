@@ -1,5 +1,6 @@
 //! The demo app every default server answers with (SPEC D): `GET /`, `POST /echo`,
-//! `GET /sleep?ms=N` and `GET /stream?chunks=N&interval_ms=M`.
+//! `GET /sleep?ms=N` and `GET /stream?chunks=N&interval_ms=M` (optionally `&size=B` to pad each
+//! chunk to B bytes, for large streams).
 //!
 //! Generic over the request body so the same handler runs under poolserve and under a bare
 //! hyper server in the benchmarks.
@@ -22,6 +23,8 @@ pub type DemoBody = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync
 /// Most chunks `/stream` sends, and the longest `/sleep`, so a request cannot pin a
 /// connection forever.
 pub const MAX_CHUNKS: u64 = 100_000;
+/// Largest `/stream` chunk, in bytes.
+pub const MAX_CHUNK_SIZE: u64 = 1 << 20;
 /// Longest `/sleep` or `/stream` interval, in milliseconds.
 pub const MAX_SLEEP_MS: u64 = 600_000;
 
@@ -70,8 +73,10 @@ where
         (&Method::GET, "/stream") => {
             let chunks = query(&req, "chunks").unwrap_or(10).min(MAX_CHUNKS);
             let interval = query(&req, "interval_ms").unwrap_or(100).min(MAX_SLEEP_MS);
+            let size = query(&req, "size").unwrap_or(0).min(MAX_CHUNK_SIZE) as usize;
             let body = ChunkStream {
                 left: chunks,
+                size,
                 sent: 0,
                 interval: Duration::from_millis(interval),
                 sleep: None,
@@ -96,6 +101,7 @@ where
 /// A body that sends `chunk N\n` every interval.
 struct ChunkStream {
     left: u64,
+    size: usize,
     sent: u64,
     interval: Duration,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -124,7 +130,10 @@ impl http_body::Body for ChunkStream {
         }
         self.left -= 1;
         self.sent += 1;
-        let chunk = format!("chunk {}\n", self.sent);
+        let mut chunk = format!("chunk {}\n", self.sent);
+        if chunk.len() < self.size {
+            chunk.insert_str(0, &".".repeat(self.size - chunk.len()));
+        }
         Poll::Ready(Some(Ok(Frame::data(Bytes::from(chunk)))))
     }
 

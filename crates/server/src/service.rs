@@ -66,8 +66,14 @@ where
             return Poll::Pending;
         };
         Poll::Ready(match out {
-            Ok(res) => {
+            Ok(mut res) => {
                 request.response_started(res.status().is_server_error());
+                if request.should_close_connection() {
+                    res.headers_mut().insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
+                }
                 Ok(res.map(|b| TrackedBody::new(b, request)))
             }
             Err(e) => {

@@ -1,0 +1,257 @@
+//! Admission limits against real sockets: exact enforcement, refusal before any protocol work,
+//! live raising and lowering.
+
+mod support;
+
+use std::time::Duration;
+
+use poolserve_pool::{CloseReason, PoolEventKind, PoolSettings};
+use support::*;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+#[tokio::test]
+async fn http_limit_is_exact_and_refusals_get_a_503_without_parsing() {
+    let h = start(PoolSettings {
+        max_connections: Some(3),
+        ..Default::default()
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut c = Client::connect(h.http).await;
+        assert_eq!(c.get("/").await.status(), 200);
+        held.push(c);
+    }
+    // Two more: refused with a fixed 503, before a byte of the request is read.
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(h.http).await.unwrap();
+        let reply = read_to_close(&mut s).await;
+        assert!(reply.starts_with("HTTP/1.1 503 "), "{reply}");
+        let lower = reply.to_ascii_lowercase();
+        assert!(lower.contains("connection: close"), "{reply}");
+        assert!(lower.contains("retry-after: 1"), "{reply}");
+    }
+    // The held connections are still served.
+    for c in &mut held {
+        assert_eq!(c.get("/").await.status(), 200);
+    }
+    let labels = "server=\"web\"";
+    assert_eq!(
+        metric(h.admin, "poolserve_connections_active", labels).await,
+        3.0
+    );
+    assert_eq!(
+        metric(h.admin, "poolserve_connections_accepted_total", labels).await,
+        3.0
+    );
+    assert_eq!(
+        metric(h.admin, "poolserve_connections_rejected_total", labels).await,
+        2.0
+    );
+    assert_eq!(
+        metric(h.admin, "poolserve_pool_max_connections", labels).await,
+        3.0
+    );
+    assert_eq!(
+        metric(h.admin, "poolserve_requests_total", labels).await,
+        6.0
+    );
+    let health = health(h.admin).await;
+    let web = &health["pools"]["web"];
+    assert_eq!(web["status"], "overloaded", "{health}");
+    assert_eq!(web["active_connections"], 3);
+    assert_eq!(web["max_connections"], 3);
+    assert_eq!(web["rejected_connections"], 2);
+    assert_eq!(web["utilization_ratio"], 1.0);
+    assert_eq!(health["status"], "overloaded");
+    let (ready, why) = admin(h.admin, "/readyz").await;
+    assert_eq!(ready, 503, "{why}");
+    assert!(why.contains("web"), "{why}");
+
+    // A freed slot is usable again.
+    let c = held.pop().unwrap();
+    drop(c);
+    let mut events = h.runtime.registry().subscribe();
+    let mut again = None;
+    for _ in 0..50 {
+        if h.runtime.server("web").unwrap().pool().active_connections() < 3 {
+            let mut c = Client::connect(h.http).await;
+            assert_eq!(c.get("/").await.status(), 200);
+            again = Some(c);
+            break;
+        }
+        wait_events(&mut events, 1, |k| {
+            matches!(k, PoolEventKind::ConnectionRemoved { .. })
+        })
+        .await;
+    }
+    assert!(again.is_some());
+}
+
+#[tokio::test]
+async fn tls_refusal_closes_before_the_handshake() {
+    let h = start(PoolSettings {
+        max_connections: Some(1),
+        ..Default::default()
+    })
+    .await;
+    let mut first = tls_client(&h).await.unwrap();
+    assert_eq!(first.get("/").await.status(), 200);
+    let mut events = h.runtime.registry().subscribe();
+    // The refused peer gets no ServerHello: the socket is closed with nothing written.
+    let mut s = TcpStream::connect(h.https).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .ok();
+    assert!(buf.is_empty(), "nothing may be written before admission");
+    let refused = wait_events(&mut events, 1, |k| {
+        matches!(k, PoolEventKind::PoolLimitReached { .. })
+    })
+    .await;
+    assert!(matches!(
+        refused[0],
+        PoolEventKind::PoolLimitReached {
+            limit: "max_connections",
+            active: 1,
+            max: Some(1),
+            ..
+        }
+    ));
+    // A real TLS client's handshake fails: the server closed without a ServerHello.
+    assert!(tls_client(&h).await.is_err());
+    assert_eq!(first.get("/").await.status(), 200);
+    let m = h.runtime.server("web-tls").unwrap().pool().metrics();
+    assert_eq!(m.accepted, 1);
+    assert!(m.rejected >= 1);
+}
+
+#[tokio::test]
+async fn per_ip_limit_applies_to_the_peer_address() {
+    let h = start(PoolSettings {
+        max_connections_per_ip: Some(2),
+        ..Default::default()
+    })
+    .await;
+    let mut a = Client::connect(h.http).await;
+    let mut b = Client::connect(h.http).await;
+    assert_eq!(a.get("/").await.status(), 200);
+    assert_eq!(b.get("/").await.status(), 200);
+    let reply = raw_exchange(h.http, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    assert!(reply.starts_with("HTTP/1.1 503 "), "{reply}");
+    let events = h.runtime.server("web").unwrap().pool().metrics();
+    assert_eq!(events.rejected, 1);
+}
+
+#[tokio::test]
+async fn raising_the_limit_live_admits_more() {
+    let h = start(PoolSettings {
+        max_connections: Some(1),
+        ..Default::default()
+    })
+    .await;
+    let pool = h.runtime.server("web").unwrap().pool().clone();
+    let mut a = Client::connect(h.http).await;
+    assert_eq!(a.get("/").await.status(), 200);
+    let reply = raw_exchange(h.http, b"").await;
+    assert!(reply.starts_with("HTTP/1.1 503"), "{reply}");
+    let changes = pool
+        .update_config(&PoolSettings {
+            max_connections: Some(2),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(
+        (changes[0].old.as_str(), changes[0].new.as_str()),
+        ("1", "2")
+    );
+    let mut b = Client::connect(h.http).await;
+    assert_eq!(b.get("/").await.status(), 200);
+    assert_eq!(pool.active_connections(), 2);
+}
+
+#[tokio::test]
+async fn lowering_the_limit_live_closes_idle_first_and_never_cuts_a_request() {
+    let h = start(PoolSettings {
+        max_connections: Some(4),
+        ..Default::default()
+    })
+    .await;
+    let pool = h.runtime.server("web").unwrap().pool().clone();
+    let mut events = h.runtime.registry().subscribe();
+    let mut idle = Vec::new();
+    for _ in 0..2 {
+        let mut c = Client::connect(h.http).await;
+        assert_eq!(c.get("/").await.status(), 200);
+        idle.push(c);
+    }
+    // Two connections with a slow request in flight.
+    let mut busy = Vec::new();
+    for _ in 0..2 {
+        let mut c = Client::connect(h.http).await;
+        busy.push(tokio::spawn(async move {
+            let res = c.get("/sleep?ms=700").await;
+            (res, c)
+        }));
+    }
+    wait_events(&mut events, 2, |k| {
+        matches!(k, PoolEventKind::ConnectionAdded { .. })
+    })
+    .await;
+    while pool.metrics().busy < 2 {
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Lower to 1: both idle connections go at once; one busy one after its response.
+    pool.update_config(&PoolSettings {
+        max_connections: Some(1),
+        ..Default::default()
+    })
+    .unwrap();
+    let removed = wait_events(&mut events, 2, |k| {
+        matches!(k, PoolEventKind::ConnectionRemoved { .. })
+    })
+    .await;
+    for r in &removed {
+        assert!(
+            matches!(
+                r,
+                PoolEventKind::ConnectionRemoved {
+                    reason: CloseReason::LimitLowered,
+                    requests: 1,
+                    ..
+                }
+            ),
+            "{r:?}"
+        );
+    }
+    for c in idle {
+        c.closed().await;
+    }
+    // Both slow requests complete normally; exactly one connection is told to close.
+    let mut closes = 0;
+    let mut survivors = Vec::new();
+    for b in busy {
+        let (res, c) = b.await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(&res.body()[..], b"slept");
+        let closing = res
+            .headers()
+            .get("connection")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+        if closing {
+            closes += 1;
+            c.closed().await;
+        } else {
+            survivors.push(c);
+        }
+    }
+    assert_eq!(closes, 1);
+    assert_eq!(survivors.len(), 1);
+    assert_eq!(survivors[0].get("/").await.status(), 200);
+    let m = pool.metrics();
+    assert!(m.closed.contains(&("limit_lowered", 3)), "{:?}", m.closed);
+    assert_eq!(m.active, 1);
+}

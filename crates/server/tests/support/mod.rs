@@ -1,0 +1,275 @@
+//! Test harness: a poolserve runtime on 127.0.0.1 port 0 with the demo app, and real clients.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use poolserve_pool::{PoolConfig, PoolEventKind, PoolSettings, Subscription};
+use poolserve_server::file_config::{LogConfig, RunConfig, ServerSpec};
+use poolserve_server::tls::{PemPair, TlsFiles};
+use poolserve_server::{demo, Protocol, Runtime};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Bound on any single wait in a test.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub struct Harness {
+    pub runtime: Runtime,
+    pub http: SocketAddr,
+    pub https: SocketAddr,
+    pub admin: SocketAddr,
+    pub pem: PemPair,
+    _dir: TempDir,
+}
+
+/// A directory removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "poolserve-test-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    t ^ N.fetch_add(1, Ordering::Relaxed)
+}
+
+pub fn pool(settings: PoolSettings) -> PoolConfig {
+    PoolConfig::default().apply(&settings, "pool.").unwrap().0
+}
+
+/// Starts `web` (http) and `web-tls` (https, with a fresh certificate from files) on port 0.
+pub async fn start(settings: PoolSettings) -> Harness {
+    start_with(settings, Duration::from_secs(5)).await
+}
+
+pub async fn start_with(settings: PoolSettings, drain_timeout: Duration) -> Harness {
+    let dir = TempDir::new();
+    let pem = PemPair::self_signed().unwrap();
+    let files = TlsFiles {
+        cert: dir.0.join("cert.pem"),
+        key: dir.0.join("key.pem"),
+    };
+    std::fs::write(&files.cert, &pem.cert_pem).unwrap();
+    std::fs::write(&files.key, &pem.key_pem).unwrap();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let config = RunConfig {
+        admin_listen: any,
+        admin_token: None,
+        drain_timeout,
+        log: LogConfig {
+            level: "info".into(),
+            json: false,
+        },
+        servers: vec![
+            ServerSpec {
+                name: "web".into(),
+                protocol: Protocol::Http,
+                listen: any,
+                tls: None,
+                pool: pool(settings.clone()),
+            },
+            ServerSpec {
+                name: "web-tls".into(),
+                protocol: Protocol::Https,
+                listen: any,
+                tls: Some(files),
+                pool: pool(settings),
+            },
+        ],
+    };
+    let runtime = Runtime::start(&config, demo::service()).await.unwrap();
+    Harness {
+        http: runtime.server("web").unwrap().local_addr(),
+        https: runtime.server("web-tls").unwrap().local_addr(),
+        admin: runtime.admin_addr(),
+        runtime,
+        pem,
+        _dir: dir,
+    }
+}
+
+/// One HTTP/1.1 client connection (hyper's client), kept alive across requests.
+pub struct Client {
+    sender: http1::SendRequest<Full<Bytes>>,
+    pub addr: SocketAddr,
+    conn: tokio::task::JoinHandle<Result<(), hyper::Error>>,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        Self::over(addr, stream).await
+    }
+
+    pub async fn over<S>(addr: SocketAddr, stream: S) -> Client
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.unwrap();
+        Client {
+            sender,
+            addr,
+            conn: tokio::spawn(conn),
+        }
+    }
+
+    pub async fn request(&mut self, method: &str, path: &str, body: &str) -> Response<Bytes> {
+        self.try_request(method, path, body).await.unwrap()
+    }
+
+    pub async fn try_request(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> Result<Response<Bytes>, hyper::Error> {
+        self.sender.ready().await?;
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", self.addr.to_string())
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .unwrap();
+        let res = self.sender.send_request(req).await?;
+        let (parts, body) = res.into_parts();
+        let body = body.collect().await?.to_bytes();
+        Ok(Response::from_parts(parts, body))
+    }
+
+    pub async fn get(&mut self, path: &str) -> Response<Bytes> {
+        self.request("GET", path, "").await
+    }
+
+    /// Waits for the server to close this connection.
+    pub async fn closed(self) {
+        tokio::time::timeout(WAIT, self.conn)
+            .await
+            .expect("server closes the connection")
+            .unwrap()
+            .ok();
+    }
+}
+
+/// A one-shot GET on a fresh connection.
+pub async fn get(addr: SocketAddr, path: &str) -> Response<Bytes> {
+    Client::connect(addr).await.get(path).await
+}
+
+/// GETs an admin path and returns status and body.
+pub async fn admin(addr: SocketAddr, path: &str) -> (u16, String) {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let req = Request::get(path)
+        .header("host", "admin")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let res = sender.send_request(req).await.unwrap();
+    let status = res.status().as_u16();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+pub async fn health(addr: SocketAddr) -> serde_json::Value {
+    let (status, body) = admin(addr, "/health").await;
+    assert_eq!(status, 200);
+    serde_json::from_str(&body).unwrap()
+}
+
+/// The value of one Prometheus sample, by name and label substring.
+pub async fn metric(addr: SocketAddr, name: &str, labels: &str) -> f64 {
+    let (_, body) = admin(addr, "/metrics").await;
+    body.lines()
+        .find(|l| l.starts_with(&format!("{name}{{")) && l.contains(labels))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {name}{{{labels}}} in:\n{body}"))
+}
+
+/// Writes raw bytes and reads until the server closes, returning what came back.
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    read_to_close(&mut s).await
+}
+
+pub async fn read_to_close(s: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut out))
+        .await
+        .expect("server closes the connection");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Waits until `n` events matching `pred` arrive.
+pub async fn wait_events(
+    events: &mut Subscription,
+    n: usize,
+    pred: impl Fn(&PoolEventKind) -> bool,
+) -> Vec<PoolEventKind> {
+    let mut seen = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        while seen.len() < n {
+            match events.recv().await {
+                Ok(e) if pred(&e.kind) => seen.push(e.kind),
+                Ok(_) => {}
+                Err(e) => panic!("event stream: {e:?}"),
+            }
+        }
+    })
+    .await
+    .expect("events arrive");
+    seen
+}
+
+/// A TLS connector that trusts exactly `pem`'s certificate.
+pub fn tls_connector(pem: &PemPair) -> tokio_rustls::TlsConnector {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem.cert_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+pub async fn tls_client(h: &Harness) -> Result<Client, std::io::Error> {
+    let stream = TcpStream::connect(h.https).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tls_connector(&h.pem).connect(name, stream).await?;
+    Ok(Client::over(h.https, tls).await)
+}

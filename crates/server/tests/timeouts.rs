@@ -1,0 +1,193 @@
+//! Every phase of a connection is bounded (S3): silent sockets, slowloris heads, slow bodies,
+//! idle keep-alive, stalled TLS handshakes and peers that stop reading — while a long streaming
+//! response is never cut.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use poolserve_pool::{CloseReason, PoolEventKind, PoolSettings, TimeoutKind};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Allowed lateness of a timeout on a loaded 2-core CI machine.
+const SLACK: Duration = Duration::from_millis(750);
+
+fn settings(headers: &str, request: &str, keep_alive: &str, idle: &str) -> PoolSettings {
+    PoolSettings {
+        headers_timeout: Some(headers.into()),
+        request_timeout: Some(request.into()),
+        keep_alive_timeout: Some(keep_alive.into()),
+        connection_timeout: Some(idle.into()),
+        ..Default::default()
+    }
+}
+
+fn assert_within(elapsed: Duration, bound: Duration) {
+    assert!(
+        elapsed >= bound && elapsed <= bound + SLACK,
+        "closed after {elapsed:?}, expected {bound:?} (+{SLACK:?})"
+    );
+}
+
+async fn wait_for_timeout(h: &Harness, kind: TimeoutKind) {
+    let pool = h.runtime.server("web").unwrap().pool();
+    let name = kind.as_str();
+    let mut events = h.runtime.registry().subscribe();
+    if pool
+        .metrics()
+        .timeouts
+        .iter()
+        .any(|(k, n)| *k == name && *n > 0)
+    {
+        return;
+    }
+    wait_events(&mut events, 1, |k| {
+        matches!(k, PoolEventKind::ConnectionRemoved { reason: CloseReason::Timeout(t), .. } if *t == kind)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn slowloris_is_closed_at_headers_timeout_while_others_are_served() {
+    let h = start(settings("600ms", "30s", "30s", "30s")).await;
+    let start = Instant::now();
+    let mut slow = TcpStream::connect(h.http).await.unwrap();
+    let drip = tokio::spawn(async move {
+        // One header byte every 100 ms: never a complete head.
+        for b in b"GET / HTTP/1.1\r\nhost: x\r\nx-slow: aaaaaaaaaaaaaaaaaaaaaaaaaaa".iter() {
+            if slow.write_all(&[*b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut rest = Vec::new();
+        let _ = slow.read_to_end(&mut rest).await;
+        start.elapsed()
+    });
+    // Meanwhile other clients are served normally.
+    for _ in 0..5 {
+        assert_eq!(get(h.http, "/").await.status(), 200);
+    }
+    let closed_after = tokio::time::timeout(WAIT, drip).await.unwrap().unwrap();
+    assert_within(closed_after, Duration::from_millis(600));
+    wait_for_timeout(&h, TimeoutKind::Headers).await;
+    assert_eq!(
+        metric(
+            h.admin,
+            "poolserve_timeouts_total",
+            "server=\"web\",protocol=\"http\",kind=\"headers\""
+        )
+        .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_socket_that_never_sends_a_byte_is_closed() {
+    let h = start(settings("500ms", "30s", "30s", "30s")).await;
+    let start = Instant::now();
+    let mut s = TcpStream::connect(h.http).await.unwrap();
+    let got = read_to_close(&mut s).await;
+    assert!(got.is_empty(), "{got}");
+    assert_within(start.elapsed(), Duration::from_millis(500));
+    wait_for_timeout(&h, TimeoutKind::Headers).await;
+}
+
+#[tokio::test]
+async fn a_stalled_tls_handshake_is_closed() {
+    let h = start(settings("500ms", "30s", "30s", "30s")).await;
+    let start = Instant::now();
+    let mut s = TcpStream::connect(h.https).await.unwrap();
+    // Half a ClientHello record header, then silence.
+    s.write_all(&[0x16, 0x03, 0x01]).await.unwrap();
+    let got = read_to_close(&mut s).await;
+    assert!(got.is_empty());
+    assert_within(start.elapsed(), Duration::from_millis(500));
+    let pool = h.runtime.server("web-tls").unwrap().pool();
+    let mut events = h.runtime.registry().subscribe();
+    if !pool.metrics().timeouts.contains(&("handshake", 1)) {
+        wait_events(&mut events, 1, |k| {
+            matches!(k, PoolEventKind::ConnectionRemoved { .. })
+        })
+        .await;
+    }
+    assert!(
+        pool.metrics().timeouts.contains(&("handshake", 1)),
+        "{:?}",
+        pool.metrics().timeouts
+    );
+}
+
+#[tokio::test]
+async fn a_slow_request_body_is_cut_at_request_timeout() {
+    let h = start(settings("5s", "700ms", "30s", "30s")).await;
+    let start = Instant::now();
+    let mut s = TcpStream::connect(h.http).await.unwrap();
+    s.write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n")
+        .await
+        .unwrap();
+    let drip = tokio::spawn(async move {
+        for _ in 0..100 {
+            if s.write_all(b"x").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest).await;
+    });
+    tokio::time::timeout(WAIT, drip).await.unwrap().unwrap();
+    // The request started at connect (first request), so the bound counts from there.
+    assert_within(start.elapsed(), Duration::from_millis(700));
+    wait_for_timeout(&h, TimeoutKind::Request).await;
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connection_is_closed_after_keep_alive_timeout() {
+    let h = start(settings("5s", "5s", "400ms", "30s")).await;
+    let mut c = Client::connect(h.http).await;
+    assert_eq!(c.get("/").await.status(), 200);
+    let idle_since = Instant::now();
+    // Activity resets the idle clock.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(c.get("/").await.status(), 200);
+    let idle_since_second = Instant::now();
+    c.closed().await;
+    assert!(idle_since.elapsed() >= Duration::from_millis(600));
+    assert_within(idle_since_second.elapsed(), Duration::from_millis(400));
+    wait_for_timeout(&h, TimeoutKind::KeepAlive).await;
+}
+
+#[tokio::test]
+async fn a_long_stream_outlives_every_timeout() {
+    // Every bound is 300 ms; the stream takes ~1.5 s.
+    let h = start(settings("300ms", "300ms", "300ms", "300ms")).await;
+    let mut c = Client::connect(h.http).await;
+    let res = c.get("/stream?chunks=15&interval_ms=100").await;
+    assert_eq!(res.status(), 200);
+    let body = String::from_utf8(res.body().to_vec()).unwrap();
+    assert_eq!(body.lines().count(), 15, "{body}");
+    assert!(body.ends_with("chunk 15\n"));
+    // And a slow handler is not cut either.
+    assert_eq!(c.get("/sleep?ms=800").await.status(), 200);
+    let m = h.runtime.server("web").unwrap().pool().metrics();
+    assert!(m.timeouts.iter().all(|(_, n)| *n == 0), "{:?}", m.timeouts);
+}
+
+#[tokio::test]
+async fn a_peer_that_stops_reading_is_closed_as_a_write_stall() {
+    let h = start(settings("5s", "5s", "5s", "500ms")).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut s = socket.connect(h.http).await.unwrap();
+    // A 640 MiB stream, never read: the socket buffers fill and the server's write blocks.
+    s.write_all(b"GET /stream?chunks=10000&interval_ms=0&size=65536 HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    wait_for_timeout(&h, TimeoutKind::WriteStall).await;
+    let m = h.runtime.server("web").unwrap().pool().metrics();
+    assert!(m.timeouts.contains(&("write_stall", 1)), "{:?}", m.timeouts);
+    assert_eq!(m.active, 0);
+}
