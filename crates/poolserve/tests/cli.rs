@@ -79,7 +79,11 @@ fn spawn(config: &std::path::Path) -> (Child, SocketAddr, mpsc::Receiver<serde_j
         }
     });
     let addr = loop {
-        let line = rx.recv_timeout(WAIT).expect("the server logs its address");
+        let Ok(line) = rx.recv_timeout(WAIT) else {
+            let status = child.try_wait();
+            let _ = child.kill();
+            panic!("poolserve did not log its address (exit status: {status:?})");
+        };
         if line["message"] == "ready" && line["server"] == "web" {
             break line["addr"].as_str().unwrap().parse().unwrap();
         }
