@@ -70,6 +70,14 @@ pub async fn start(settings: PoolSettings) -> Harness {
 }
 
 pub async fn start_with(settings: PoolSettings, drain_timeout: Duration) -> Harness {
+    start_full(settings, drain_timeout, None).await
+}
+
+pub async fn start_full(
+    settings: PoolSettings,
+    drain_timeout: Duration,
+    admin_token: Option<&str>,
+) -> Harness {
     let dir = TempDir::new();
     let pem = PemPair::self_signed().unwrap();
     let files = TlsFiles {
@@ -81,7 +89,7 @@ pub async fn start_with(settings: PoolSettings, drain_timeout: Duration) -> Harn
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let config = RunConfig {
         admin_listen: any,
-        admin_token: None,
+        admin_token: admin_token.map(str::to_owned),
         drain_timeout,
         log: LogConfig {
             level: "info".into(),
@@ -184,13 +192,19 @@ pub async fn get(addr: SocketAddr, path: &str) -> Response<Bytes> {
 
 /// GETs an admin path and returns status and body.
 pub async fn admin(addr: SocketAddr, path: &str) -> (u16, String) {
+    admin_with(addr, path, None).await
+}
+
+/// GETs an admin path, optionally with a bearer token.
+pub async fn admin_with(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
     let stream = TcpStream::connect(addr).await.unwrap();
     let (mut sender, conn) = http1::handshake(TokioIo::new(stream)).await.unwrap();
     tokio::spawn(conn);
-    let req = Request::get(path)
-        .header("host", "admin")
-        .body(Empty::<Bytes>::new())
-        .unwrap();
+    let mut req = Request::get(path).header("host", "admin");
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let req = req.body(Empty::<Bytes>::new()).unwrap();
     let res = sender.send_request(req).await.unwrap();
     let status = res.status().as_u16();
     let body = res.into_body().collect().await.unwrap().to_bytes();
