@@ -23,8 +23,17 @@ fn check_accepts_a_valid_file() {
         "good.toml",
         "[[server]]\nname = \"web\"\nprotocol = \"http\"\nlisten = \"127.0.0.1:0\"\n[server.pool]\nmax_connections = 10\n",
     );
-    let out = Command::new(BIN).arg("--check").arg(&path).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(BIN)
+        .arg("--check")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("valid"));
 }
 
@@ -42,17 +51,34 @@ listen = "127.0.0.1:0"
   keep_alive_timeout = "soon"
 "#,
     );
-    let out = Command::new(BIN).arg("--check").arg(&path).output().unwrap();
+    let out = Command::new(BIN)
+        .arg("--check")
+        .arg(&path)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("server[0] (web).pool.max_connections = 0"), "{err}");
-    assert!(err.contains("server[0] (web).pool.keep_alive_timeout = \"soon\""), "{err}");
+    assert!(
+        err.contains("server[0] (web).pool.max_connections = 0"),
+        "{err}"
+    );
+    assert!(
+        err.contains("server[0] (web).pool.keep_alive_timeout = \"soon\""),
+        "{err}"
+    );
 }
 
 #[test]
 fn check_refuses_unknown_keys() {
-    let path = write_config("unknown.toml", "[admin]\nlisten = \"127.0.0.1:0\"\nport = 1\n");
-    let out = Command::new(BIN).arg("--check").arg(&path).output().unwrap();
+    let path = write_config(
+        "unknown.toml",
+        "[admin]\nlisten = \"127.0.0.1:0\"\nport = 1\n",
+    );
+    let out = Command::new(BIN)
+        .arg("--check")
+        .arg(&path)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("port"));
 }
@@ -93,7 +119,9 @@ fn spawn(config: &std::path::Path) -> (Child, SocketAddr, mpsc::Receiver<serde_j
 
 fn wait_for_log(rx: &mpsc::Receiver<serde_json::Value>, message: &str) {
     loop {
-        let line = rx.recv_timeout(WAIT).unwrap_or_else(|_| panic!("no log line {message:?}"));
+        let line = rx
+            .recv_timeout(WAIT)
+            .unwrap_or_else(|_| panic!("no log line {message:?}"));
         if line["message"] == message {
             return;
         }
@@ -124,7 +152,8 @@ listen = "127.0.0.1:0"
         std::thread::spawn(move || {
             let mut s = TcpStream::connect(addr).unwrap();
             s.set_read_timeout(Some(WAIT)).unwrap();
-            s.write_all(b"GET /sleep?ms=700 HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+            s.write_all(b"GET /sleep?ms=700 HTTP/1.1\r\nhost: x\r\n\r\n")
+                .unwrap();
             let mut reply = String::new();
             let _ = s.read_to_string(&mut reply);
             done_tx.send(reply).unwrap();
@@ -143,7 +172,10 @@ listen = "127.0.0.1:0"
     for _ in 0..5 {
         let reply = done_rx.recv_timeout(WAIT).expect("the request completes");
         assert!(reply.starts_with("HTTP/1.1 200 OK"), "{reply}");
-        assert!(reply.to_ascii_lowercase().contains("connection: close"), "{reply}");
+        assert!(
+            reply.to_ascii_lowercase().contains("connection: close"),
+            "{reply}"
+        );
         assert!(reply.ends_with("slept"), "{reply}");
     }
     let status = wait_exit(child);
@@ -169,7 +201,10 @@ fn wait_exit(mut child: Child) -> std::process::ExitStatus {
     match rx.recv_timeout(WAIT) {
         Ok(status) => status.unwrap(),
         Err(_) => {
-            let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(pid.to_string())
+                .status();
             panic!("poolserve did not exit after SIGTERM");
         }
     }
