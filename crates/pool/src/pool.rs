@@ -168,7 +168,8 @@ impl PoolCore {
     }
 
     pub fn after_release(&self, open: u32) {
-        if open == 0 && self.control.borrow().stage != Stage::Serving {
+        // Only `close_all` stops admission, and it is the only waiter.
+        if open == 0 && !self.admission.is_accepting() {
             self.all_closed.notify_waiters();
         }
         self.check_band(open);

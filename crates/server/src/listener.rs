@@ -105,25 +105,23 @@ impl Server {
         service: S,
     ) -> Result<Server, ServerError>
     where
-        S: tower::Service<Request<Body>, Response = Response<B>> + Clone + Send + Sync + 'static,
+        S: tower::Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
         S::Future: Send + 'static,
         S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let tls = match (options.protocol.is_tls(), &options.tls) {
-            (false, _) => None,
-            (true, Some(pem)) => Some(TlsAcceptor::from(
-                pem.server_config(&[b"http/1.1"])
-                    .map_err(|e| ServerError::Tls(e.to_string()))?,
-            )),
-            (true, None) => {
-                let pem = PemPair::self_signed().map_err(|e| ServerError::Tls(e.to_string()))?;
-                Some(TlsAcceptor::from(
-                    pem.server_config(&[b"http/1.1"])
-                        .map_err(|e| ServerError::Tls(e.to_string()))?,
-                ))
-            }
+        let tls = if options.protocol.is_tls() {
+            let tls_error = |e: crate::tls::TlsError| ServerError::Tls(e.to_string());
+            let pem = match options.tls {
+                Some(pem) => pem,
+                None => PemPair::self_signed().map_err(tls_error)?,
+            };
+            Some(TlsAcceptor::from(
+                pem.server_config(&[b"http/1.1"]).map_err(tls_error)?,
+            ))
+        } else {
+            None
         };
         let listener = bind(options.listen)
             .await
@@ -146,7 +144,7 @@ impl Server {
             listener,
             pool.clone(),
             tls,
-            Arc::new(service),
+            service,
             options.name.clone(),
         ));
         Ok(Server {
@@ -201,10 +199,10 @@ async fn accept_loop<S, B>(
     listener: TcpListener,
     pool: Pool<Http1Policy>,
     tls: Option<TlsAcceptor>,
-    service: Arc<S>,
+    service: S,
     name: String,
 ) where
-    S: tower::Service<Request<Body>, Response = Response<B>> + Clone + Send + Sync + 'static,
+    S: tower::Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -246,7 +244,7 @@ async fn accept_loop<S, B>(
         };
         let _ = stream.set_nodelay(true);
         let tls = tls.clone();
-        let service = (*service).clone();
+        let service = service.clone();
         let config = pool.config();
         tokio::spawn(async move {
             serve_connection(guard, stream, tls, service, config).await;

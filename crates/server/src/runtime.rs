@@ -49,7 +49,7 @@ impl Runtime {
     /// All listeners are bound and TLS is loaded before this returns.
     pub async fn start<S, B>(config: &RunConfig, service: S) -> Result<Runtime, StartError>
     where
-        S: tower::Service<Request<Body>, Response = Response<B>> + Clone + Send + Sync + 'static,
+        S: tower::Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
         S::Future: Send + 'static,
         S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
         B: http_body::Body<Data = Bytes> + Send + 'static,
