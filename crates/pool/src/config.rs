@@ -81,6 +81,10 @@ pub struct WebSocketSettings {
     pub pong_timeout: Option<String>,
     /// Largest message accepted, in bytes.
     pub max_message_size: Option<i64>,
+    /// Largest frame accepted, in bytes.
+    pub max_frame_size: Option<i64>,
+    /// Close a connection with no message either way for this long; absent = never.
+    pub idle_timeout: Option<String>,
 }
 
 /// Health thresholds, all optional.
@@ -166,6 +170,10 @@ pub struct WebSocketConfig {
     pub pong_timeout: Duration,
     /// Largest message accepted, in bytes.
     pub max_message_size: usize,
+    /// Largest frame accepted, in bytes.
+    pub max_frame_size: usize,
+    /// Idle bound for connections exchanging no messages; `None` = none.
+    pub idle_timeout: Option<Duration>,
 }
 
 /// Validated health thresholds.
@@ -211,6 +219,8 @@ impl Default for PoolConfig {
                 ping_interval: Duration::from_secs(30),
                 pong_timeout: Duration::from_secs(10),
                 max_message_size: 16 * 1024 * 1024,
+                max_frame_size: 16 * 1024 * 1024,
+                idle_timeout: None,
             },
             health: HealthThresholds {
                 degraded_utilization: 0.8,
@@ -491,6 +501,21 @@ impl PoolConfig {
                 1 << 32,
                 &mut next.websocket.max_message_size,
             );
+            a.count(
+                "websocket.max_frame_size",
+                w.max_frame_size,
+                1,
+                1 << 32,
+                &mut next.websocket.max_frame_size,
+            );
+            if w.idle_timeout.is_some() {
+                let mut idle = next.websocket.idle_timeout.unwrap_or_default();
+                let before = a.errors.len();
+                a.duration("websocket.idle_timeout", &w.idle_timeout, &mut idle);
+                if a.errors.len() == before {
+                    next.websocket.idle_timeout = Some(idle);
+                }
+            }
         }
         if let Some(h) = &s.health {
             a.ratio(
@@ -582,6 +607,8 @@ impl PoolConfig {
                 ping_interval: d(self.websocket.ping_interval),
                 pong_timeout: d(self.websocket.pong_timeout),
                 max_message_size: Some(self.websocket.max_message_size as i64),
+                max_frame_size: Some(self.websocket.max_frame_size as i64),
+                idle_timeout: self.websocket.idle_timeout.map(show_duration),
             }),
             health: Some(HealthSettings {
                 degraded_utilization: Some(self.health.degraded_utilization),

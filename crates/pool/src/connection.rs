@@ -37,6 +37,12 @@ pub(crate) struct ConnectionShared {
     pending_out: AtomicU64,
     /// Nanoseconds since the pool's origin plus one; 0 = no write blocked.
     write_blocked_since: AtomicU64,
+    /// Nanoseconds since the pool's origin of the last message either way (message protocols).
+    last_message: AtomicU64,
+    /// Nanoseconds since the pool's origin plus one of an unanswered heartbeat ping; 0 = none.
+    ping_outstanding_since: AtomicU64,
+    /// The connection switched protocols (an HTTP/1 upgrade to WebSocket).
+    upgraded: AtomicBool,
     closing: AtomicBool,
     /// The peer broke off a request body; failures that follow are its doing, not ours.
     peer_failed: AtomicBool,
@@ -60,6 +66,9 @@ impl ConnectionShared {
             pending_in: AtomicU64::new(0),
             pending_out: AtomicU64::new(0),
             write_blocked_since: AtomicU64::new(0),
+            last_message: AtomicU64::new(since),
+            ping_outstanding_since: AtomicU64::new(0),
+            upgraded: AtomicBool::new(false),
             closing: AtomicBool::new(false),
             peer_failed: AtomicBool::new(false),
             shed_claimed: AtomicBool::new(false),
@@ -74,6 +83,7 @@ impl ConnectionShared {
 
     pub fn activity(&self) -> Activity {
         let blocked = self.write_blocked_since.load(Ordering::Relaxed);
+        let ping = self.ping_outstanding_since.load(Ordering::Relaxed);
         Activity {
             phase: Phase::from_u8(self.phase.load(Ordering::Relaxed)),
             phase_since: self.core.instant(self.phase_since.load(Ordering::Relaxed)),
@@ -81,6 +91,9 @@ impl ConnectionShared {
             in_flight: self.in_flight.load(Ordering::Relaxed),
             requests: self.requests.load(Ordering::Relaxed),
             write_blocked_since: (blocked != 0).then(|| self.core.instant(blocked - 1)),
+            last_message: self.core.instant(self.last_message.load(Ordering::Relaxed)),
+            ping_outstanding_since: (ping != 0).then(|| self.core.instant(ping - 1)),
+            upgraded: self.upgraded.load(Ordering::Relaxed),
             closing: self.closing.load(Ordering::Relaxed),
         }
     }
@@ -247,6 +260,67 @@ impl ConnectionTracker {
         });
     }
 
+    /// The connection switched protocols (an accepted WebSocket upgrade): from here on the
+    /// policy's message-protocol rules apply.
+    pub fn upgraded(&self) {
+        let s = &self.shared;
+        s.upgraded.store(true, Ordering::Relaxed);
+        s.last_message
+            .store(s.core.nanos(Instant::now()), Ordering::Relaxed);
+    }
+
+    fn message_activity(&self) -> Instant {
+        let now = Instant::now();
+        self.shared
+            .last_message
+            .store(self.shared.core.nanos(now), Ordering::Relaxed);
+        now
+    }
+
+    /// A whole message arrived from the peer (`bytes` of payload). Any traffic from the peer
+    /// also answers an outstanding heartbeat.
+    pub fn message_received(&self, bytes: usize) {
+        let c = &self.shared.core.counters;
+        c.messages_in.fetch_add(1, Ordering::Relaxed);
+        c.message_bytes_in
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+        self.message_activity();
+        self.shared
+            .ping_outstanding_since
+            .store(0, Ordering::Relaxed);
+    }
+
+    /// A whole message was sent to the peer (`bytes` of payload).
+    pub fn message_sent(&self, bytes: usize) {
+        let c = &self.shared.core.counters;
+        c.messages_out.fetch_add(1, Ordering::Relaxed);
+        c.message_bytes_out
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+        self.message_activity();
+    }
+
+    /// A heartbeat ping was sent; the peer must answer within the pong timeout.
+    pub fn ping_sent(&self) {
+        let s = &self.shared;
+        s.core.counters.pings_sent.fetch_add(1, Ordering::Relaxed);
+        if s.ping_outstanding_since.load(Ordering::Relaxed) == 0 {
+            let at = s.core.nanos(Instant::now());
+            s.ping_outstanding_since.store(at + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// The peer answered a heartbeat (a pong or any other frame).
+    pub fn pong_received(&self) {
+        self.shared
+            .ping_outstanding_since
+            .store(0, Ordering::Relaxed);
+    }
+
+    /// The message protocol closed with this close code (sent or received), for metrics.
+    pub fn close_code(&self, code: u16) {
+        self.shared.core.counters.count_close_code(code);
+    }
+
     /// The current activity.
     pub fn activity(&self) -> Activity {
         self.shared.activity()
@@ -356,6 +430,11 @@ impl<P: ProtocolPolicy> ConnectionGuard<P> {
         ConnectionTracker {
             shared: self.shared.clone(),
         }
+    }
+
+    /// The pool's protocol policy.
+    pub fn policy(&self) -> &P {
+        &self.pool.policy
     }
 
     /// Sets the reason the connection will be removed with.

@@ -52,9 +52,11 @@ pub use events::{
 };
 pub use health::{assess, utilization, Health, HealthInputs, HealthStatus, MIN_REQUESTS_FOR_RATES};
 pub use histogram::{HistogramSnapshot, LatencyHistogram, BOUNDS_MICROS};
-pub use metrics::{CloseReason, MetricsSnapshot, TimeoutKind};
+pub use metrics::{CloseReason, MetricsSnapshot, TimeoutKind, CLOSE_CODES};
 pub use per_ip::PerIpLimiter;
-pub use policy::{earliest, http1_deadline, Activity, DefaultPolicy, Phase, ProtocolPolicy};
+pub use policy::{
+    earliest, http1_deadline, websocket_deadline, Activity, DefaultPolicy, Phase, ProtocolPolicy,
+};
 pub use pool::{CloseReport, ControlState, Pool, Stage, HEALTH_INTERVAL};
 pub use registry::{PoolHandle, PoolRegistry, RegistryError};
 pub use window::{DecayingWindow, WindowStats, BUCKETS};

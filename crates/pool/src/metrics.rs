@@ -92,17 +92,20 @@ pub enum TimeoutKind {
     Idle,
     /// The peer stopped reading what the server was writing.
     WriteStall,
+    /// The peer did not answer a heartbeat ping in time.
+    Pong,
 }
 
 impl TimeoutKind {
     /// Every kind, for metrics that list them all.
-    pub const ALL: [TimeoutKind; 6] = [
+    pub const ALL: [TimeoutKind; 7] = [
         TimeoutKind::Handshake,
         TimeoutKind::Headers,
         TimeoutKind::Request,
         TimeoutKind::KeepAlive,
         TimeoutKind::Idle,
         TimeoutKind::WriteStall,
+        TimeoutKind::Pong,
     ];
 
     /// The label used in metrics and events.
@@ -114,6 +117,7 @@ impl TimeoutKind {
             TimeoutKind::KeepAlive => "keep_alive",
             TimeoutKind::Idle => "idle",
             TimeoutKind::WriteStall => "write_stall",
+            TimeoutKind::Pong => "pong",
         }
     }
 
@@ -125,6 +129,7 @@ impl TimeoutKind {
             TimeoutKind::KeepAlive => 3,
             TimeoutKind::Idle => 4,
             TimeoutKind::WriteStall => 5,
+            TimeoutKind::Pong => 6,
         }
     }
 }
@@ -148,9 +153,27 @@ pub(crate) struct Counters {
     /// Sum of requests served by closed connections.
     pub closed_connection_requests: AtomicU64,
     pub latency: LatencyHistogram,
+    pub messages_in: AtomicU64,
+    pub messages_out: AtomicU64,
+    pub message_bytes_in: AtomicU64,
+    pub message_bytes_out: AtomicU64,
+    pub pings_sent: AtomicU64,
+    /// Indexed like `CLOSE_CODES`, the last slot for any other code.
+    pub close_codes: [AtomicU64; CLOSE_CODES.len() + 1],
 }
 
+/// WebSocket close codes counted one by one; others are counted together as `other`.
+pub const CLOSE_CODES: [u16; 9] = [1000, 1001, 1002, 1003, 1006, 1007, 1008, 1009, 1011];
+
 impl Counters {
+    pub fn count_close_code(&self, code: u16) {
+        let i = CLOSE_CODES
+            .iter()
+            .position(|c| *c == code)
+            .unwrap_or(CLOSE_CODES.len());
+        self.close_codes[i].fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn count_close(&self, reason: CloseReason, requests: u64) {
         self.closed[reason.index()].fetch_add(1, Ordering::Relaxed);
         if let CloseReason::Timeout(kind) = reason {
@@ -207,6 +230,18 @@ pub struct MetricsSnapshot {
     pub latency_p95: Option<f64>,
     /// Estimated 99th percentile request duration, seconds.
     pub latency_p99: Option<f64>,
+    /// Messages received (message protocols: WebSocket messages, gRPC messages).
+    pub messages_in: u64,
+    /// Messages sent.
+    pub messages_out: u64,
+    /// Payload bytes of messages received.
+    pub message_bytes_in: u64,
+    /// Payload bytes of messages sent.
+    pub message_bytes_out: u64,
+    /// Heartbeat pings sent.
+    pub pings_sent: u64,
+    /// Close codes seen (sent or received), by code (`other` for the rest).
+    pub close_codes: Vec<(String, u64)>,
 }
 
 impl Counters {
@@ -257,6 +292,17 @@ impl Counters {
             latency_p95: latency.quantile(0.95),
             latency_p99: latency.quantile(0.99),
             latency,
+            messages_in: load(&self.messages_in),
+            messages_out: load(&self.messages_out),
+            message_bytes_in: load(&self.message_bytes_in),
+            message_bytes_out: load(&self.message_bytes_out),
+            pings_sent: load(&self.pings_sent),
+            close_codes: CLOSE_CODES
+                .iter()
+                .map(u16::to_string)
+                .chain(std::iter::once("other".to_owned()))
+                .zip(self.close_codes.iter().map(load))
+                .collect(),
         }
     }
 }

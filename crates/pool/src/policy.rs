@@ -48,6 +48,12 @@ pub struct Activity {
     pub write_blocked_since: Option<Instant>,
     /// Whether the connection was asked to close.
     pub closing: bool,
+    /// When the last message went either way (message protocols; the upgrade counts).
+    pub last_message: Instant,
+    /// Since when a heartbeat ping is unanswered, if one is.
+    pub ping_outstanding_since: Option<Instant>,
+    /// Whether the connection switched protocols (an HTTP/1 upgrade).
+    pub upgraded: bool,
 }
 
 /// Protocol-specific rules a pool applies to each of its connections.
@@ -106,6 +112,27 @@ pub fn http1_deadline(a: &Activity, c: &PoolConfig) -> Option<(Instant, TimeoutK
     earliest(phase, stall)
 }
 
+/// The WebSocket deadline: the HTTP/1 rules until the upgrade; then an unanswered ping must be
+/// answered within `websocket.pong_timeout`, a connection with no message either way for
+/// `websocket.idle_timeout` (only when configured) is idle, and a write the peer does not read for
+/// `connection_timeout` is a stall. A connection that exchanges messages is never idle.
+pub fn websocket_deadline(a: &Activity, c: &PoolConfig) -> Option<(Instant, TimeoutKind)> {
+    if !a.upgraded {
+        return http1_deadline(a, c);
+    }
+    let ws = &c.websocket;
+    let pong = a
+        .ping_outstanding_since
+        .map(|since| (since + ws.pong_timeout, TimeoutKind::Pong));
+    let idle = ws
+        .idle_timeout
+        .map(|idle| (a.last_message + idle, TimeoutKind::Idle));
+    let stall = a
+        .write_blocked_since
+        .map(|since| (since + c.connection_timeout, TimeoutKind::WriteStall));
+    earliest(earliest(pong, idle), stall)
+}
+
 /// The earlier of two optional deadlines.
 pub fn earliest(
     a: Option<(Instant, TimeoutKind)>,
@@ -143,6 +170,9 @@ mod tests {
             requests,
             write_blocked_since: None,
             closing: false,
+            last_message: t,
+            ping_outstanding_since: None,
+            upgraded: false,
         }
     }
 
@@ -173,5 +203,27 @@ mod tests {
         assert_eq!(http1_deadline(&a, &c), None);
         a.write_blocked_since = Some(a.phase_since);
         assert_eq!(http1_deadline(&a, &c).unwrap().1, TimeoutKind::WriteStall);
+    }
+
+    #[test]
+    fn websocket_rules() {
+        let mut c = PoolConfig::default();
+        let mut a = activity(Phase::Idle, 0);
+        // Before the upgrade: HTTP/1.
+        assert_eq!(websocket_deadline(&a, &c).unwrap().1, TimeoutKind::Headers);
+        a.upgraded = true;
+        // Upgraded, no ping outstanding, no idle timeout configured: unbounded.
+        assert_eq!(websocket_deadline(&a, &c), None);
+        a.ping_outstanding_since = Some(a.last_message);
+        assert_eq!(
+            websocket_deadline(&a, &c),
+            Some((a.last_message + c.websocket.pong_timeout, TimeoutKind::Pong))
+        );
+        a.ping_outstanding_since = None;
+        c.websocket.idle_timeout = Some(Duration::from_secs(3));
+        assert_eq!(
+            websocket_deadline(&a, &c),
+            Some((a.last_message + Duration::from_secs(3), TimeoutKind::Idle))
+        );
     }
 }

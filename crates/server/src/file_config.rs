@@ -58,7 +58,7 @@ pub struct LogSection {
 pub struct ServerSection {
     /// Unique name.
     pub name: String,
-    /// `http` or `https`.
+    /// `http`, `https`, `ws` or `wss`.
     pub protocol: String,
     /// Address to listen on.
     pub listen: String,
@@ -187,6 +187,7 @@ impl RunConfig {
             servers: vec![
                 spec("web", Protocol::Http, 3000),
                 spec("web-tls", Protocol::Https, 3443),
+                spec("live", Protocol::Ws, 3001),
             ],
         }
     }
@@ -272,11 +273,13 @@ impl FileConfig {
             let protocol = match s.protocol.as_str() {
                 "http" => Some(Protocol::Http),
                 "https" => Some(Protocol::Https),
-                "http2" | "grpc" | "ws" | "wss" => {
+                "ws" => Some(Protocol::Ws),
+                "wss" => Some(Protocol::Wss),
+                "http2" | "grpc" => {
                     errors.push(field_error(
                         format!("{at}.protocol"),
                         format!("{:?}", s.protocol),
-                        "not served by this build yet (http, https)",
+                        "not served by this build yet (http, https, ws, wss)",
                     ));
                     None
                 }

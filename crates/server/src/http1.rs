@@ -10,29 +10,13 @@ use bytes::Bytes;
 use http::{Request, Response};
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
-use poolserve_pool::{CloseReason, ConnectionGuard, ManagedConnection, PoolConfig, ProtocolPolicy};
+use poolserve_pool::{CloseReason, ConnectionGuard, ManagedConnection, PoolConfig};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::body::Body;
 use crate::io::TrackedIo;
+use crate::policy::ServerPolicy;
 use crate::service::TrackedService;
-
-/// The pool policy of HTTP/1.1 servers: the default request-cycle timeouts.
-#[derive(Debug, Clone, Copy)]
-pub struct Http1Policy {
-    /// Whether connections are TLS (`https`) or plain (`http`).
-    pub tls: bool,
-}
-
-impl ProtocolPolicy for Http1Policy {
-    fn protocol(&self) -> &'static str {
-        if self.tls {
-            "https"
-        } else {
-            "http"
-        }
-    }
-}
 
 pin_project_lite::pin_project! {
     /// A hyper HTTP/1 connection the pool can drive and close politely.
@@ -103,7 +87,7 @@ pub(crate) fn is_peer_fault(e: &hyper::Error) -> bool {
 
 /// Serves one admitted HTTP/1.1 connection to its end.
 pub(crate) async fn serve<IO, S, B>(
-    guard: ConnectionGuard<Http1Policy>,
+    guard: ConnectionGuard<ServerPolicy>,
     io: IO,
     service: S,
     config: &PoolConfig,

@@ -1,4 +1,4 @@
-//! poolserve's servers: HTTP/1.1 and HTTPS listeners whose every connection runs under a
+//! poolserve's servers: HTTP/1.1, HTTPS, WebSocket (ws, wss) listeners whose every connection runs under a
 //! [`poolserve_pool::Pool`], the admin endpoint, the config file and graceful shutdown.
 //!
 //! Handlers are tower [`Service`](tower::Service)s over `Request<`[`Body`]`>`, so an axum
@@ -13,14 +13,17 @@ pub mod file_config;
 mod http1;
 mod io;
 mod listener;
+mod policy;
 mod reject;
 mod runtime;
 mod service;
 pub mod tls;
+mod ws;
 
 pub use body::{Body, TrackedBody};
-pub use http1::{Http1Connection, Http1Policy};
+pub use http1::Http1Connection;
 pub use io::TrackedIo;
 pub use listener::{Protocol, Server, ServerError, ServerOptions};
+pub use policy::ServerPolicy;
 pub use reject::REFUSAL_503;
 pub use runtime::{Runtime, StartError};

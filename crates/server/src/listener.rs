@@ -17,7 +17,8 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::body::Body;
-use crate::http1::{self, Http1Policy};
+use crate::http1;
+use crate::policy::ServerPolicy;
 use crate::reject::Refuser;
 use crate::tls::PemPair;
 
@@ -29,6 +30,10 @@ pub enum Protocol {
     Http,
     /// HTTP/1.1 over TLS.
     Https,
+    /// WebSocket over TCP.
+    Ws,
+    /// WebSocket over TLS.
+    Wss,
 }
 
 impl Protocol {
@@ -37,12 +42,19 @@ impl Protocol {
         match self {
             Protocol::Http => "http",
             Protocol::Https => "https",
+            Protocol::Ws => "ws",
+            Protocol::Wss => "wss",
         }
     }
 
     /// Whether the protocol runs over TLS.
     pub fn is_tls(&self) -> bool {
-        matches!(self, Protocol::Https)
+        matches!(self, Protocol::Https | Protocol::Wss)
+    }
+
+    /// Whether the protocol is WebSocket.
+    pub fn is_websocket(&self) -> bool {
+        matches!(self, Protocol::Ws | Protocol::Wss)
     }
 }
 
@@ -90,7 +102,7 @@ pub struct Server {
     name: String,
     protocol: Protocol,
     local_addr: SocketAddr,
-    pool: Pool<Http1Policy>,
+    pool: Pool<ServerPolicy>,
     accept: JoinHandle<()>,
 }
 
@@ -132,8 +144,8 @@ impl Server {
         let pool = registry
             .get_or_create(
                 &options.name,
-                Http1Policy {
-                    tls: options.protocol.is_tls(),
+                ServerPolicy {
+                    protocol: options.protocol,
                 },
                 options.pool.clone(),
             )
@@ -172,7 +184,7 @@ impl Server {
     }
 
     /// The server's pool.
-    pub fn pool(&self) -> &Pool<Http1Policy> {
+    pub fn pool(&self) -> &Pool<ServerPolicy> {
         &self.pool
     }
 
@@ -197,7 +209,7 @@ async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 
 async fn accept_loop<S, B>(
     listener: TcpListener,
-    pool: Pool<Http1Policy>,
+    pool: Pool<ServerPolicy>,
     tls: Option<TlsAcceptor>,
     service: S,
     name: String,
@@ -254,7 +266,7 @@ async fn accept_loop<S, B>(
 }
 
 async fn serve_connection<S, B>(
-    mut guard: poolserve_pool::ConnectionGuard<Http1Policy>,
+    mut guard: poolserve_pool::ConnectionGuard<ServerPolicy>,
     stream: TcpStream,
     tls: Option<TlsAcceptor>,
     service: S,
@@ -266,7 +278,11 @@ async fn serve_connection<S, B>(
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let websocket = guard_protocol(&guard).is_websocket();
     match tls {
+        None if websocket => {
+            crate::ws::serve(guard, stream, config).await;
+        }
         None => {
             http1::serve(guard, stream, service, &config).await;
         }
@@ -274,6 +290,9 @@ async fn serve_connection<S, B>(
             // Bytes are counted as the application sees them, after decryption, so the
             // handshake is not wrapped.
             match guard.opening(acceptor.accept(stream)).await {
+                Some(Ok(tls_stream)) if websocket => {
+                    crate::ws::serve(guard, tls_stream, config).await;
+                }
                 Some(Ok(tls_stream)) => {
                     http1::serve(guard, tls_stream, service, &config).await;
                 }
@@ -287,6 +306,10 @@ async fn serve_connection<S, B>(
             }
         }
     }
+}
+
+fn guard_protocol(guard: &poolserve_pool::ConnectionGuard<ServerPolicy>) -> Protocol {
+    guard.policy().protocol
 }
 
 fn is_per_connection_error(e: &io::Error) -> bool {

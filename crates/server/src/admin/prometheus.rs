@@ -302,6 +302,63 @@ impl Collector for PoolCollector {
                 samples: per_pool_f(&|m, _| m.requests_per_connection),
             },
         )?;
+        counter(
+            &mut e,
+            Family {
+                name: "messages",
+                help: "Messages exchanged on message protocols (WebSocket), by direction.",
+                unit: None,
+                kind: MetricType::Counter,
+                samples: snaps
+                    .iter()
+                    .flat_map(|(l, m, _)| {
+                        [("in", m.messages_in), ("out", m.messages_out)]
+                            .map(|(d, v)| (with(l, "direction", d), v))
+                    })
+                    .collect(),
+            },
+        )?;
+        counter(
+            &mut e,
+            Family {
+                name: "message_payload",
+                help: "Payload bytes of messages on message protocols, by direction.",
+                unit: Some(Unit::Bytes),
+                kind: MetricType::Counter,
+                samples: snaps
+                    .iter()
+                    .flat_map(|(l, m, _)| {
+                        [("in", m.message_bytes_in), ("out", m.message_bytes_out)]
+                            .map(|(d, v)| (with(l, "direction", d), v))
+                    })
+                    .collect(),
+            },
+        )?;
+        counter(
+            &mut e,
+            Family {
+                name: "pings_sent",
+                help: "Heartbeat pings sent.",
+                unit: None,
+                kind: MetricType::Counter,
+                samples: per_pool(&|m| m.pings_sent),
+            },
+        )?;
+        counter(
+            &mut e,
+            Family {
+                name: "close_codes",
+                help: "WebSocket close codes sent or received, by code.",
+                unit: None,
+                kind: MetricType::Counter,
+                samples: snaps
+                    .iter()
+                    .flat_map(|(l, m, _)| {
+                        m.close_codes.iter().map(|(c, v)| (with(l, "code", c), *v))
+                    })
+                    .collect(),
+            },
+        )?;
         gauge(
             &mut e,
             Family {

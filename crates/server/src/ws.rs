@@ -1,0 +1,364 @@
+//! WebSocket (RFC 6455) connections under the pool: the HTTP/1.1 upgrade through hyper, then an
+//! echo session on tungstenite with a per-connection heartbeat.
+//!
+//! Pool rules: admission happens at accept, so an over-limit client gets a 503 before any
+//! upgrade. Until the upgrade the HTTP/1 bounds apply; after it, the pool closes a peer that
+//! leaves a ping unanswered for `pong_timeout` (and, only when configured, one that exchanges no
+//! message for `websocket.idle_timeout`). The heartbeat is this connection's own timer, armed at
+//! its last message plus `ping_interval`, so a chatty client is never pinged. A polite close sends
+//! close 1001 and then waits for the peer's close until the pool's deadline.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use poolserve_pool::{
+    CloseReason, ConnectionGuard, ConnectionTracker, ManagedConnection, PoolConfig,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsProtocolError};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::io::TrackedIo;
+use crate::policy::ServerPolicy;
+
+/// Why a WebSocket connection ended badly.
+#[derive(Debug)]
+pub struct WsError {
+    message: String,
+    peer_fault: bool,
+}
+
+impl std::fmt::Display for WsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl WsError {
+    fn peer(message: impl Into<String>) -> Self {
+        WsError {
+            message: message.into(),
+            peer_fault: true,
+        }
+    }
+}
+
+/// One WebSocket connection from its HTTP request to its close.
+struct WsConnection {
+    session: Pin<Box<dyn Future<Output = Result<(), WsError>> + Send>>,
+    close: watch::Sender<bool>,
+}
+
+impl Future for WsConnection {
+    type Output = Result<(), WsError>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.session.as_mut().poll(cx)
+    }
+}
+
+impl ManagedConnection for WsConnection {
+    type Error = WsError;
+
+    /// Before the upgrade: `Connection: close`; after it: close frame 1001.
+    fn close_politely(self: Pin<&mut Self>) {
+        self.close.send_replace(true);
+    }
+
+    fn is_peer_fault(e: &WsError) -> bool {
+        e.peer_fault
+    }
+}
+
+/// Serves one admitted WebSocket connection to its end.
+pub(crate) async fn serve<IO>(
+    guard: ConnectionGuard<ServerPolicy>,
+    io: IO,
+    config: Arc<PoolConfig>,
+) -> CloseReason
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let tracker = guard.tracker();
+    let (close, closed) = watch::channel(false);
+    let io = TrackedIo::new(io, tracker.clone());
+    let conn = WsConnection {
+        session: Box::pin(session(io, tracker, config, closed)),
+        close,
+    };
+    guard.serve(conn).await
+}
+
+fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+fn reply(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *res.status_mut() = status;
+    res
+}
+
+/// Answers the upgrade request: 101 with the accept key, or why not.
+fn handshake(req: &mut Request<Incoming>) -> (Response<Full<Bytes>>, Option<OnUpgrade>) {
+    let h = req.headers();
+    if req.method() != Method::GET
+        || !header_has_token(h, header::CONNECTION, "upgrade")
+        || !header_has_token(h, header::UPGRADE, "websocket")
+    {
+        let mut res = reply(
+            StatusCode::UPGRADE_REQUIRED,
+            "this is a WebSocket endpoint: send a GET with Upgrade: websocket\n",
+        );
+        res.headers_mut()
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        res.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        return (res, None);
+    }
+    if h.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
+        let mut res = reply(
+            StatusCode::UPGRADE_REQUIRED,
+            "unsupported Sec-WebSocket-Version\n",
+        );
+        res.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        return (res, None);
+    }
+    // A valid key is 16 random bytes in base64: 24 characters ending in "==".
+    let key = match h.get(header::SEC_WEBSOCKET_KEY) {
+        Some(k) if k.len() == 24 && k.as_bytes().ends_with(b"==") => k.as_bytes().to_vec(),
+        _ => {
+            return (
+                reply(StatusCode::BAD_REQUEST, "bad Sec-WebSocket-Key\n"),
+                None,
+            )
+        }
+    };
+    let accept = derive_accept_key(&key);
+    let mut res = Response::new(Full::new(Bytes::new()));
+    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let hs = res.headers_mut();
+    hs.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    hs.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        hs.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    (res, Some(hyper::upgrade::on(req)))
+}
+
+async fn session<IO>(
+    io: TrackedIo<IO>,
+    tracker: ConnectionTracker,
+    config: Arc<PoolConfig>,
+    mut close: watch::Receiver<bool>,
+) -> Result<(), WsError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // 1. The HTTP/1.1 upgrade, under the HTTP/1 bounds.
+    let (upgrade_tx, upgrade_rx) = oneshot::channel::<OnUpgrade>();
+    let upgrade_tx = Arc::new(Mutex::new(Some(upgrade_tx)));
+    let request_tracker = tracker.clone();
+    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        let request = request_tracker.request_started();
+        request.body_received();
+        let (res, upgrade) = handshake(&mut req);
+        if let Some(upgrade) = upgrade {
+            if let Some(tx) = upgrade_tx.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                let _ = tx.send(upgrade);
+            }
+        }
+        let mut request = request;
+        request.response_started(false);
+        request.finish();
+        async move { Ok::<_, std::convert::Infallible>(res) }
+    });
+    let mut builder = http1::Builder::new();
+    builder.max_buf_size(config.http1.max_header_size);
+    let conn = builder
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let mut asked_to_close = *close.borrow_and_update();
+    if asked_to_close {
+        conn.as_mut().graceful_shutdown();
+    }
+    loop {
+        tokio::select! {
+            biased;
+            done = conn.as_mut() => {
+                done.map_err(|e| WsError { peer_fault: crate::http1::is_peer_fault(&e), message: e.to_string() })?;
+                break;
+            }
+            changed = close.changed(), if !asked_to_close => {
+                asked_to_close = true;
+                if changed.is_ok() {
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+    let Ok(on_upgrade) = upgrade_rx.await else {
+        // The client never asked to upgrade and went away.
+        return Ok(());
+    };
+    let upgraded = on_upgrade
+        .await
+        .map_err(|e| WsError::peer(format!("upgrade failed: {e}")))?;
+    tracker.upgraded();
+
+    // 2. The WebSocket session.
+    let ws_config = WebSocketConfig::default()
+        .max_message_size(Some(config.websocket.max_message_size))
+        .max_frame_size(Some(config.websocket.max_frame_size));
+    let ws =
+        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
+            .await;
+    echo(ws, &tracker, &config, close, asked_to_close).await
+}
+
+async fn echo<S>(
+    ws: WebSocketStream<S>,
+    tracker: &ConnectionTracker,
+    config: &PoolConfig,
+    mut close: watch::Receiver<bool>,
+    already_closing: bool,
+) -> Result<(), WsError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut tx, mut rx) = ws.split();
+    let ping_interval = config.websocket.ping_interval;
+    let heartbeat = tokio::time::sleep_until(Instant::now() + ping_interval);
+    tokio::pin!(heartbeat);
+    let send_failed = |e: WsProtocolError| match e {
+        WsProtocolError::ConnectionClosed | WsProtocolError::AlreadyClosed => {
+            WsError::peer("connection closed while sending")
+        }
+        other => WsError::peer(format!("send failed: {other}")),
+    };
+    let mut closing = false;
+    if already_closing {
+        closing = true;
+        going_away(&mut tx, tracker).await;
+    }
+    loop {
+        tokio::select! {
+            biased;
+            changed = close.changed(), if !closing => {
+                closing = true;
+                if changed.is_ok() {
+                    going_away(&mut tx, tracker).await;
+                }
+            }
+            next = rx.next() => {
+                let message = match next {
+                    None => return Ok(()),
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) => return fail(e, &mut tx, tracker).await,
+                };
+                tracker.pong_received();
+                match message {
+                    Message::Text(_) | Message::Binary(_) => {
+                        let len = message.len();
+                        tracker.message_received(len);
+                        if !closing {
+                            tx.send(message).await.map_err(send_failed)?;
+                            tracker.message_sent(len);
+                        }
+                    }
+                    // tungstenite queues the pong (or the close echo); flushing sends it.
+                    Message::Ping(_) => tx.flush().await.map_err(send_failed)?,
+                    Message::Pong(_) | Message::Frame(_) => {}
+                    Message::Close(frame) => {
+                        let code = frame.as_ref().map_or(1005, |f| u16::from(f.code));
+                        if !closing {
+                            tracker.close_code(code);
+                        }
+                        let _ = tx.flush().await;
+                    }
+                }
+            }
+            () = &mut heartbeat => {
+                let activity = tracker.activity();
+                let due = activity.last_message + ping_interval;
+                let now = Instant::now();
+                if now >= due && activity.ping_outstanding_since.is_none() && !closing {
+                    tx.send(Message::Ping(Bytes::from_static(b"poolserve")))
+                        .await
+                        .map_err(send_failed)?;
+                    tracker.ping_sent();
+                    heartbeat.as_mut().reset(now + ping_interval);
+                } else {
+                    heartbeat.as_mut().reset(due.max(now + ping_interval / 8));
+                }
+            }
+        }
+    }
+}
+
+async fn going_away<S>(
+    tx: &mut futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
+    tracker: &ConnectionTracker,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    tracker.close_code(1001);
+    let frame = CloseFrame {
+        code: CloseCode::Away,
+        reason: "server going away".into(),
+    };
+    let _ = tx.send(Message::Close(Some(frame))).await;
+}
+
+/// Fails the connection on a protocol error with the close code RFC 6455 gives it.
+async fn fail<S>(
+    e: WsProtocolError,
+    tx: &mut futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
+    tracker: &ConnectionTracker,
+) -> Result<(), WsError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (code, reason) = match &e {
+        WsProtocolError::ConnectionClosed | WsProtocolError::AlreadyClosed => return Ok(()),
+        WsProtocolError::Capacity(CapacityError::MessageTooLong { .. }) => {
+            (CloseCode::Size, "message too big")
+        }
+        WsProtocolError::Capacity(_) => (CloseCode::Size, "too big"),
+        WsProtocolError::Utf8(_) => (CloseCode::Invalid, "invalid UTF-8"),
+        WsProtocolError::Protocol(_) => (CloseCode::Protocol, "protocol error"),
+        WsProtocolError::Io(_) => return Err(WsError::peer(format!("connection lost: {e}"))),
+        _ => (CloseCode::Protocol, "protocol error"),
+    };
+    tracker.close_code(u16::from(code));
+    let frame = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
+    let _ = tx.send(Message::Close(Some(frame))).await;
+    Err(WsError::peer(format!("{reason}: {e}")))
+}
