@@ -4,28 +4,49 @@ use std::error::Error as _;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
-use poolserve_pool::{CloseReason, ConnectionGuard, ManagedConnection, PoolConfig};
+use poolserve_pool::{
+    CloseReason, ConnectionGuard, ConnectionTracker, ManagedConnection, PoolConfig,
+};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::body::Body;
 use crate::io::TrackedIo;
 use crate::policy::ServerPolicy;
 use crate::service::TrackedService;
+use crate::upgrade::UpgradeLink;
 
-pin_project_lite::pin_project! {
-    /// A hyper HTTP/1 connection the pool can drive and close politely.
-    pub struct Http1Connection<I, S>
-    where
-        S: hyper::service::HttpService<hyper::body::Incoming>,
-    {
-        #[pin]
-        inner: http1::Connection<I, S>,
+type Hyper<I, S> = http1::UpgradeableConnection<I, S>;
+
+/// A hyper HTTP/1 connection the pool can drive and close politely. When a handler takes the
+/// connection over with an upgrade, it stays pooled until the upgraded I/O is dropped.
+pub struct Http1Connection<I, S>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+{
+    /// `None` once hyper has finished and handed the I/O to an upgrade.
+    serving: Option<Pin<Box<Hyper<I, S>>>>,
+    link: Arc<UpgradeLink>,
+    tracker: ConnectionTracker,
+}
+
+impl<I, S> Drop for Http1Connection<I, S>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+{
+    fn drop(&mut self) {
+        // Closed at once (a deadline or a forced shutdown) while a handler still holds the
+        // upgraded I/O: make that I/O fail so the handler lets go.
+        if self.serving.is_none() && !self.link.io_dropped.load(Ordering::Acquire) {
+            self.link.kill();
+        }
     }
 }
 
@@ -33,14 +54,30 @@ impl<I, S, B> Future for Http1Connection<I, S>
 where
     S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     B: http_body::Body + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     type Output = Result<(), hyper::Error>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.project().inner.poll(cx)
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        if let Some(conn) = this.serving.as_mut() {
+            ready!(conn.as_mut().poll(cx))?;
+            this.serving = None;
+            if this.link.io_dropped.load(Ordering::Acquire) {
+                return Poll::Ready(Ok(()));
+            }
+            // hyper kept the I/O alive for an upgrade: the connection lives on in the handler.
+            this.link.upgraded.store(true, Ordering::Release);
+            this.tracker.upgraded();
+        }
+        this.link.drop_waker.register(cx.waker());
+        if this.link.io_dropped.load(Ordering::Acquire) {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
     }
 }
 
@@ -48,15 +85,21 @@ impl<I, S, B> ManagedConnection for Http1Connection<I, S>
 where
     S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     B: http_body::Body + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     type Error = hyper::Error;
 
-    /// Sends `Connection: close` on the response in flight (or closes an idle connection).
-    fn close_politely(self: Pin<&mut Self>) {
-        self.project().inner.graceful_shutdown();
+    /// Sends `Connection: close` on the response in flight (or closes an idle connection); an
+    /// upgraded connection's handler is told through [`PooledConnection::closing`].
+    ///
+    /// [`PooledConnection::closing`]: crate::PooledConnection::closing
+    fn close_politely(mut self: Pin<&mut Self>) {
+        match self.serving.as_mut() {
+            Some(conn) => conn.as_mut().graceful_shutdown(),
+            None => self.link.ask_to_close(),
+        }
     }
 
     fn is_peer_fault(e: &hyper::Error) -> bool {
@@ -101,14 +144,19 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let tracker = guard.tracker();
-    let io = TokioIo::new(TrackedIo::new(io, tracker.clone()));
-    let service = TrackedService::new(service, tracker);
+    let link = Arc::new(UpgradeLink::default());
+    let io = TokioIo::new(TrackedIo::linked(io, tracker.clone(), link.clone()));
+    let service = TrackedService::new(service, tracker.clone(), link.clone());
     let mut builder = http1::Builder::new();
     builder
         .keep_alive(true)
         .max_buf_size(config.http1.max_header_size);
-    let conn: Http1Connection<_, TrackedService<S>> = Http1Connection {
-        inner: builder.serve_connection(io, service),
+    let conn = Http1Connection {
+        serving: Some(Box::pin(
+            builder.serve_connection(io, service).with_upgrades(),
+        )),
+        link,
+        tracker,
     };
     guard.serve(conn).await
 }

@@ -18,6 +18,7 @@ mod reject;
 mod runtime;
 mod service;
 pub mod tls;
+mod upgrade;
 mod ws;
 
 pub use body::{Body, TrackedBody};
@@ -27,3 +28,4 @@ pub use listener::{Protocol, Server, ServerError, ServerOptions};
 pub use policy::ServerPolicy;
 pub use reject::REFUSAL_503;
 pub use runtime::{Runtime, StartError};
+pub use upgrade::PooledConnection;

@@ -1,15 +1,13 @@
 //! The pool policy of poolserve's servers: each protocol's own timeout rules.
 
-use poolserve_pool::{
-    http1_deadline, websocket_deadline, Activity, PoolConfig, ProtocolPolicy, TimeoutKind,
-};
+use poolserve_pool::{websocket_deadline, Activity, PoolConfig, ProtocolPolicy, TimeoutKind};
 use tokio::time::Instant;
 
 use crate::listener::Protocol;
 
-/// The pool policy of one server: HTTP/1 request-cycle bounds for `http`/`https`, the
-/// WebSocket rules (HTTP/1 until the upgrade, then heartbeat and optional idle bounds) for
-/// `ws`/`wss`.
+/// The pool policy of one server: HTTP/1 request-cycle bounds until a connection upgrades, then
+/// the message-protocol rules (pong deadline, optional idle bound, write stalls) — for `ws`/`wss`
+/// servers and for connections a handler upgrades on `http`/`https` servers alike.
 #[derive(Debug, Clone, Copy)]
 pub struct ServerPolicy {
     /// The server's protocol.
@@ -22,9 +20,7 @@ impl ProtocolPolicy for ServerPolicy {
     }
 
     fn deadline(&self, a: &Activity, c: &PoolConfig) -> Option<(Instant, TimeoutKind)> {
-        match self.protocol {
-            Protocol::Http | Protocol::Https => http1_deadline(a, c),
-            Protocol::Ws | Protocol::Wss => websocket_deadline(a, c),
-        }
+        // `websocket_deadline` applies the HTTP/1 rules until the upgrade.
+        websocket_deadline(a, c)
     }
 }

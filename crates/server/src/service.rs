@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use http::{Request, Response};
@@ -11,17 +12,23 @@ use tower::util::Oneshot;
 use tower::{Service, ServiceExt};
 
 use crate::body::{Body, TrackedBody};
+use crate::upgrade::{PooledConnection, UpgradeLink};
 
 /// A hyper service that wraps each request of one connection in the pool's tracking.
 #[derive(Debug, Clone)]
 pub(crate) struct TrackedService<S> {
     inner: S,
     tracker: ConnectionTracker,
+    link: Arc<UpgradeLink>,
 }
 
 impl<S> TrackedService<S> {
-    pub fn new(inner: S, tracker: ConnectionTracker) -> Self {
-        TrackedService { inner, tracker }
+    pub fn new(inner: S, tracker: ConnectionTracker, link: Arc<UpgradeLink>) -> Self {
+        TrackedService {
+            inner,
+            tracker,
+            link,
+        }
     }
 }
 
@@ -35,7 +42,10 @@ where
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let request = self.tracker.request_started();
-        let req = req.map(|b| Body::new(b, self.tracker.clone()));
+        let mut req = req.map(|b| Body::new(b, self.tracker.clone()));
+        req.extensions_mut().insert(PooledConnection {
+            link: self.link.clone(),
+        });
         ResponseFuture {
             inner: self.inner.clone().oneshot(req),
             request: Some(request),
