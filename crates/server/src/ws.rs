@@ -250,7 +250,9 @@ async fn echo<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (mut tx, mut rx) = ws.split();
+    // One stream for both directions: `select!` drops the pending read before a branch body
+    // writes, so no split (and no lock per message) is needed.
+    let mut ws = ws;
     let ping_interval = config.websocket.ping_interval;
     let heartbeat = tokio::time::sleep_until(Instant::now() + ping_interval);
     tokio::pin!(heartbeat);
@@ -263,7 +265,7 @@ where
     let mut closing = false;
     if already_closing {
         closing = true;
-        going_away(&mut tx, tracker).await;
+        going_away(&mut ws, tracker).await;
     }
     loop {
         tokio::select! {
@@ -271,14 +273,14 @@ where
             changed = close.changed(), if !closing => {
                 closing = true;
                 if changed.is_ok() {
-                    going_away(&mut tx, tracker).await;
+                    going_away(&mut ws, tracker).await;
                 }
             }
-            next = rx.next() => {
+            next = ws.next() => {
                 let message = match next {
                     None => return Ok(()),
                     Some(Ok(m)) => m,
-                    Some(Err(e)) => return fail(e, &mut tx, tracker).await,
+                    Some(Err(e)) => return fail(e, &mut ws, tracker).await,
                 };
                 tracker.pong_received();
                 match message {
@@ -286,19 +288,19 @@ where
                         let len = message.len();
                         tracker.message_received(len);
                         if !closing {
-                            tx.send(message).await.map_err(send_failed)?;
+                            ws.send(message).await.map_err(send_failed)?;
                             tracker.message_sent(len);
                         }
                     }
                     // tungstenite queues the pong (or the close echo); flushing sends it.
-                    Message::Ping(_) => tx.flush().await.map_err(send_failed)?,
+                    Message::Ping(_) => ws.flush().await.map_err(send_failed)?,
                     Message::Pong(_) | Message::Frame(_) => {}
                     Message::Close(frame) => {
                         let code = frame.as_ref().map_or(1005, |f| u16::from(f.code));
                         if !closing {
                             tracker.close_code(code);
                         }
-                        let _ = tx.flush().await;
+                        let _ = ws.flush().await;
                     }
                 }
             }
@@ -307,7 +309,7 @@ where
                 let due = activity.last_message + ping_interval;
                 let now = Instant::now();
                 if now >= due && activity.ping_outstanding_since.is_none() && !closing {
-                    tx.send(Message::Ping(Bytes::from_static(b"poolserve")))
+                    ws.send(Message::Ping(Bytes::from_static(b"poolserve")))
                         .await
                         .map_err(send_failed)?;
                     tracker.ping_sent();
@@ -321,7 +323,7 @@ where
 }
 
 async fn going_away<S>(
-    tx: &mut futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
+    tx: &mut WebSocketStream<S>,
     tracker: &ConnectionTracker,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -337,7 +339,7 @@ async fn going_away<S>(
 /// Fails the connection on a protocol error with the close code RFC 6455 gives it.
 async fn fail<S>(
     e: WsProtocolError,
-    tx: &mut futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
+    tx: &mut WebSocketStream<S>,
     tracker: &ConnectionTracker,
 ) -> Result<(), WsError>
 where
