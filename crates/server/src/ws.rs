@@ -322,10 +322,8 @@ where
     }
 }
 
-async fn going_away<S>(
-    tx: &mut WebSocketStream<S>,
-    tracker: &ConnectionTracker,
-) where
+async fn going_away<S>(tx: &mut WebSocketStream<S>, tracker: &ConnectionTracker)
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     tracker.close_code(1001);
