@@ -59,8 +59,8 @@ impl AdmissionCounter {
         }
     }
 
-    /// Takes one slot if the limit allows it.
-    pub fn try_admit(&self) -> Result<(), Refusal> {
+    /// Takes one slot if the limit allows it, returning the open count including it.
+    pub fn try_admit(&self) -> Result<u32, Refusal> {
         if !self.accepting.load(Ordering::Acquire) {
             return Err(Refusal::NotAccepting);
         }
@@ -76,7 +76,7 @@ impl AdmissionCounter {
                 Ordering::AcqRel,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => return Ok(()),
+                Ok(_) => return Ok(active(word) + 1),
                 Err(now) => word = now,
             }
         }
@@ -158,8 +158,8 @@ mod tests {
     #[test]
     fn admits_up_to_the_limit_exactly() {
         let c = AdmissionCounter::new(Some(3));
-        for _ in 0..3 {
-            c.try_admit().unwrap();
+        for open in 1..=3 {
+            assert_eq!(c.try_admit(), Ok(open));
         }
         assert_eq!(c.try_admit(), Err(Refusal::AtLimit));
         assert_eq!(c.release(false), 2);

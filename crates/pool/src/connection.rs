@@ -466,17 +466,20 @@ impl<P: ProtocolPolicy> Drop for ConnectionGuard<P> {
             }
         }
         let open = core.admission.release(s.shed_claimed());
-        let duration = s.opened_at.elapsed();
-        tracing::debug!(
-            pool = %core.name, id = s.id, reason = %self.reason, requests,
-            duration_ms = duration.as_millis() as u64, "connection removed"
-        );
-        core.publish(|| PoolEventKind::ConnectionRemoved {
-            id: s.id,
-            reason: self.reason,
-            duration_ms: duration.as_millis() as u64,
-            requests,
-        });
+        // Reading the clock costs as much as the rest of the release: only when it is reported.
+        if tracing::enabled!(tracing::Level::DEBUG) || core.events.has_subscribers() {
+            let duration_ms = s.opened_at.elapsed().as_millis() as u64;
+            tracing::debug!(
+                pool = %core.name, id = s.id, reason = %self.reason, requests, duration_ms,
+                "connection removed"
+            );
+            core.publish(|| PoolEventKind::ConnectionRemoved {
+                id: s.id,
+                reason: self.reason,
+                duration_ms,
+                requests,
+            });
+        }
         core.after_release(open);
     }
 }

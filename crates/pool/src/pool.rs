@@ -162,7 +162,11 @@ impl PoolCore {
     /// Recomputes health when the open count moved into another utilisation band.
     fn check_band(&self, active: u32) {
         let band = self.band(active);
-        if self.band.swap(band, Ordering::Relaxed) != band {
+        // Read before writing: the band rarely changes, and a write on every admit and release
+        // would bounce this cache line between cores.
+        if self.band.load(Ordering::Relaxed) != band
+            && self.band.swap(band, Ordering::Relaxed) != band
+        {
             self.refresh_health();
         }
     }
@@ -334,9 +338,10 @@ impl<P: ProtocolPolicy> Pool<P> {
         if let Err(word) = self.inner.policy.validate(peer) {
             return Err(core.refuse(peer, Refusal::Invalid(word)));
         }
-        if let Err(why) = core.admission.try_admit() {
-            return Err(core.refuse(peer, why));
-        }
+        let open = match core.admission.try_admit() {
+            Ok(open) => open,
+            Err(why) => return Err(core.refuse(peer, why)),
+        };
         let mut per_ip = false;
         let limit = core.per_ip_limit.load(Ordering::Relaxed);
         if let (true, Some(addr)) = (limit > 0, peer) {
@@ -350,7 +355,7 @@ impl<P: ProtocolPolicy> Pool<P> {
         core.counters.accepted.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(pool = %core.name, id, ?peer, "connection added");
         core.publish(|| PoolEventKind::ConnectionAdded { id, peer });
-        core.check_band(core.admission.active());
+        core.check_band(open);
         Ok(ConnectionGuard {
             shared: Arc::new(ConnectionShared::new(core.clone(), id, peer)),
             pool: self.inner.clone(),
