@@ -15,6 +15,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
+use futures_util::task::AtomicWaker;
+use std::task::{Wake, Waker};
+
 use crate::events::{ConnectionId, PoolEventKind};
 use crate::metrics::CloseReason;
 use crate::policy::{Activity, Phase, ProtocolPolicy};
@@ -48,6 +51,10 @@ pub(crate) struct ConnectionShared {
     peer_failed: AtomicBool,
     /// This connection holds one of the pool's shedding claims (see `AdmissionCounter`).
     shed_claimed: AtomicBool,
+    /// Set when the pool's side of the driver (control channel, timer) woke the task.
+    pool_side_woken: AtomicBool,
+    /// The task driving the connection, woken on the pool's behalf.
+    driver_task: AtomicWaker,
 }
 
 impl ConnectionShared {
@@ -72,7 +79,37 @@ impl ConnectionShared {
             closing: AtomicBool::new(false),
             peer_failed: AtomicBool::new(false),
             shed_claimed: AtomicBool::new(false),
+            pool_side_woken: AtomicBool::new(true),
+            driver_task: AtomicWaker::new(),
         }
+    }
+
+    /// Everything the protocol's deadline depends on besides times that only move later: when
+    /// this is unchanged, the deadline did not move earlier (see the driver).
+    pub fn deadline_key(&self) -> u32 {
+        u32::from(self.phase.load(Ordering::Relaxed))
+            | u32::from(self.write_blocked_since.load(Ordering::Relaxed) != 0) << 8
+            | u32::from(self.ping_outstanding_since.load(Ordering::Relaxed) != 0) << 9
+            | u32::from(self.upgraded.load(Ordering::Relaxed)) << 10
+            | u32::from(self.closing.load(Ordering::Relaxed)) << 11
+            // A first request's idle spell is bounded by `headers_timeout` from the open, later
+            // ones by `keep_alive_timeout`, which can be earlier.
+            | u32::from(self.requests.load(Ordering::Relaxed) > 0) << 12
+    }
+
+    /// Registers the task driving the connection.
+    pub fn register_driver(&self, waker: &Waker) {
+        self.driver_task.register(waker);
+    }
+
+    /// Whether the pool's side woke the driver since the last call.
+    pub fn take_pool_side_wake(&self) -> bool {
+        self.pool_side_woken.swap(false, Ordering::AcqRel)
+    }
+
+    /// Makes the driver check the pool's side on its next poll.
+    pub fn request_pool_side_check(&self) {
+        self.pool_side_woken.store(true, Ordering::Release);
     }
 
     fn set_phase(&self, phase: Phase, at: Instant) {
@@ -145,6 +182,19 @@ impl ConnectionShared {
         if bytes_out > 0 {
             c.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
         }
+    }
+}
+
+/// The waker the driver gives the pool's control channel and the connection's timer: it marks
+/// the pool's side as due for a check, so the driver polls them only when they fired.
+impl Wake for ConnectionShared {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.pool_side_woken.store(true, Ordering::Release);
+        self.driver_task.wake();
     }
 }
 

@@ -3,17 +3,18 @@
 //! Contract: [`ConnectionGuard::serve`] polls the protocol's connection future together with
 //! (1) the pool's control channel — a config change re-arms the timeouts, a drain asks the
 //! connection to close politely, the drain deadline drops it — and (2) one timer armed at the
-//! deadline the protocol policy computes from the connection's activity. The deadline is recomputed
-//! after every poll, so it follows activity exactly without a per-request notification, and a
-//! moved-out deadline only extends the armed timer. There is no sweep over connections anywhere:
-//! each connection watches its own state.
+//! deadline the protocol policy computes from the connection's activity. Both are polled only
+//! when they woke the task or when the connection's activity changed phase, so a busy
+//! connection pays a few atomic loads per poll for them, and no per-request notification is
+//! needed. There is no sweep over connections anywhere: each connection watches its own state.
 
 use std::future::Future;
 use std::pin::{pin, Pin};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use tokio::time::Instant;
 
+use tokio::sync::watch;
 use tokio::time::Sleep;
 
 use crate::config::PoolConfig;
@@ -21,7 +22,7 @@ use crate::connection::{ConnectionGuard, ConnectionShared};
 use crate::events::PoolEventKind;
 use crate::metrics::{CloseReason, TimeoutKind};
 use crate::policy::ProtocolPolicy;
-use crate::pool::Stage;
+use crate::pool::{ControlState, Stage};
 
 /// A protocol connection the pool can drive: a future that serves it to the end, plus the
 /// protocol's polite close (`cleanupConnection`: HTTP/1 `Connection: close` after the current
@@ -40,51 +41,90 @@ pub trait ManagedConnection: Future<Output = Result<(), Self::Error>> {
     }
 }
 
-/// What the phase timer reports.
+/// Why the pool's side ended or interrupted the connection.
 enum Expiry {
     Timeout(TimeoutKind),
-    /// The pool is over its limit, this connection is idle and took a shedding claim.
+    /// The pool is over its limit and this idle connection took a shedding claim.
     Shed,
 }
 
-/// One timer per connection, always armed at the policy's current deadline.
+/// One connection's timer, armed at the deadline its policy computes.
+///
+/// The deadline is recomputed only when the pool's side woke the driver (the timer fired, the
+/// config changed) or when [`ConnectionShared::deadline_key`] changed: activity that keeps the
+/// key (a new request on a keep-alive connection, a WebSocket message) only moves the deadline
+/// later, and a later deadline is taken up lazily when the armed, earlier one fires.
 struct PhaseTimer<'a, P> {
     conn: &'a ConnectionShared,
     policy: &'a P,
     config: Arc<PoolConfig>,
     sleep: Pin<Box<Sleep>>,
     armed: Option<Instant>,
-    /// Whether this connection may still be chosen to shed load.
+    key: Option<u32>,
+    /// Whether the connection may still take a shedding claim.
     may_shed: bool,
 }
 
 impl<P: ProtocolPolicy> PhaseTimer<'_, P> {
-    fn poll_expiry(&mut self, cx: &mut Context<'_>) -> Poll<Expiry> {
+    fn poll_expiry(&mut self, woken: bool, cx: &mut Context<'_>) -> Poll<Expiry> {
+        let key = self.conn.deadline_key();
+        if !woken && self.key == Some(key) {
+            return Poll::Pending;
+        }
+        self.key = Some(key);
         if self.may_shed && self.conn.is_idle() && self.conn.try_claim_shed() {
             self.may_shed = false;
             return Poll::Ready(Expiry::Shed);
         }
         let Some((deadline, kind)) = self.policy.deadline(&self.conn.activity(), &self.config)
         else {
-            // No bound in this phase; the next poll of the connection recomputes.
+            // No deadline in this phase; a stale armed timer only causes a re-check.
             self.armed = None;
             return Poll::Pending;
         };
-        if self.armed != Some(deadline) {
+        if self.armed.is_none_or(|armed| deadline < armed) {
             self.armed = Some(deadline);
             self.sleep.as_mut().reset(deadline);
         }
-        match self.sleep.as_mut().poll(cx) {
-            Poll::Pending => Poll::Pending,
-            // The deadline was computed from the latest activity just now, so it is overrun.
-            Poll::Ready(()) => Poll::Ready(Expiry::Timeout(kind)),
+        loop {
+            match self.sleep.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                // The armed deadline was the current one: it passed.
+                Poll::Ready(()) if self.armed == Some(deadline) => {
+                    return Poll::Ready(Expiry::Timeout(kind));
+                }
+                // An earlier deadline fired after activity moved it out: re-arm.
+                Poll::Ready(()) => {
+                    self.armed = Some(deadline);
+                    self.sleep.as_mut().reset(deadline);
+                }
+            }
         }
     }
 }
 
+/// What woke the driver.
+enum Event<E> {
+    Finished(Result<(), E>),
+    Control(watch::Receiver<ControlState>, Option<ControlState>),
+    Expired(Expiry),
+}
+
+/// The next change on the pool's control channel; the receiver comes back so the next wait
+/// continues from the version seen.
+async fn next_control(
+    mut control: watch::Receiver<ControlState>,
+) -> (watch::Receiver<ControlState>, Option<ControlState>) {
+    let state = match control.changed().await {
+        Ok(()) => Some(control.borrow_and_update().clone()),
+        Err(_) => None,
+    };
+    (control, state)
+}
+
 impl<P: ProtocolPolicy> ConnectionGuard<P> {
-    /// Serves `conn` to its end under the pool's timeouts, drain and limit changes, then removes
-    /// the connection from the pool. Returns why it closed.
+    /// Drives `conn` to its end under the pool's rules (timeouts, drain, live limit changes)
+    /// and returns why it closed. The guard, dropped afterwards, removes it from the pool.
     pub async fn serve<C: ManagedConnection>(mut self, conn: C) -> CloseReason {
         let reason = self.drive(conn).await;
         self.reason = reason;
@@ -104,10 +144,10 @@ impl<P: ProtocolPolicy> ConnectionGuard<P> {
             config: state.config.clone(),
             sleep: Box::pin(tokio::time::sleep_until(Instant::now())),
             armed: None,
+            key: None,
             may_shed: true,
         };
         let mut closing: Option<CloseReason> = None;
-        let mut control_open = true;
         match state.stage {
             Stage::Serving => {}
             Stage::Draining => {
@@ -116,10 +156,32 @@ impl<P: ProtocolPolicy> ConnectionGuard<P> {
             }
             Stage::Forced => return CloseReason::ForcedShutdown,
         }
+        let mut changed = pin!(next_control(control));
+        let mut control_open = true;
+        // The control channel and the timer wake this waker, which flags the pool's side as due:
+        // polling them only then keeps the per-poll cost of the pool to a few atomic loads.
+        let pool_side = Waker::from(shared.clone());
+        shared.request_pool_side_check();
         loop {
-            tokio::select! {
-                biased;
-                result = conn.as_mut() => {
+            let event = std::future::poll_fn(|cx| {
+                shared.register_driver(cx.waker());
+                if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+                    return Poll::Ready(Event::Finished(result));
+                }
+                let woken = shared.take_pool_side_wake();
+                let mut pool_cx = Context::from_waker(&pool_side);
+                if woken && control_open {
+                    if let Poll::Ready((rx, state)) = changed.as_mut().poll(&mut pool_cx) {
+                        return Poll::Ready(Event::Control(rx, state));
+                    }
+                }
+                timer.poll_expiry(woken, &mut pool_cx).map(Event::Expired)
+            })
+            .await;
+            // Whatever happened, look at the pool's side again on the next poll.
+            shared.request_pool_side_check();
+            match event {
+                Event::Finished(result) => {
                     return match result {
                         Ok(()) if shared.shed_claimed() => CloseReason::LimitLowered,
                         Ok(()) => closing.unwrap_or(CloseReason::Completed),
@@ -133,12 +195,12 @@ impl<P: ProtocolPolicy> ConnectionGuard<P> {
                         }
                     };
                 }
-                changed = control.changed(), if control_open => {
-                    if changed.is_err() {
-                        control_open = false;
-                        continue;
-                    }
-                    let state = control.borrow_and_update().clone();
+                Event::Control(rx, None) => {
+                    control_open = false;
+                    changed.set(next_control(rx));
+                }
+                Event::Control(rx, Some(state)) => {
+                    changed.set(next_control(rx));
                     timer.config = state.config;
                     timer.armed = None;
                     match state.stage {
@@ -150,16 +212,14 @@ impl<P: ProtocolPolicy> ConnectionGuard<P> {
                         Stage::Serving => {}
                     }
                 }
-                expiry = std::future::poll_fn(|cx| timer.poll_expiry(cx)) => match expiry {
-                    Expiry::Timeout(kind) => {
-                        let id = shared.id;
-                        tracing::debug!(pool = %core.name, id, kind = kind.as_str(), "connection timed out");
-                        core.publish(|| PoolEventKind::ConnectionTimeout { id, kind });
-                        return CloseReason::Timeout(kind);
-                    }
-                    Expiry::Shed => {
-                        self.close_politely(conn.as_mut(), &mut closing, CloseReason::LimitLowered);
-                    }
+                Event::Expired(Expiry::Timeout(kind)) => {
+                    let id = shared.id;
+                    tracing::debug!(pool = %core.name, id, kind = kind.as_str(), "connection timed out");
+                    core.publish(|| PoolEventKind::ConnectionTimeout { id, kind });
+                    return CloseReason::Timeout(kind);
+                }
+                Event::Expired(Expiry::Shed) => {
+                    self.close_politely(conn.as_mut(), &mut closing, CloseReason::LimitLowered);
                 }
             }
         }
