@@ -266,7 +266,7 @@ async fn accept_loop<S, B>(
 }
 
 async fn serve_connection<S, B>(
-    mut guard: poolserve_pool::ConnectionGuard<ServerPolicy>,
+    guard: poolserve_pool::ConnectionGuard<ServerPolicy>,
     stream: TcpStream,
     tls: Option<TlsAcceptor>,
     service: S,
@@ -278,33 +278,50 @@ async fn serve_connection<S, B>(
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    // Each branch is boxed so a connection's task holds only the branch it runs: a plain HTTP
+    // connection would otherwise carry room for a TLS session and a WebSocket (4 KiB in all).
     let websocket = guard_protocol(&guard).is_websocket();
     match tls {
         None if websocket => {
-            crate::ws::serve(guard, stream, config).await;
+            Box::pin(crate::ws::serve(guard, stream, config)).await;
         }
         None => {
-            http1::serve(guard, stream, service, &config).await;
+            Box::pin(http1::serve(guard, stream, service, &config)).await;
         }
-        Some(acceptor) => {
-            // Bytes are counted as the application sees them, after decryption, so the
-            // handshake is not wrapped.
-            match guard.opening(acceptor.accept(stream)).await {
-                Some(Ok(tls_stream)) if websocket => {
-                    crate::ws::serve(guard, tls_stream, config).await;
-                }
-                Some(Ok(tls_stream)) => {
-                    http1::serve(guard, tls_stream, service, &config).await;
-                }
-                Some(Err(e)) => {
-                    guard
-                        .tracker()
-                        .peer_fault(&format!("TLS handshake failed: {e}"));
-                    guard.set_reason(CloseReason::ProtocolError);
-                }
-                None => {}
-            }
+        Some(acceptor) => Box::pin(serve_tls(guard, stream, acceptor, service, config)).await,
+    }
+}
+
+async fn serve_tls<S, B>(
+    mut guard: poolserve_pool::ConnectionGuard<ServerPolicy>,
+    stream: TcpStream,
+    acceptor: TlsAcceptor,
+    service: S,
+    config: Arc<PoolConfig>,
+) where
+    S: tower::Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let websocket = guard_protocol(&guard).is_websocket();
+    // Bytes are counted as the application sees them, after decryption, so the handshake is
+    // not wrapped.
+    match guard.opening(acceptor.accept(stream)).await {
+        Some(Ok(tls_stream)) if websocket => {
+            Box::pin(crate::ws::serve(guard, tls_stream, config)).await;
         }
+        Some(Ok(tls_stream)) => {
+            Box::pin(http1::serve(guard, tls_stream, service, &config)).await;
+        }
+        Some(Err(e)) => {
+            guard
+                .tracker()
+                .peer_fault(&format!("TLS handshake failed: {e}"));
+            guard.set_reason(CloseReason::ProtocolError);
+        }
+        None => {}
     }
 }
 
