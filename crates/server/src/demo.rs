@@ -143,13 +143,17 @@ impl http_body::Body for ChunkStream {
 }
 
 /// The demo app as a tower service.
-pub fn service<B>() -> tower::util::ServiceFn<fn(Request<B>) -> DemoFuture>
+pub fn service<B>() -> impl tower::Service<
+    Request<B>,
+    Response = Response<DemoBody>,
+    Error = Infallible,
+    Future: Send + 'static,
+> + Clone
+       + Send
+       + 'static
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    tower::service_fn(|req| Box::pin(handle(req)) as DemoFuture)
+    tower::service_fn(handle::<B>)
 }
-
-/// The demo's response future.
-pub type DemoFuture = Pin<Box<dyn Future<Output = Result<Response<DemoBody>, Infallible>> + Send>>;

@@ -43,9 +43,15 @@ where
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let request = self.tracker.request_started();
         let mut req = req.map(|b| Body::new(b, self.tracker.clone()));
-        req.extensions_mut().insert(PooledConnection {
-            link: self.link.clone(),
-        });
+        // Only a request that can take the connection over needs the handle; leaving it off the
+        // others spares every plain request an extensions map.
+        if req.headers().contains_key(http::header::UPGRADE)
+            || req.method() == http::Method::CONNECT
+        {
+            req.extensions_mut().insert(PooledConnection {
+                link: self.link.clone(),
+            });
+        }
         ResponseFuture {
             inner: self.inner.clone().oneshot(req),
             request: Some(request),

@@ -59,8 +59,8 @@ impl UpgradeLink {
     }
 }
 
-/// A handler's view of the pooled connection its request came on (in the request extensions),
-/// for protocols it takes over with an upgrade.
+/// A handler's view of the pooled connection its request came on, for protocols it takes over
+/// with an upgrade: in the extensions of every request with an `Upgrade` header or `CONNECT`.
 #[derive(Debug, Clone)]
 pub struct PooledConnection {
     pub(crate) link: Arc<UpgradeLink>,
