@@ -57,6 +57,11 @@ pub struct Http2Settings {
     pub max_header_list_size: Option<i64>,
     /// Most concurrent streams per connection.
     pub max_concurrent_streams: Option<i64>,
+    /// Interval of keep-alive pings on an http2 connection (grpc servers use
+    /// `grpc.keep_alive_time`).
+    pub keep_alive_interval: Option<String>,
+    /// How long a keep-alive ping may go unanswered before the connection is closed.
+    pub keep_alive_timeout: Option<String>,
 }
 
 /// gRPC-specific settings, all optional.
@@ -148,6 +153,10 @@ pub struct Http2Config {
     pub max_header_list_size: u32,
     /// Most concurrent streams per connection.
     pub max_concurrent_streams: u32,
+    /// Interval of keep-alive pings on an http2 connection.
+    pub keep_alive_interval: Duration,
+    /// How long a keep-alive ping may go unanswered before the connection is closed.
+    pub keep_alive_timeout: Duration,
 }
 
 /// Validated gRPC settings.
@@ -209,6 +218,8 @@ impl Default for PoolConfig {
                 max_session_memory: 10 * 1024 * 1024,
                 max_header_list_size: 16 * 1024,
                 max_concurrent_streams: 250,
+                keep_alive_interval: Duration::from_secs(30),
+                keep_alive_timeout: Duration::from_secs(10),
             },
             grpc: GrpcConfig {
                 max_receive_message_length: 4 * 1024 * 1024,
@@ -461,6 +472,16 @@ impl PoolConfig {
                 i64::from(u32::MAX),
                 &mut next.http2.max_concurrent_streams,
             );
+            a.duration(
+                "http2.keep_alive_interval",
+                &h2.keep_alive_interval,
+                &mut next.http2.keep_alive_interval,
+            );
+            a.duration(
+                "http2.keep_alive_timeout",
+                &h2.keep_alive_timeout,
+                &mut next.http2.keep_alive_timeout,
+            );
         }
         if let Some(g) = &s.grpc {
             a.count(
@@ -597,6 +618,8 @@ impl PoolConfig {
                 max_session_memory: Some(self.http2.max_session_memory as i64),
                 max_header_list_size: Some(i64::from(self.http2.max_header_list_size)),
                 max_concurrent_streams: Some(i64::from(self.http2.max_concurrent_streams)),
+                keep_alive_interval: d(self.http2.keep_alive_interval),
+                keep_alive_timeout: d(self.http2.keep_alive_timeout),
             }),
             grpc: Some(GrpcSettings {
                 max_receive_message_length: Some(self.grpc.max_receive_message_length as i64),

@@ -46,6 +46,8 @@ pub(crate) struct ConnectionShared {
     ping_outstanding_since: AtomicU64,
     /// The connection switched protocols (an HTTP/1 upgrade to WebSocket).
     upgraded: AtomicBool,
+    /// The connection multiplexes requests as streams (HTTP/2).
+    multiplexed: AtomicBool,
     closing: AtomicBool,
     /// The peer broke off a request body; failures that follow are its doing, not ours.
     peer_failed: AtomicBool,
@@ -76,6 +78,7 @@ impl ConnectionShared {
             last_message: AtomicU64::new(since),
             ping_outstanding_since: AtomicU64::new(0),
             upgraded: AtomicBool::new(false),
+            multiplexed: AtomicBool::new(false),
             closing: AtomicBool::new(false),
             peer_failed: AtomicBool::new(false),
             shed_claimed: AtomicBool::new(false),
@@ -95,6 +98,7 @@ impl ConnectionShared {
             // A first request's idle spell is bounded by `headers_timeout` from the open, later
             // ones by `keep_alive_timeout`, which can be earlier.
             | u32::from(self.requests.load(Ordering::Relaxed) > 0) << 12
+            | u32::from(self.multiplexed.load(Ordering::Relaxed)) << 13
     }
 
     /// Registers the task driving the connection.
@@ -131,8 +135,13 @@ impl ConnectionShared {
             last_message: self.core.instant(self.last_message.load(Ordering::Relaxed)),
             ping_outstanding_since: (ping != 0).then(|| self.core.instant(ping - 1)),
             upgraded: self.upgraded.load(Ordering::Relaxed),
+            multiplexed: self.multiplexed.load(Ordering::Relaxed),
             closing: self.closing.load(Ordering::Relaxed),
         }
+    }
+
+    pub fn is_multiplexed(&self) -> bool {
+        self.multiplexed.load(Ordering::Relaxed)
     }
 
     pub fn is_idle(&self) -> bool {
@@ -220,9 +229,12 @@ impl ConnectionTracker {
     pub fn bytes_read(&self, n: usize) {
         let s = &self.shared;
         s.pending_in.fetch_add(n as u64, Ordering::Relaxed);
+        // On a multiplexed connection bytes arrive between streams (pings, window updates):
+        // only a stream starts a request there.
         if n > 0
             && s.phase.load(Ordering::Relaxed) == Phase::Idle as u8
             && s.in_flight.load(Ordering::Relaxed) == 0
+            && !s.multiplexed.load(Ordering::Relaxed)
         {
             if s.requests.load(Ordering::Relaxed) == 0 {
                 // A new connection's first head is timed from when it was opened.
@@ -258,6 +270,10 @@ impl ConnectionTracker {
     pub fn request_started(&self) -> RequestTracker {
         let s = &self.shared;
         let now = Instant::now();
+        s.core
+            .counters
+            .requests_in_flight
+            .fetch_add(1, Ordering::Relaxed);
         if s.in_flight.fetch_add(1, Ordering::Relaxed) == 0 {
             s.core.counters.busy.fetch_add(1, Ordering::Relaxed);
             // The body is timed from the head's start, which `bytes_read` recorded.
@@ -308,6 +324,13 @@ impl ConnectionTracker {
             id: s.id,
             error: error.to_string(),
         });
+    }
+
+    /// The connection multiplexes requests as streams (HTTP/2): bytes between streams do not
+    /// start a request, and the polite close may come while streams are in flight (GOAWAY lets
+    /// them finish).
+    pub fn multiplexed(&self) {
+        self.shared.multiplexed.store(true, Ordering::Relaxed);
     }
 
     /// The connection switched protocols (an accepted WebSocket upgrade): from here on the
@@ -405,6 +428,10 @@ impl RequestTracker {
     /// lowered limit: a protocol that can say so on the response (HTTP/1 `Connection: close`)
     /// asks here as the response head is produced, so the client learns before reusing it.
     pub fn should_close_connection(&self) -> bool {
+        // A multiplexed connection is shed by its driver with a GOAWAY instead.
+        if self.conn.multiplexed.load(Ordering::Relaxed) {
+            return false;
+        }
         if self.conn.try_claim_shed() {
             self.conn.mark_closing();
             true
@@ -446,6 +473,9 @@ impl RequestTracker {
         );
         s.requests.fetch_add(1, Ordering::Relaxed);
         s.flush_bytes();
+        core.counters
+            .requests_in_flight
+            .fetch_sub(1, Ordering::Relaxed);
         if s.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
             core.counters.busy.fetch_sub(1, Ordering::Relaxed);
             s.set_phase(Phase::Idle, now);

@@ -39,6 +39,12 @@ pub trait ManagedConnection: Future<Output = Result<(), Self::Error>> {
     fn is_peer_fault(_error: &Self::Error) -> bool {
         false
     }
+
+    /// The timeout an error reports, when the protocol enforces one of its own (an HTTP/2
+    /// keep-alive ping nobody answered): the close is then counted as that timeout.
+    fn timeout_kind(_error: &Self::Error) -> Option<TimeoutKind> {
+        None
+    }
 }
 
 /// Why the pool's side ended or interrupted the connection.
@@ -72,7 +78,12 @@ impl<P: ProtocolPolicy> PhaseTimer<'_, P> {
             return Poll::Pending;
         }
         self.key = Some(key);
-        if self.may_shed && self.conn.is_idle() && self.conn.try_claim_shed() {
+        // An HTTP/1 connection is shed between requests; a multiplexed one at once, as its
+        // polite close (GOAWAY) lets the streams in flight finish.
+        if self.may_shed
+            && (self.conn.is_idle() || self.conn.is_multiplexed())
+            && self.conn.try_claim_shed()
+        {
             self.may_shed = false;
             return Poll::Ready(Expiry::Shed);
         }
@@ -185,6 +196,13 @@ impl<P: ProtocolPolicy> ConnectionGuard<P> {
                     return match result {
                         Ok(()) if shared.shed_claimed() => CloseReason::LimitLowered,
                         Ok(()) => closing.unwrap_or(CloseReason::Completed),
+                        Err(e) if C::timeout_kind(&e).is_some() => {
+                            let kind = C::timeout_kind(&e).unwrap_or(TimeoutKind::Idle);
+                            let id = shared.id;
+                            tracing::debug!(pool = %core.name, id, kind = kind.as_str(), error = %e, "connection timed out");
+                            core.publish(|| PoolEventKind::ConnectionTimeout { id, kind });
+                            CloseReason::Timeout(kind)
+                        }
                         Err(e) if C::is_peer_fault(&e) => {
                             self.tracker().peer_fault(&e);
                             closing.unwrap_or(CloseReason::ProtocolError)

@@ -55,7 +55,8 @@ pub use histogram::{HistogramSnapshot, LatencyHistogram, BOUNDS_MICROS};
 pub use metrics::{CloseReason, MetricsSnapshot, TimeoutKind, CLOSE_CODES};
 pub use per_ip::PerIpLimiter;
 pub use policy::{
-    earliest, http1_deadline, websocket_deadline, Activity, DefaultPolicy, Phase, ProtocolPolicy,
+    earliest, http1_deadline, http2_deadline, websocket_deadline, Activity, DefaultPolicy, Phase,
+    ProtocolPolicy,
 };
 pub use pool::{CloseReport, ControlState, Pool, Stage, HEALTH_INTERVAL};
 pub use registry::{PoolHandle, PoolRegistry, RegistryError};

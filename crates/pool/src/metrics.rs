@@ -148,6 +148,8 @@ pub(crate) struct Counters {
     pub bytes_out: AtomicU64,
     /// Connections with at least one request in flight.
     pub busy: AtomicU64,
+    /// Requests in flight (HTTP/2 streams included).
+    pub requests_in_flight: AtomicU64,
     /// Connections asked to close politely that are still open.
     pub closing: AtomicU64,
     /// Sum of requests served by closed connections.
@@ -199,6 +201,8 @@ pub struct MetricsSnapshot {
     pub idle: u64,
     /// Open connections with a request in flight.
     pub busy: u64,
+    /// Requests in flight; on HTTP/2, the open streams.
+    pub requests_in_flight: u64,
     /// Open connections asked to close politely.
     pub closing: u64,
     /// The connection limit, if any.
@@ -270,6 +274,7 @@ impl Counters {
             active,
             idle: active - busy,
             busy,
+            requests_in_flight: load(&self.requests_in_flight),
             closing: load(&self.closing).min(active),
             max_connections,
             accepted: load(&self.accepted),

@@ -54,6 +54,8 @@ pub struct Activity {
     pub ping_outstanding_since: Option<Instant>,
     /// Whether the connection switched protocols (an HTTP/1 upgrade).
     pub upgraded: bool,
+    /// Whether the connection multiplexes requests as streams (HTTP/2).
+    pub multiplexed: bool,
 }
 
 /// Protocol-specific rules a pool applies to each of its connections.
@@ -133,6 +135,23 @@ pub fn websocket_deadline(a: &Activity, c: &PoolConfig) -> Option<(Instant, Time
     earliest(earliest(pong, idle), stall)
 }
 
+/// The HTTP/2 deadline: a new connection's first request (preface, settings and a HEADERS
+/// frame) must arrive within `headers_timeout`; a connection with no stream open may idle for
+/// `connection_timeout`; a write the peer does not read for `connection_timeout` is a stall.
+/// Streams in flight are never cut by the connection's timer, and unanswered keep-alive pings
+/// are the protocol's own business (`http2.keep_alive_timeout`).
+pub fn http2_deadline(a: &Activity, c: &PoolConfig) -> Option<(Instant, TimeoutKind)> {
+    let idle = match (a.in_flight, a.requests) {
+        (0, 0) => Some((a.opened_at + c.headers_timeout, TimeoutKind::Headers)),
+        (0, _) => Some((a.phase_since + c.connection_timeout, TimeoutKind::Idle)),
+        _ => None,
+    };
+    let stall = a
+        .write_blocked_since
+        .map(|since| (since + c.connection_timeout, TimeoutKind::WriteStall));
+    earliest(idle, stall)
+}
+
 /// The earlier of two optional deadlines.
 pub fn earliest(
     a: Option<(Instant, TimeoutKind)>,
@@ -160,6 +179,25 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    #[test]
+    fn http2_connections_are_bounded_only_when_no_stream_is_open() {
+        let c = PoolConfig::default();
+        let mut a = activity(Phase::Idle, 0);
+        a.multiplexed = true;
+        assert_eq!(
+            http2_deadline(&a, &c),
+            Some((a.opened_at + c.headers_timeout, TimeoutKind::Headers))
+        );
+        a.requests = 3;
+        assert_eq!(
+            http2_deadline(&a, &c),
+            Some((a.phase_since + c.connection_timeout, TimeoutKind::Idle))
+        );
+        a.in_flight = 2;
+        a.phase = Phase::ReadingBody;
+        assert_eq!(http2_deadline(&a, &c), None);
+    }
+
     fn activity(phase: Phase, requests: u64) -> Activity {
         let t = Instant::now();
         Activity {
@@ -173,6 +211,7 @@ mod tests {
             last_message: t,
             ping_outstanding_since: None,
             upgraded: false,
+            multiplexed: false,
         }
     }
 

@@ -187,6 +187,7 @@ impl RunConfig {
             servers: vec![
                 spec("web", Protocol::Http, 3000),
                 spec("web-tls", Protocol::Https, 3443),
+                spec("h2", Protocol::Http2, 3080),
                 spec("live", Protocol::Ws, 3001),
             ],
         }
@@ -275,11 +276,12 @@ impl FileConfig {
                 "https" => Some(Protocol::Https),
                 "ws" => Some(Protocol::Ws),
                 "wss" => Some(Protocol::Wss),
-                "http2" | "grpc" => {
+                "http2" => Some(Protocol::Http2),
+                "grpc" => {
                     errors.push(field_error(
                         format!("{at}.protocol"),
                         format!("{:?}", s.protocol),
-                        "not served by this build yet (http, https, ws, wss)",
+                        "not served by this build yet (http, https, http2, ws, wss)",
                     ));
                     None
                 }
@@ -313,7 +315,7 @@ impl FileConfig {
                 }
             };
             if let (Some(p), Some(_)) = (protocol, &s.tls) {
-                if !p.is_tls() {
+                if !p.accepts_tls() {
                     errors.push(field_error(
                         format!("{at}.tls"),
                         "{ cert, key }",
@@ -443,6 +445,38 @@ mod tests {
                 "server[1] (a).tls.key",
             ]
         );
+    }
+
+    #[test]
+    fn http2_runs_in_the_clear_or_over_tls_and_grpc_is_not_served_yet() {
+        let cfg = RunConfig::from_toml(
+            r#"
+            [[server]]
+            name = "h2"
+            protocol = "http2"
+            listen = "127.0.0.1:0"
+              [server.pool.http2]
+              keep_alive_interval = "15s"
+              keep_alive_timeout = "5s"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(cfg.servers[0].protocol, Protocol::Http2);
+        assert_eq!(
+            cfg.servers[0].pool.http2.keep_alive_timeout,
+            Duration::from_secs(5)
+        );
+        let err =
+            RunConfig::from_toml("[[server]]\nname='g'\nprotocol='grpc'\nlisten='127.0.0.1:0'\n")
+                .unwrap_err();
+        assert!(
+            err.to_string().contains("not served by this build yet"),
+            "{err}"
+        );
+        assert!(RunConfig::builtin()
+            .servers
+            .iter()
+            .any(|s| s.name == "h2" && s.protocol == Protocol::Http2));
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! poolserve's servers: HTTP/1.1, HTTPS, WebSocket (ws, wss) listeners whose every connection runs under a
+//! poolserve's servers: HTTP/1.1, HTTPS, HTTP/2, WebSocket (ws, wss) listeners whose every connection runs under a
 //! [`poolserve_pool::Pool`], the admin endpoint, the config file and graceful shutdown.
 //!
 //! Handlers are tower [`Service`](tower::Service)s over `Request<`[`Body`]`>`, so an axum
@@ -11,6 +11,7 @@ mod body;
 pub mod demo;
 pub mod file_config;
 mod http1;
+mod http2;
 mod io;
 mod listener;
 mod policy;
@@ -23,6 +24,7 @@ mod ws;
 
 pub use body::{Body, TrackedBody};
 pub use http1::Http1Connection;
+pub use http2::Http2Connection;
 pub use io::TrackedIo;
 pub use listener::{Protocol, Server, ServerError, ServerOptions};
 pub use policy::ServerPolicy;

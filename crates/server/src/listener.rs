@@ -34,6 +34,9 @@ pub enum Protocol {
     Ws,
     /// WebSocket over TLS.
     Wss,
+    /// HTTP/2: h2c with prior knowledge, or h2 over TLS (ALPN, with HTTP/1.1 as the fallback)
+    /// when a certificate is configured.
+    Http2,
 }
 
 impl Protocol {
@@ -44,12 +47,24 @@ impl Protocol {
             Protocol::Https => "https",
             Protocol::Ws => "ws",
             Protocol::Wss => "wss",
+            Protocol::Http2 => "http2",
         }
     }
 
-    /// Whether the protocol runs over TLS.
+    /// Whether the protocol always runs over TLS.
     pub fn is_tls(&self) -> bool {
         matches!(self, Protocol::Https | Protocol::Wss)
+    }
+
+    /// Whether the protocol can run over TLS (always, or when a certificate is configured).
+    pub fn accepts_tls(&self) -> bool {
+        self.is_tls() || *self == Protocol::Http2
+    }
+
+    /// Whether the protocol speaks HTTP/1 on the wire (before any upgrade), so a refusal can
+    /// be an HTTP/1 `503`.
+    pub fn speaks_http1(&self) -> bool {
+        !matches!(self, Protocol::Http2)
     }
 
     /// Whether the protocol is WebSocket.
@@ -123,17 +138,22 @@ impl Server {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let tls = if options.protocol.is_tls() {
-            let tls_error = |e: crate::tls::TlsError| ServerError::Tls(e.to_string());
-            let pem = match options.tls {
-                Some(pem) => pem,
-                None => PemPair::self_signed().map_err(tls_error)?,
-            };
-            Some(TlsAcceptor::from(
-                pem.server_config(&[b"http/1.1"]).map_err(tls_error)?,
-            ))
-        } else {
-            None
+        let tls_error = |e: crate::tls::TlsError| ServerError::Tls(e.to_string());
+        let tls = match (options.protocol, options.tls) {
+            (Protocol::Http2, Some(pem)) => Some(TlsAcceptor::from(
+                pem.server_config(&[b"h2", b"http/1.1"])
+                    .map_err(tls_error)?,
+            )),
+            (p, pem) if p.is_tls() => {
+                let pem = match pem {
+                    Some(pem) => pem,
+                    None => PemPair::self_signed().map_err(tls_error)?,
+                };
+                Some(TlsAcceptor::from(
+                    pem.server_config(&[b"http/1.1"]).map_err(tls_error)?,
+                ))
+            }
+            _ => None,
         };
         let listener = bind(options.listen)
             .await
@@ -248,7 +268,9 @@ async fn accept_loop<S, B>(
         let guard = match pool.admit(Some(peer)) {
             Ok(guard) => guard,
             Err(_) => {
-                if tls.is_none() {
+                // Only a peer speaking HTTP/1 in the clear can read a 503; the others (TLS,
+                // HTTP/2) are closed before any handshake or frame.
+                if tls.is_none() && pool.policy().protocol.speaks_http1() {
                     refuser.refuse_http(stream);
                 }
                 continue;
@@ -280,8 +302,12 @@ async fn serve_connection<S, B>(
 {
     // Each branch is boxed so a connection's task holds only the branch it runs: a plain HTTP
     // connection would otherwise carry room for a TLS session and a WebSocket (4 KiB in all).
-    let websocket = guard_protocol(&guard).is_websocket();
+    let protocol = guard_protocol(&guard);
+    let websocket = protocol.is_websocket();
     match tls {
+        None if protocol == Protocol::Http2 => {
+            Box::pin(crate::http2::serve(guard, stream, service, &config)).await;
+        }
         None if websocket => {
             Box::pin(crate::ws::serve(guard, stream, config)).await;
         }
@@ -309,6 +335,9 @@ async fn serve_tls<S, B>(
     // Bytes are counted as the application sees them, after decryption, so the handshake is
     // not wrapped.
     match guard.opening(acceptor.accept(stream)).await {
+        Some(Ok(tls_stream)) if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") => {
+            Box::pin(crate::http2::serve(guard, tls_stream, service, &config)).await;
+        }
         Some(Ok(tls_stream)) if websocket => {
             Box::pin(crate::ws::serve(guard, tls_stream, config)).await;
         }

@@ -135,6 +135,16 @@ impl Collector for PoolCollector {
                 })
                 .collect(),
         })?;
+        gauge(
+            &mut e,
+            Family {
+                name: "requests_in_flight",
+                help: "Requests in flight; on HTTP/2 and gRPC servers, the open streams.",
+                unit: None,
+                kind: MetricType::Gauge,
+                samples: per_pool_f(&|m, _| m.requests_in_flight as f64),
+            },
+        )?;
         counter(
             &mut e,
             Family {

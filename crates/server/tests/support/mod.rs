@@ -26,6 +26,10 @@ pub struct Harness {
     pub https: SocketAddr,
     pub ws: SocketAddr,
     pub wss: SocketAddr,
+    /// http2 without TLS: h2c with prior knowledge.
+    pub h2c: SocketAddr,
+    /// http2 with TLS: h2 or HTTP/1.1 by ALPN.
+    pub h2: SocketAddr,
     pub admin: SocketAddr,
     pub pem: PemPair,
     _dir: TempDir,
@@ -123,6 +127,20 @@ pub async fn start_full(
                 name: "live-tls".into(),
                 protocol: Protocol::Wss,
                 listen: any,
+                tls: Some(files.clone()),
+                pool: pool(settings.clone()),
+            },
+            ServerSpec {
+                name: "h2c".into(),
+                protocol: Protocol::Http2,
+                listen: any,
+                tls: None,
+                pool: pool(settings.clone()),
+            },
+            ServerSpec {
+                name: "h2".into(),
+                protocol: Protocol::Http2,
+                listen: any,
                 tls: Some(files),
                 pool: pool(settings),
             },
@@ -134,6 +152,8 @@ pub async fn start_full(
         https: runtime.server("web-tls").unwrap().local_addr(),
         ws: runtime.server("live").unwrap().local_addr(),
         wss: runtime.server("live-tls").unwrap().local_addr(),
+        h2c: runtime.server("h2c").unwrap().local_addr(),
+        h2: runtime.server("h2").unwrap().local_addr(),
         admin: runtime.admin_addr(),
         runtime,
         pem,
@@ -281,8 +301,13 @@ pub async fn wait_events(
     seen
 }
 
-/// A TLS connector that trusts exactly `pem`'s certificate.
+/// A TLS connector that trusts exactly `pem`'s certificate and offers HTTP/1.1 by ALPN.
 pub fn tls_connector(pem: &PemPair) -> tokio_rustls::TlsConnector {
+    tls_connector_alpn(pem, &[b"http/1.1"])
+}
+
+/// A TLS connector that trusts exactly `pem`'s certificate and offers `alpn`.
+pub fn tls_connector_alpn(pem: &PemPair, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::CertificateDer;
     let mut roots = rustls::RootCertStore::empty();
@@ -295,7 +320,7 @@ pub fn tls_connector(pem: &PemPair) -> tokio_rustls::TlsConnector {
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
@@ -304,4 +329,70 @@ pub async fn tls_client(h: &Harness) -> Result<Client, std::io::Error> {
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     let tls = tls_connector(&h.pem).connect(name, stream).await?;
     Ok(Client::over(h.https, tls).await)
+}
+
+/// One HTTP/2 client connection (hyper's client); requests on it are concurrent streams.
+#[derive(Clone)]
+pub struct H2Client {
+    sender: hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+}
+
+impl H2Client {
+    /// h2c with prior knowledge.
+    pub async fn connect(
+        addr: SocketAddr,
+    ) -> (H2Client, tokio::task::JoinHandle<Result<(), hyper::Error>>) {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        Self::over(stream).await
+    }
+
+    /// h2 over TLS, offering only `h2` by ALPN.
+    pub async fn connect_tls(
+        addr: SocketAddr,
+        pem: &PemPair,
+    ) -> (H2Client, tokio::task::JoinHandle<Result<(), hyper::Error>>) {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = tls_connector_alpn(pem, &[b"h2"])
+            .connect(name, stream)
+            .await
+            .unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        Self::over(tls).await
+    }
+
+    pub async fn over<S>(stream: S) -> (H2Client, tokio::task::JoinHandle<Result<(), hyper::Error>>)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            TokioIo::new(stream),
+        )
+        .await
+        .unwrap();
+        (H2Client { sender }, tokio::spawn(conn))
+    }
+
+    pub async fn try_request(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> Result<Response<Bytes>, hyper::Error> {
+        self.sender.ready().await?;
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("http://localhost{path}"))
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .unwrap();
+        let res = self.sender.send_request(req).await?;
+        let (parts, body) = res.into_parts();
+        let body = body.collect().await?.to_bytes();
+        Ok(Response::from_parts(parts, body))
+    }
+
+    pub async fn get(&mut self, path: &str) -> Response<Bytes> {
+        self.try_request("GET", path, "").await.unwrap()
+    }
 }

@@ -1,0 +1,203 @@
+//! HTTP/2 connections (h2c with prior knowledge, h2 over TLS) under the pool.
+//!
+//! One pooled connection is one HTTP/2 connection; its streams are its requests. The
+//! protocol's own limits come from the pool config: `http2.max_concurrent_streams` and
+//! `http2.max_header_list_size` as SETTINGS, `http2.max_session_memory` as the flow-control
+//! windows and send buffers, and keep-alive pings whose unanswered timeout closes the connection
+//! as a `pong` timeout. A polite close is a GOAWAY: streams in flight finish, new ones are
+//! refused.
+
+use std::error::Error as _;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::server::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use poolserve_pool::{CloseReason, ConnectionGuard, ManagedConnection, PoolConfig, TimeoutKind};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::body::Body;
+use crate::io::TrackedIo;
+use crate::policy::ServerPolicy;
+use crate::service::TrackedService;
+use crate::upgrade::UpgradeLink;
+
+/// Largest HTTP/2 flow-control window (RFC 9113 §6.9.1).
+const MAX_WINDOW: usize = (1 << 31) - 1;
+/// Smallest per-stream share of the session memory, so a huge stream limit cannot starve
+/// every stream to nothing.
+const MIN_STREAM_SHARE: usize = 16 * 1024;
+
+/// How `http2.max_session_memory` is split: the bytes a peer may send before we read them
+/// (flow-control windows) and the bytes we buffer towards it (send buffers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SessionBudget {
+    /// Connection-level receive window: all streams' unread request data together.
+    pub connection_window: u32,
+    /// Per-stream receive window.
+    pub stream_window: u32,
+    /// Per-stream send buffer.
+    pub send_buffer: usize,
+}
+
+impl SessionBudget {
+    /// Half the session memory for received data, half for data being sent, each shared by
+    /// `max_concurrent_streams` streams.
+    pub fn new(max_session_memory: usize, max_concurrent_streams: u32) -> Self {
+        let half = (max_session_memory / 2).clamp(65_535, MAX_WINDOW);
+        let streams = (max_concurrent_streams as usize).max(1);
+        let share = (half / streams).max(MIN_STREAM_SHARE);
+        SessionBudget {
+            connection_window: half as u32,
+            stream_window: share.clamp(65_535, half) as u32,
+            send_buffer: share,
+        }
+    }
+}
+
+type Hyper<I, S> = http2::Connection<I, S, TokioExecutor>;
+
+/// A hyper HTTP/2 connection the pool can drive and close with a GOAWAY.
+pub struct Http2Connection<I, S>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+{
+    inner: Pin<Box<Hyper<I, S>>>,
+}
+
+impl<I, S, B> Future for Http2Connection<I, S>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Output = Result<(), hyper::Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+impl<I, S, B> ManagedConnection for Http2Connection<I, S>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Error = hyper::Error;
+
+    /// Sends GOAWAY: streams in flight finish, new ones are refused, then the connection closes.
+    fn close_politely(mut self: Pin<&mut Self>) {
+        self.inner.as_mut().graceful_shutdown();
+    }
+
+    fn is_peer_fault(e: &hyper::Error) -> bool {
+        is_peer_fault(e)
+    }
+
+    fn timeout_kind(e: &hyper::Error) -> Option<TimeoutKind> {
+        // hyper's only timeout on a server HTTP/2 connection is the keep-alive ping's.
+        e.is_timeout().then_some(TimeoutKind::Pong)
+    }
+}
+
+/// Whether an HTTP/2 connection error is the peer's doing: a protocol violation we detected,
+/// a GOAWAY or reset it sent, or a vanished socket.
+fn is_peer_fault(e: &hyper::Error) -> bool {
+    if e.is_parse() || e.is_incomplete_message() || e.is_canceled() {
+        return true;
+    }
+    let mut source = e.source();
+    while let Some(s) = source {
+        if let Some(h2) = s.downcast_ref::<h2::Error>() {
+            return h2.is_remote() || h2.is_library() || h2.is_go_away() || h2.is_io();
+        }
+        if let Some(io) = s.downcast_ref::<io::Error>() {
+            return matches!(
+                io.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::UnexpectedEof
+            );
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// Serves one admitted HTTP/2 connection to its end.
+pub(crate) async fn serve<IO, S, B>(
+    guard: ConnectionGuard<ServerPolicy>,
+    io: IO,
+    service: S,
+    config: &PoolConfig,
+) -> CloseReason
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: tower::Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let tracker = guard.tracker();
+    tracker.multiplexed();
+    // HTTP/2 has no upgrades; the link only satisfies the shared request wrapper.
+    let link = Arc::new(UpgradeLink::default());
+    let io = TokioIo::new(TrackedIo::new(io, tracker.clone()));
+    let service = TrackedService::new(service, tracker, link);
+    let h2 = &config.http2;
+    let budget = SessionBudget::new(h2.max_session_memory, h2.max_concurrent_streams);
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(h2.max_concurrent_streams)
+        .max_header_list_size(h2.max_header_list_size)
+        .initial_connection_window_size(budget.connection_window)
+        .initial_stream_window_size(budget.stream_window)
+        .max_send_buf_size(budget.send_buffer)
+        .keep_alive_interval(h2.keep_alive_interval)
+        .keep_alive_timeout(h2.keep_alive_timeout);
+    let conn = Http2Connection {
+        inner: Box::pin(builder.serve_connection(io, service)),
+    };
+    guard.serve(conn).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_memory_is_split_between_receiving_and_sending() {
+        let b = SessionBudget::new(10 << 20, 250);
+        assert_eq!(b.connection_window, 5 << 20);
+        assert_eq!(b.send_buffer, (5 << 20) / 250);
+        // Never below the protocol's default window of 65,535.
+        assert_eq!(b.stream_window, 65_535);
+        let roomy = SessionBudget::new(64 << 20, 4);
+        assert_eq!(roomy.stream_window, 8 << 20);
+    }
+
+    #[test]
+    fn tiny_budgets_keep_protocol_minimums() {
+        let b = SessionBudget::new(65_536, 10_000);
+        assert_eq!(b.connection_window, 65_535);
+        assert_eq!(b.stream_window, 65_535);
+        assert_eq!(b.send_buffer, MIN_STREAM_SHARE);
+    }
+}

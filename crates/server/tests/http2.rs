@@ -1,0 +1,320 @@
+//! HTTP/2 servers under the pool: h2c and h2 over TLS (ALPN), one pooled connection per HTTP/2
+//! connection, the protocol's limits applied, refusal before any frame, GOAWAY on shutdown and on
+//! a lowered limit, and keep-alive pings that close a silent peer.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use poolserve_pool::{CloseReason, Http2Settings, PoolEventKind, PoolSettings, TimeoutKind};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The client connection preface and an empty SETTINGS frame (RFC 9113 §3.4).
+const PREFACE_AND_SETTINGS: &[u8] =
+    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+fn h2_settings(h2: Http2Settings) -> PoolSettings {
+    PoolSettings {
+        http2: Some(h2),
+        ..Default::default()
+    }
+}
+
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    tokio::time::timeout(WAIT, async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+}
+
+#[tokio::test]
+async fn h2c_serves_concurrent_streams_on_one_pooled_connection() {
+    let h = start(PoolSettings::default()).await;
+    let pool = h.runtime.server("h2c").unwrap().pool().clone();
+    let (client, _conn) = H2Client::connect(h.h2c).await;
+    let mut streams = Vec::new();
+    for _ in 0..20 {
+        let mut c = client.clone();
+        streams.push(tokio::spawn(async move { c.get("/sleep?ms=300").await }));
+    }
+    wait_until("20 streams in flight", || {
+        pool.metrics().requests_in_flight == 20
+    })
+    .await;
+    assert_eq!(pool.metrics().active, 1);
+    assert_eq!(pool.metrics().busy, 1);
+    for s in streams {
+        let res = s.await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.version(), http::Version::HTTP_2);
+        assert_eq!(&res.body()[..], b"slept");
+    }
+    let mut c = client.clone();
+    let echo = c
+        .try_request("POST", "/echo", "ping over h2")
+        .await
+        .unwrap();
+    assert_eq!(&echo.body()[..], b"ping over h2");
+    let m = pool.metrics();
+    assert_eq!(m.accepted, 1);
+    assert_eq!(m.requests, 21);
+    assert_eq!(m.requests_in_flight, 0);
+    assert_eq!(
+        metric(h.admin, "poolserve_connections_active", "server=\"h2c\"").await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn tls_negotiates_h2_by_alpn_and_falls_back_to_http1() {
+    let h = start(PoolSettings::default()).await;
+    let (mut h2, _conn) = H2Client::connect_tls(h.h2, &h.pem).await;
+    let res = h2.get("/");
+    let res = res.await;
+    assert_eq!(res.version(), http::Version::HTTP_2);
+    assert_eq!(&res.body()[..], b"hello");
+
+    let stream = TcpStream::connect(h.h2).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tls_connector(&h.pem).connect(name, stream).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let mut h1 = Client::over(h.h2, tls).await;
+    let res = h1.get("/").await;
+    assert_eq!(res.version(), http::Version::HTTP_11);
+    assert_eq!(&res.body()[..], b"hello");
+    assert_eq!(h.runtime.server("h2").unwrap().pool().metrics().active, 2);
+}
+
+#[tokio::test]
+async fn over_the_limit_a_connection_is_closed_before_any_frame() {
+    let h = start(PoolSettings {
+        max_connections: Some(2),
+        ..Default::default()
+    })
+    .await;
+    let pool = h.runtime.server("h2c").unwrap().pool().clone();
+    let (mut a, _ca) = H2Client::connect(h.h2c).await;
+    let (mut b, _cb) = H2Client::connect(h.h2c).await;
+    assert_eq!(a.get("/").await.status(), 200);
+    assert_eq!(b.get("/").await.status(), 200);
+    let mut extra = TcpStream::connect(h.h2c).await.unwrap();
+    extra.write_all(PREFACE_AND_SETTINGS).await.ok();
+    let mut got = Vec::new();
+    tokio::time::timeout(WAIT, extra.read_to_end(&mut got))
+        .await
+        .expect("refused connection is closed")
+        .ok();
+    assert!(got.is_empty(), "a refused peer gets no frame, got {got:?}");
+    let m = pool.metrics();
+    assert_eq!((m.active, m.accepted, m.rejected), (2, 2, 1));
+    // The admitted connections are untouched.
+    assert_eq!(a.get("/").await.status(), 200);
+}
+
+#[tokio::test]
+async fn max_concurrent_streams_is_enforced() {
+    let h = start(h2_settings(Http2Settings {
+        max_concurrent_streams: Some(3),
+        ..Default::default()
+    }))
+    .await;
+    let pool = h.runtime.server("h2c").unwrap().pool().clone();
+    let (client, _conn) = H2Client::connect(h.h2c).await;
+    // One exchange first, so the client has the server's SETTINGS before it opens streams;
+    // streams opened before that are refused with REFUSED_STREAM instead.
+    assert_eq!(client.clone().get("/").await.status(), 200);
+    let mut streams = Vec::new();
+    for _ in 0..9 {
+        let mut c = client.clone();
+        streams.push(tokio::spawn(async move { c.get("/sleep?ms=200").await }));
+    }
+    let mut most = 0;
+    let watch = async {
+        loop {
+            most = most.max(pool.metrics().requests_in_flight);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    };
+    let all = async {
+        for s in streams {
+            assert_eq!(s.await.unwrap().status(), 200);
+        }
+    };
+    tokio::select! {
+        () = all => {}
+        () = watch => unreachable!(),
+    }
+    assert_eq!(most, 3, "the server's SETTINGS cap the streams in flight");
+    assert_eq!(pool.metrics().requests, 10);
+}
+
+fn get_with_header(value_len: usize) -> http::Request<http_body_util::Empty<bytes::Bytes>> {
+    http::Request::get("http://localhost/")
+        .header("x-big", "a".repeat(value_len))
+        .body(http_body_util::Empty::new())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_oversized_header_list_gets_431_and_an_abusive_one_a_goaway() {
+    let h = start(h2_settings(Http2Settings {
+        max_header_list_size: Some(1024),
+        ..Default::default()
+    }))
+    .await;
+    let pool = h.runtime.server("h2c").unwrap().pool().clone();
+    let stream = TcpStream::connect(h.h2c).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    // Over the limit: that stream is answered 431, the connection lives on.
+    let res = sender.send_request(get_with_header(2048)).await.unwrap();
+    assert_eq!(res.status(), 431);
+    sender.ready().await.unwrap();
+    let ok = sender.send_request(get_with_header(10)).await.unwrap();
+    assert_eq!(ok.status(), 200);
+    // Far over it (h2 draws the line at 4x): the peer is abusive, the connection goes.
+    let err = sender
+        .send_request(get_with_header(8192))
+        .await
+        .expect_err("an abusive header block ends the connection");
+    let reason = std::error::Error::source(&err)
+        .and_then(|s| s.downcast_ref::<h2::Error>())
+        .and_then(h2::Error::reason);
+    assert_eq!(reason, Some(h2::Reason::ENHANCE_YOUR_CALM), "{err:?}");
+    tokio::time::timeout(WAIT, conn)
+        .await
+        .expect("connection ends")
+        .ok();
+    wait_until("the close to be counted", || {
+        pool.metrics()
+            .closed
+            .iter()
+            .any(|(r, n)| *r == "protocol_error" && *n == 1)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn shutdown_sends_goaway_and_streams_in_flight_finish() {
+    let h = start_with(PoolSettings::default(), Duration::from_secs(5)).await;
+    let pool = h.runtime.server("h2").unwrap().pool().clone();
+    let (client, conn) = H2Client::connect_tls(h.h2, &h.pem).await;
+    let mut streams = Vec::new();
+    for _ in 0..5 {
+        let mut c = client.clone();
+        streams.push(tokio::spawn(async move {
+            c.try_request("GET", "/sleep?ms=400", "").await
+        }));
+    }
+    wait_until("5 streams in flight", || {
+        pool.metrics().requests_in_flight == 5
+    })
+    .await;
+    let reports = h.runtime.shutdown().await;
+    for s in streams {
+        let res = s
+            .await
+            .unwrap()
+            .expect("a stream in flight at shutdown finishes");
+        assert_eq!(res.status(), 200);
+        assert_eq!(&res.body()[..], b"slept");
+    }
+    // After the GOAWAY the client's connection ends cleanly.
+    tokio::time::timeout(WAIT, conn)
+        .await
+        .expect("connection ends")
+        .unwrap()
+        .unwrap();
+    let report = &reports.iter().find(|(n, _)| n == "h2").unwrap().1;
+    assert_eq!((report.closed_politely, report.forced), (1, 0));
+}
+
+#[tokio::test]
+async fn lowering_the_limit_sends_goaway_to_the_excess() {
+    let h = start(PoolSettings::default()).await;
+    let pool = h.runtime.server("h2c").unwrap().pool().clone();
+    let mut events = h.runtime.registry().subscribe();
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let (mut c, conn) = H2Client::connect(h.h2c).await;
+        assert_eq!(c.get("/").await.status(), 200);
+        clients.push((c, conn));
+    }
+    // One connection has a stream in flight: GOAWAY lets it finish.
+    let mut busy = clients[0].0.clone();
+    let in_flight = tokio::spawn(async move { busy.try_request("GET", "/sleep?ms=300", "").await });
+    wait_until("a stream in flight", || {
+        pool.metrics().requests_in_flight == 1
+    })
+    .await;
+    pool.update_config(&PoolSettings {
+        max_connections: Some(1),
+        ..Default::default()
+    })
+    .unwrap();
+    wait_events(&mut events, 2, |k| {
+        matches!(
+            k,
+            PoolEventKind::ConnectionRemoved {
+                reason: CloseReason::LimitLowered,
+                ..
+            }
+        )
+    })
+    .await;
+    assert_eq!(pool.active_connections(), 1);
+    let res = in_flight.await.unwrap();
+    assert!(
+        res.is_ok_and(|r| r.status() == 200),
+        "a stream in flight is never cut by a lowered limit"
+    );
+}
+
+#[tokio::test]
+async fn a_peer_that_ignores_pings_is_closed_as_a_pong_timeout() {
+    let h = start(h2_settings(Http2Settings {
+        keep_alive_interval: Some("200ms".into()),
+        keep_alive_timeout: Some("300ms".into()),
+        ..Default::default()
+    }))
+    .await;
+    let mut events = h.runtime.registry().subscribe();
+    let mut silent = TcpStream::connect(h.h2c).await.unwrap();
+    silent.write_all(PREFACE_AND_SETTINGS).await.unwrap();
+    let opened = Instant::now();
+    // Reads what the server sends (its SETTINGS, then PINGs) and never answers.
+    let mut sink = Vec::new();
+    tokio::time::timeout(WAIT, silent.read_to_end(&mut sink))
+        .await
+        .expect("the server closes a peer that does not answer pings")
+        .ok();
+    let elapsed = opened.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(450),
+        "closed after {elapsed:?}, before a ping could go unanswered"
+    );
+    wait_events(&mut events, 1, |k| {
+        matches!(
+            k,
+            PoolEventKind::ConnectionRemoved {
+                reason: CloseReason::Timeout(TimeoutKind::Pong),
+                ..
+            }
+        )
+    })
+    .await;
+    // A client that answers pings stays open past the same time.
+    let (mut live, _conn) = H2Client::connect(h.h2c).await;
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(live.get("/").await.status(), 200);
+}
