@@ -1,0 +1,202 @@
+#!/usr/bin/env bash
+# HTTP/1.1 benchmarks, every number measured in this one run against a baseline:
+#  1. keep-alive `GET /` with wrk: poolserve `http` vs a bare hyper server with the same demo
+#     handler (crates/poolserve/examples/bare_hyper.rs), nginx `return 200` (Debian's
+#     nginx-light, one worker) and koatty_serve 2.3.0 on Node (bench/koatty);
+#  2. connection churn: the same with `Connection: close` on every request;
+#  3. 10,000 idle keep-alive connections (each served one request): RSS per connection,
+#     poolserve vs bare hyper.
+# Servers run on core 1, wrk and the idle client on core 0; everything on 127.0.0.1; every run
+# is bounded in time. Peers missing from the machine are installed (apt, npm ci) when possible.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+SECS=${SECS:-8}           # seconds per measured wrk run
+ROUNDS=${ROUNDS:-3}       # rounds over all peers; medians are reported
+CONNS=${CONNS:-64}        # wrk connections
+IDLE=${IDLE:-10000}       # idle keep-alive connections
+HOLD=${HOLD:-15}          # seconds the idle connections are held
+PEERS=${PEERS:-"poolserve bare_hyper nginx koatty"}
+MODES=${MODES:-"keepalive close"}  # keepalive: wrk reuses connections; close: `Connection: close`
+IDLE_RUN=${IDLE_RUN:-1}   # 0 skips the idle-connection memory run
+out=bench/out
+mkdir -p "$out"
+results="$out/http1.txt"
+: > "$results"
+
+need() { command -v "$1" >/dev/null; }
+if ! need wrk || ! need nginx; then
+  apt-get install -y -q wrk nginx-light >/dev/null
+fi
+need taskset || { echo "taskset (util-linux) is required" >&2; exit 1; }
+nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
+if [[ " $PEERS " == *" koatty "* && ! -d bench/koatty/node_modules ]]; then
+  (cd bench/koatty && npm ci --no-audit --no-fund --loglevel=error)
+fi
+cargo build --release -q -p poolserve --bins --examples
+bin=target/release
+ulimit -n "$(ulimit -Hn)"  # 10,000 sockets per process need more than the usual 1,024
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+wait_port() {
+  for _ in $(seq 200); do
+    (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "port $1 never opened" >&2
+  exit 1
+}
+rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+start() { # $1 = peer; sets server_pid and server_port
+  local port admin cfg
+  port=$(free_port)
+  case "$1" in
+    poolserve)
+      admin=$(free_port); cfg="$out/http1-poolserve.toml"
+      cat > "$cfg" <<TOML
+[admin]
+listen = "127.0.0.1:$admin"
+[log]
+level = "warn"
+[[server]]
+name = "web"
+protocol = "http"
+listen = "127.0.0.1:$port"
+  [server.pool]
+  max_connections = 20000
+  keep_alive_timeout = "120s"
+  connection_timeout = "300s"
+TOML
+      taskset -c 1 "$bin/poolserve" --config "$cfg" > "$out/http1-poolserve.log" 2>&1 &
+      ;;
+    bare_hyper)
+      taskset -c 1 "$bin/examples/bare_hyper" "127.0.0.1:$port" > "$out/http1-bare.log" 2>&1 &
+      ;;
+    nginx)
+      mkdir -p "$out/nginx"
+      cat > "$out/nginx/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $PWD/$out/nginx/nginx.pid;
+error_log $PWD/$out/nginx/error.log warn;
+events { worker_connections 20000; }
+http {
+  access_log off;
+  keepalive_requests 10000000;
+  keepalive_timeout 120s;
+  client_body_temp_path $PWD/$out/nginx;
+  proxy_temp_path $PWD/$out/nginx;
+  fastcgi_temp_path $PWD/$out/nginx;
+  uwsgi_temp_path $PWD/$out/nginx;
+  scgi_temp_path $PWD/$out/nginx;
+  server {
+    listen 127.0.0.1:$port;
+    location / { default_type text/plain; return 200 "hello"; }
+  }
+}
+CONF
+      taskset -c 1 "$nginx_bin" -p "$PWD/$out/nginx" -c "$PWD/$out/nginx/nginx.conf" \
+        > "$out/http1-nginx.log" 2>&1 &
+      ;;
+    koatty)
+      taskset -c 1 node bench/koatty/server.js http "$port" > "$out/http1-koatty.log" 2>&1 &
+      ;;
+  esac
+  server_pid=$!; pids+=("$server_pid"); server_port=$port
+  wait_port "$port"
+}
+stop() { kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; }
+
+# wrk's "99%" latency line, in microseconds.
+p99_us() {
+  awk '$1 == "99%" {
+    v = $2; u = v; sub(/[0-9.]+/, "", u); sub(/[a-z]+$/, "", v);
+    f = (u == "us") ? 1 : (u == "ms") ? 1000 : (u == "s") ? 1000000 : 0;
+    printf "%.0f", v * f }'
+}
+load() { # $1 = mode (keepalive|close), $2 = seconds; prints "rps p99_us errors"
+  local extra=() report
+  [ "$1" = close ] && extra=(-H "Connection: close")
+  report=$(taskset -c 0 wrk -t1 -c"$CONNS" -d"$2"s --latency "${extra[@]}" \
+    "http://127.0.0.1:$server_port/")
+  local rps p99 errs
+  rps=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' <<<"$report")
+  p99=$(p99_us <<<"$report")
+  errs=$(awk '/Socket errors|Non-2xx/ {print}' <<<"$report" | tr -s ' ' | paste -sd';' -)
+  echo "$rps $p99 ${errs:-none}"
+}
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
+
+# Each round runs every peer once, in turn, so a noisy neighbour on the machine hurts them alike;
+# the medians over the rounds are reported.
+declare -A rps p99 errors
+for mode in $MODES; do
+  for round in $(seq "$ROUNDS"); do
+    for peer in $PEERS; do
+      start "$peer"
+      load "$mode" 1 > /dev/null                       # warm-up
+      read -r r p e <<<"$(load "$mode" "$SECS")"
+      stop
+      rps[$peer-$mode]+="$r "; p99[$peer-$mode]+="$p "
+      [ "$e" = none ] || errors[$peer-$mode]+="round $round: $e "
+      echo "  round $round $mode $peer: $r requests/s, p99 $p us" >&2
+    done
+  done
+  printf '%-11s %-10s %12s %10s  %s\n' peer mode requests/s p99_us "rounds (requests/s)" | tee -a "$results"
+  declare -A med_r med_p
+  for peer in $PEERS; do
+    med_r[$peer]=$(median <<<"${rps[$peer-$mode]}"); med_p[$peer]=$(median <<<"${p99[$peer-$mode]}")
+    printf '%-11s %-10s %12s %10s  %s %s\n' "$peer" "$mode" "${med_r[$peer]}" "${med_p[$peer]}" \
+      "${rps[$peer-$mode]}" "${errors[$peer-$mode]:-}" | tee -a "$results"
+  done
+  for peer in $PEERS; do
+    [ "$peer" = poolserve ] && continue
+    python3 -c "print(f'$mode: poolserve / $peer = {${med_r[poolserve]} / ${med_r[$peer]}:.3f} x requests/s, p99 {${med_p[poolserve]} / max(1, ${med_p[$peer]}):.3f} x')" \
+      | tee -a "$results"
+  done
+done
+
+idle_run() { # prints "rss_bytes_per_conn open closed"
+  local before after fifo
+  before=$(rss_kib "$server_pid")
+  fifo="$out/http1-idle.fifo"; rm -f "$fifo"; mkfifo "$fifo"
+  taskset -c 0 "$bin/examples/http_idle" "127.0.0.1:$server_port" "$IDLE" "$HOLD" > "$fifo" &
+  local client=$!
+  exec 4<"$fifo"
+  read -r -u 4 opened
+  sleep 1  # let the server finish its side of the last responses before reading RSS
+  after=$(rss_kib "$server_pid")
+  read -r -u 4 closed
+  exec 4<&-
+  wait "$client"
+  rm -f "$fifo"
+  python3 -c "print(f'{($after - $before) * 1024 / $IDLE:.0f} $opened $closed')"
+}
+
+[ "$IDLE_RUN" = 1 ] || exit 0
+# RSS moves with the allocator's arenas by a few hundred bytes per connection from run to run,
+# so the idle run is repeated and the medians are compared.
+declare -A rss
+for round in $(seq "$ROUNDS"); do
+  for peer in poolserve bare_hyper; do
+    start "$peer"
+    read -r r opened closed <<<"$(idle_run)"
+    stop
+    rss[$peer]+="$r "
+    echo "  round $round idle $peer: $r bytes/conn ($opened $closed)" >&2
+  done
+done
+printf '%-11s %18s  %s\n' peer rss_bytes/conn "rounds" | tee -a "$results"
+for peer in poolserve bare_hyper; do
+  printf '%-11s %18s  %s\n' "$peer" "$(median <<<"${rss[$peer]}")" "${rss[$peer]}" | tee -a "$results"
+done
+python3 -c "print(f'pool overhead per idle keep-alive connection: {$(median <<<"${rss[poolserve]}") - $(median <<<"${rss[bare_hyper]}")} bytes')" \
+  | tee -a "$results"
