@@ -147,14 +147,14 @@ where
     let link = Arc::new(UpgradeLink::default());
     let io = TokioIo::new(TrackedIo::linked(io, tracker.clone(), link.clone()));
     let service = TrackedService::new(service, tracker.clone(), link.clone());
-    let mut builder = http1::Builder::new();
-    builder
+    // The builder is dropped before the await, so it takes no room in the connection's task.
+    let serving = http1::Builder::new()
         .keep_alive(true)
-        .max_buf_size(config.http1.max_header_size);
+        .max_buf_size(config.http1.max_header_size)
+        .serve_connection(io, service)
+        .with_upgrades();
     let conn = Http1Connection {
-        serving: Some(Box::pin(
-            builder.serve_connection(io, service).with_upgrades(),
-        )),
+        serving: Some(Box::pin(serving)),
         link,
         tracker,
     };

@@ -162,18 +162,21 @@ where
     let service = TrackedService::new(service, tracker, link);
     let h2 = &config.http2;
     let budget = SessionBudget::new(h2.max_session_memory, h2.max_concurrent_streams);
-    let mut builder = http2::Builder::new(TokioExecutor::new());
-    builder
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(h2.max_concurrent_streams)
-        .max_header_list_size(h2.max_header_list_size)
-        .initial_connection_window_size(budget.connection_window)
-        .initial_stream_window_size(budget.stream_window)
-        .max_send_buf_size(budget.send_buffer)
-        .keep_alive_interval(h2.keep_alive_interval)
-        .keep_alive_timeout(h2.keep_alive_timeout);
-    let conn = Http2Connection {
-        inner: Box::pin(builder.serve_connection(io, service)),
+    // The builder lives in this block only, so it takes no room in the connection's task.
+    let conn = {
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(h2.max_concurrent_streams)
+            .max_header_list_size(h2.max_header_list_size)
+            .initial_connection_window_size(budget.connection_window)
+            .initial_stream_window_size(budget.stream_window)
+            .max_send_buf_size(budget.send_buffer)
+            .keep_alive_interval(h2.keep_alive_interval)
+            .keep_alive_timeout(h2.keep_alive_timeout);
+        Http2Connection {
+            inner: Box::pin(builder.serve_connection(io, service)),
+        }
     };
     guard.serve(conn).await
 }

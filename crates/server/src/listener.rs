@@ -277,17 +277,15 @@ async fn accept_loop<S, B>(
             }
         };
         let _ = stream.set_nodelay(true);
-        let tls = tls.clone();
-        let service = service.clone();
-        let config = pool.config();
-        tokio::spawn(async move {
-            serve_connection(guard, stream, tls, service, config).await;
-        });
+        spawn_connection(guard, stream, tls.clone(), service.clone(), pool.config());
     }
     tracing::info!(server = %name, "stopped accepting");
 }
 
-async fn serve_connection<S, B>(
+/// Spawns the task serving one admitted connection. Each protocol gets its own task type, so a
+/// connection's task is the size of what it runs: a plain HTTP connection does not carry room
+/// for a TLS session or a WebSocket.
+fn spawn_connection<S, B>(
     guard: poolserve_pool::ConnectionGuard<ServerPolicy>,
     stream: TcpStream,
     tls: Option<TlsAcceptor>,
@@ -300,21 +298,20 @@ async fn serve_connection<S, B>(
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    // Each branch is boxed so a connection's task holds only the branch it runs: a plain HTTP
-    // connection would otherwise carry room for a TLS session and a WebSocket (4 KiB in all).
     let protocol = guard_protocol(&guard);
-    let websocket = protocol.is_websocket();
     match tls {
         None if protocol == Protocol::Http2 => {
-            Box::pin(crate::http2::serve(guard, stream, service, &config)).await;
+            tokio::spawn(async move { crate::http2::serve(guard, stream, service, &config).await });
         }
-        None if websocket => {
-            Box::pin(crate::ws::serve(guard, stream, config)).await;
+        None if protocol.is_websocket() => {
+            tokio::spawn(crate::ws::serve(guard, stream, config));
         }
         None => {
-            Box::pin(http1::serve(guard, stream, service, &config)).await;
+            tokio::spawn(async move { http1::serve(guard, stream, service, &config).await });
         }
-        Some(acceptor) => Box::pin(serve_tls(guard, stream, acceptor, service, config)).await,
+        Some(acceptor) => {
+            tokio::spawn(serve_tls(guard, stream, acceptor, service, config));
+        }
     }
 }
 

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# User-space instructions per keep-alive request, poolserve `http` vs the bare hyper server, under
+# valgrind's callgrind: unlike requests/s on a shared machine, the count repeats run to run, so it
+# shows what the pool costs per request. Usage: bench/http1/instructions.sh [REQUESTS]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+N=${1:-20000}
+out=bench/out
+mkdir -p "$out"
+command -v valgrind >/dev/null || apt-get install -y -q valgrind >/dev/null
+command -v h2load >/dev/null || apt-get install -y -q nghttp2-client >/dev/null
+cargo build --release -q -p poolserve --bins --examples
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+wait_port() {
+  for _ in $(seq 600); do
+    (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "port $1 never opened" >&2
+  exit 1
+}
+
+count() { # $1 = name, $2 = port, rest = server command; prints instructions per request
+  local name=$1 port=$2; shift 2
+  rm -f "$out/callgrind.$name".*
+  valgrind --tool=callgrind --callgrind-out-file="$out/callgrind.$name.%p" "$@" \
+    > "$out/callgrind.$name.log" 2>&1 &
+  local vg=$!
+  wait_port "$port"
+  h2load --h1 -n 2000 -c 16 "http://127.0.0.1:$port/" > /dev/null   # warm-up
+  callgrind_control -z "$vg" > /dev/null
+  h2load --h1 -n "$N" -c 16 "http://127.0.0.1:$port/" | grep -q "$N succeeded"
+  callgrind_control -d "$vg" > /dev/null
+  kill "$vg"; wait "$vg" 2>/dev/null || true
+  local dump
+  dump=$(ls -t "$out/callgrind.$name".*.1 | head -1)
+  awk -v n="$N" '/^summary:/ {printf "%.0f", $2 / n}' "$dump"
+}
+
+port=$(free_port); admin=$(free_port)
+cat > "$out/instructions-poolserve.toml" <<TOML
+[admin]
+listen = "127.0.0.1:$admin"
+[log]
+level = "warn"
+[[server]]
+name = "web"
+protocol = "http"
+listen = "127.0.0.1:$port"
+TOML
+pool=$(count poolserve "$port" target/release/poolserve --config "$out/instructions-poolserve.toml")
+port=$(free_port)
+bare=$(count bare_hyper "$port" target/release/examples/bare_hyper "127.0.0.1:$port")
+echo "instructions per keep-alive request: poolserve $pool, bare hyper $bare" | tee "$out/instructions.txt"
+python3 -c "print(f'ratio {$pool / $bare:.3f}')" | tee -a "$out/instructions.txt"
