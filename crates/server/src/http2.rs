@@ -7,9 +7,7 @@
 //! as a `pong` timeout. A polite close is a GOAWAY: streams in flight finish, new ones are
 //! refused.
 
-use std::error::Error as _;
 use std::future::Future;
-use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -105,38 +103,13 @@ where
     }
 
     fn is_peer_fault(e: &hyper::Error) -> bool {
-        is_peer_fault(e)
+        crate::http1::is_peer_fault(e)
     }
 
     fn timeout_kind(e: &hyper::Error) -> Option<TimeoutKind> {
         // hyper's only timeout on a server HTTP/2 connection is the keep-alive ping's.
         e.is_timeout().then_some(TimeoutKind::Pong)
     }
-}
-
-/// Whether an HTTP/2 connection error is the peer's doing: a protocol violation we detected,
-/// a GOAWAY or reset it sent, or a vanished socket.
-fn is_peer_fault(e: &hyper::Error) -> bool {
-    if e.is_parse() || e.is_incomplete_message() || e.is_canceled() {
-        return true;
-    }
-    let mut source = e.source();
-    while let Some(s) = source {
-        if let Some(h2) = s.downcast_ref::<h2::Error>() {
-            return h2.is_remote() || h2.is_library() || h2.is_go_away() || h2.is_io();
-        }
-        if let Some(io) = s.downcast_ref::<io::Error>() {
-            return matches!(
-                io.kind(),
-                io::ErrorKind::ConnectionReset
-                    | io::ErrorKind::ConnectionAborted
-                    | io::ErrorKind::BrokenPipe
-                    | io::ErrorKind::UnexpectedEof
-            );
-        }
-        source = s.source();
-    }
-    false
 }
 
 /// Serves one admitted HTTP/2 connection to its end.
