@@ -188,6 +188,7 @@ impl RunConfig {
                 spec("web", Protocol::Http, 3000),
                 spec("web-tls", Protocol::Https, 3443),
                 spec("h2", Protocol::Http2, 3080),
+                spec("rpc", Protocol::Grpc, 50051),
                 spec("live", Protocol::Ws, 3001),
             ],
         }
@@ -277,14 +278,7 @@ impl FileConfig {
                 "ws" => Some(Protocol::Ws),
                 "wss" => Some(Protocol::Wss),
                 "http2" => Some(Protocol::Http2),
-                "grpc" => {
-                    errors.push(field_error(
-                        format!("{at}.protocol"),
-                        format!("{:?}", s.protocol),
-                        "not served by this build yet (http, https, http2, ws, wss)",
-                    ));
-                    None
-                }
+                "grpc" => Some(Protocol::Grpc),
                 other => {
                     errors.push(field_error(
                         format!("{at}.protocol"),
@@ -448,7 +442,7 @@ mod tests {
     }
 
     #[test]
-    fn http2_runs_in_the_clear_or_over_tls_and_grpc_is_not_served_yet() {
+    fn http2_and_grpc_servers_are_configured() {
         let cfg = RunConfig::from_toml(
             r#"
             [[server]]
@@ -466,17 +460,33 @@ mod tests {
             cfg.servers[0].pool.http2.keep_alive_timeout,
             Duration::from_secs(5)
         );
-        let err =
-            RunConfig::from_toml("[[server]]\nname='g'\nprotocol='grpc'\nlisten='127.0.0.1:0'\n")
-                .unwrap_err();
-        assert!(
-            err.to_string().contains("not served by this build yet"),
-            "{err}"
+        let grpc = RunConfig::from_toml(
+            r#"
+            [[server]]
+            name = "g"
+            protocol = "grpc"
+            listen = "127.0.0.1:0"
+              [server.pool.grpc]
+              max_receive_message_length = 1024
+              keep_alive_time = "20s"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(grpc.servers[0].protocol, Protocol::Grpc);
+        assert_eq!(grpc.servers[0].pool.grpc.max_receive_message_length, 1024);
+        assert_eq!(
+            grpc.servers[0].pool.grpc.keep_alive_time,
+            Duration::from_secs(20)
         );
-        assert!(RunConfig::builtin()
+        let builtin = RunConfig::builtin();
+        assert!(builtin
             .servers
             .iter()
             .any(|s| s.name == "h2" && s.protocol == Protocol::Http2));
+        assert!(builtin
+            .servers
+            .iter()
+            .any(|s| s.name == "rpc" && s.protocol == Protocol::Grpc));
     }
 
     #[test]

@@ -21,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::body::Body;
 use crate::io::TrackedIo;
+use crate::listener::Protocol;
 use crate::policy::ServerPolicy;
 use crate::service::TrackedService;
 use crate::upgrade::UpgradeLink;
@@ -134,6 +135,11 @@ where
     let io = TokioIo::new(TrackedIo::new(io, tracker.clone()));
     let service = TrackedService::new(service, tracker, link);
     let h2 = &config.http2;
+    let keep_alive_interval = if guard.policy().protocol == Protocol::Grpc {
+        config.grpc.keep_alive_time
+    } else {
+        h2.keep_alive_interval
+    };
     let budget = SessionBudget::new(h2.max_session_memory, h2.max_concurrent_streams);
     // The builder lives in this block only, so it takes no room in the connection's task.
     let conn = {
@@ -145,7 +151,7 @@ where
             .initial_connection_window_size(budget.connection_window)
             .initial_stream_window_size(budget.stream_window)
             .max_send_buf_size(budget.send_buffer)
-            .keep_alive_interval(h2.keep_alive_interval)
+            .keep_alive_interval(keep_alive_interval)
             .keep_alive_timeout(h2.keep_alive_timeout);
         Http2Connection {
             inner: Box::pin(builder.serve_connection(io, service)),

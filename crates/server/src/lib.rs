@@ -1,5 +1,6 @@
-//! poolserve's servers: HTTP/1.1, HTTPS, HTTP/2, WebSocket (ws, wss) listeners whose every connection runs under a
-//! [`poolserve_pool::Pool`], the admin endpoint, the config file and graceful shutdown.
+//! poolserve's servers: HTTP/1.1, HTTPS, HTTP/2, gRPC and WebSocket (ws, wss) listeners whose
+//! every connection runs under a [`poolserve_pool::Pool`], the admin endpoint, the config file
+//! and graceful shutdown.
 //!
 //! Handlers are tower [`Service`](tower::Service)s over `Request<`[`Body`]`>`, so an axum
 //! `Router` plugs in unchanged.
@@ -10,6 +11,7 @@ pub mod admin;
 mod body;
 pub mod demo;
 pub mod file_config;
+pub mod grpc;
 mod http1;
 mod http2;
 mod io;

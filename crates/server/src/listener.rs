@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::body::Body;
+use crate::grpc::{GrpcCall, GrpcServices};
 use crate::http1;
 use crate::policy::ServerPolicy;
 use crate::reject::Refuser;
@@ -37,6 +38,9 @@ pub enum Protocol {
     /// HTTP/2: h2c with prior knowledge, or h2 over TLS (ALPN, with HTTP/1.1 as the fallback)
     /// when a certificate is configured.
     Http2,
+    /// gRPC on HTTP/2: in the clear (prior knowledge), or over TLS (ALPN `h2`) when a
+    /// certificate is configured.
+    Grpc,
 }
 
 impl Protocol {
@@ -48,6 +52,7 @@ impl Protocol {
             Protocol::Ws => "ws",
             Protocol::Wss => "wss",
             Protocol::Http2 => "http2",
+            Protocol::Grpc => "grpc",
         }
     }
 
@@ -58,13 +63,18 @@ impl Protocol {
 
     /// Whether the protocol can run over TLS (always, or when a certificate is configured).
     pub fn accepts_tls(&self) -> bool {
-        self.is_tls() || *self == Protocol::Http2
+        self.is_tls() || self.is_http2()
     }
 
     /// Whether the protocol speaks HTTP/1 on the wire (before any upgrade), so a refusal can
     /// be an HTTP/1 `503`.
     pub fn speaks_http1(&self) -> bool {
-        !matches!(self, Protocol::Http2)
+        !self.is_http2()
+    }
+
+    /// Whether the protocol runs on HTTP/2 (`http2` and `grpc`).
+    pub fn is_http2(&self) -> bool {
+        matches!(self, Protocol::Http2 | Protocol::Grpc)
     }
 
     /// Whether the protocol is WebSocket.
@@ -97,6 +107,8 @@ pub enum ServerError {
     Tls(String),
     /// The pool name is taken by another protocol.
     Registry(String),
+    /// The services cannot run on this server.
+    Services(String),
 }
 
 impl std::fmt::Display for ServerError {
@@ -105,6 +117,7 @@ impl std::fmt::Display for ServerError {
             ServerError::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
             ServerError::Tls(e) => write!(f, "TLS: {e}"),
             ServerError::Registry(e) => f.write_str(e),
+            ServerError::Services(e) => write!(f, "services: {e}"),
         }
     }
 }
@@ -126,10 +139,52 @@ impl Server {
     ///
     /// The socket is bound and TLS is ready before this returns, so a server is warm as soon
     /// as it exists.
+    /// `grpc` servers start with [`Server::start_grpc`].
     pub async fn start<S, B>(
         registry: &PoolRegistry,
         options: ServerOptions,
         service: S,
+    ) -> Result<Server, ServerError>
+    where
+        S: tower::Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        if options.protocol == Protocol::Grpc {
+            return Err(ServerError::Services(
+                "a grpc server takes GrpcServices (Server::start_grpc)".into(),
+            ));
+        }
+        Server::start_with(registry, options, |_| Ok(service)).await
+    }
+
+    /// Binds a `grpc` listener and starts accepting, with `services` (plus health and
+    /// reflection) answering every call under the pool's gRPC rules.
+    pub async fn start_grpc(
+        registry: &PoolRegistry,
+        options: ServerOptions,
+        services: GrpcServices,
+    ) -> Result<Server, ServerError> {
+        if options.protocol != Protocol::Grpc {
+            return Err(ServerError::Services(format!(
+                "gRPC services need a grpc server, not {}",
+                options.protocol.as_str()
+            )));
+        }
+        Server::start_with(registry, options, |pool| {
+            let routes = services.into_routes(pool).map_err(ServerError::Services)?;
+            Ok(GrpcCall::new(routes, pool.clone()))
+        })
+        .await
+    }
+
+    /// Binds, creates the pool, builds the service for it and starts accepting.
+    async fn start_with<S, B>(
+        registry: &PoolRegistry,
+        options: ServerOptions,
+        make_service: impl FnOnce(&Pool<ServerPolicy>) -> Result<S, ServerError>,
     ) -> Result<Server, ServerError>
     where
         S: tower::Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
@@ -143,6 +198,10 @@ impl Server {
             (Protocol::Http2, Some(pem)) => Some(TlsAcceptor::from(
                 pem.server_config(&[b"h2", b"http/1.1"])
                     .map_err(tls_error)?,
+            )),
+            // gRPC needs HTTP/2: no HTTP/1.1 fallback to offer.
+            (Protocol::Grpc, Some(pem)) => Some(TlsAcceptor::from(
+                pem.server_config(&[b"h2"]).map_err(tls_error)?,
             )),
             (p, pem) if p.is_tls() => {
                 let pem = match pem {
@@ -171,6 +230,7 @@ impl Server {
             )
             .map_err(|e| ServerError::Registry(e.to_string()))?;
         pool.spawn_health_monitor();
+        let service = make_service(&pool)?;
         tracing::info!(server = %options.name, protocol = options.protocol.as_str(), %local_addr, "listening");
         let accept = tokio::spawn(accept_loop(
             listener,
@@ -300,7 +360,7 @@ fn spawn_connection<S, B>(
 {
     let protocol = guard_protocol(&guard);
     match tls {
-        None if protocol == Protocol::Http2 => {
+        None if protocol.is_http2() => {
             tokio::spawn(async move { crate::http2::serve(guard, stream, service, &config).await });
         }
         None if protocol.is_websocket() => {
@@ -328,14 +388,18 @@ async fn serve_tls<S, B>(
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let websocket = guard_protocol(&guard).is_websocket();
+    let protocol = guard_protocol(&guard);
     // Bytes are counted as the application sees them, after decryption, so the handshake is
     // not wrapped.
     match guard.opening(acceptor.accept(stream)).await {
-        Some(Ok(tls_stream)) if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") => {
+        // A gRPC server offers only h2, so a client that skipped ALPN still gets HTTP/2.
+        Some(Ok(tls_stream))
+            if protocol == Protocol::Grpc
+                || tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") =>
+        {
             Box::pin(crate::http2::serve(guard, tls_stream, service, &config)).await;
         }
-        Some(Ok(tls_stream)) if websocket => {
+        Some(Ok(tls_stream)) if protocol.is_websocket() => {
             Box::pin(crate::ws::serve(guard, tls_stream, config)).await;
         }
         Some(Ok(tls_stream)) => {

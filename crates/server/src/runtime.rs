@@ -11,7 +11,8 @@ use poolserve_pool::{CloseReport, PoolRegistry};
 use crate::admin::{AdminServer, AdminState};
 use crate::body::Body;
 use crate::file_config::RunConfig;
-use crate::listener::{Server, ServerError, ServerOptions};
+use crate::grpc::GrpcServices;
+use crate::listener::{Protocol, Server, ServerError, ServerOptions};
 use crate::tls::PemPair;
 
 /// Running servers plus the admin endpoint, sharing one pool registry.
@@ -45,9 +46,26 @@ impl std::fmt::Display for StartError {
 impl std::error::Error for StartError {}
 
 impl Runtime {
-    /// Starts every server of `config` with `service` answering, then the admin endpoint.
-    /// All listeners are bound and TLS is loaded before this returns.
+    /// Starts every server of `config` with `service` answering HTTP and the gRPC demo app on
+    /// `grpc` servers, then the admin endpoint. All listeners are bound and TLS is loaded
+    /// before this returns.
     pub async fn start<S, B>(config: &RunConfig, service: S) -> Result<Runtime, StartError>
+    where
+        S: tower::Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        Runtime::start_with_grpc(config, service, GrpcServices::demo()).await
+    }
+
+    /// Like [`Runtime::start`], with `grpc` answering on `grpc` servers.
+    pub async fn start_with_grpc<S, B>(
+        config: &RunConfig,
+        service: S,
+        grpc: GrpcServices,
+    ) -> Result<Runtime, StartError>
     where
         S: tower::Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
         S::Future: Send + 'static,
@@ -71,9 +89,12 @@ impl Runtime {
                 tls,
                 pool: spec.pool.clone(),
             };
-            let server = Server::start(&registry, options, service.clone())
-                .await
-                .map_err(|e| StartError::Server(spec.name.clone(), e))?;
+            let server = if spec.protocol == Protocol::Grpc {
+                Server::start_grpc(&registry, options, grpc.clone()).await
+            } else {
+                Server::start(&registry, options, service.clone()).await
+            }
+            .map_err(|e| StartError::Server(spec.name.clone(), e))?;
             servers.push(server);
         }
         let draining = Arc::new(AtomicBool::new(false));

@@ -30,6 +30,10 @@ pub struct Harness {
     pub h2c: SocketAddr,
     /// http2 with TLS: h2 or HTTP/1.1 by ALPN.
     pub h2: SocketAddr,
+    /// grpc without TLS (the demo Echo service, health, reflection).
+    pub grpc: SocketAddr,
+    /// grpc over TLS.
+    pub grpc_tls: SocketAddr,
     pub admin: SocketAddr,
     pub pem: PemPair,
     _dir: TempDir,
@@ -141,6 +145,20 @@ pub async fn start_full(
                 name: "h2".into(),
                 protocol: Protocol::Http2,
                 listen: any,
+                tls: Some(files.clone()),
+                pool: pool(settings.clone()),
+            },
+            ServerSpec {
+                name: "rpc".into(),
+                protocol: Protocol::Grpc,
+                listen: any,
+                tls: None,
+                pool: pool(settings.clone()),
+            },
+            ServerSpec {
+                name: "rpc-tls".into(),
+                protocol: Protocol::Grpc,
+                listen: any,
                 tls: Some(files),
                 pool: pool(settings),
             },
@@ -154,6 +172,8 @@ pub async fn start_full(
         wss: runtime.server("live-tls").unwrap().local_addr(),
         h2c: runtime.server("h2c").unwrap().local_addr(),
         h2: runtime.server("h2").unwrap().local_addr(),
+        grpc: runtime.server("rpc").unwrap().local_addr(),
+        grpc_tls: runtime.server("rpc-tls").unwrap().local_addr(),
         admin: runtime.admin_addr(),
         runtime,
         pem,
@@ -395,4 +415,31 @@ impl H2Client {
     pub async fn get(&mut self, path: &str) -> Response<Bytes> {
         self.try_request("GET", path, "").await.unwrap()
     }
+}
+
+/// A tonic channel to a plain-text gRPC server (one HTTP/2 connection).
+pub async fn grpc_channel(addr: SocketAddr) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_timeout(WAIT)
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// A tonic channel over TLS that trusts exactly `pem`'s certificate.
+pub async fn grpc_tls_channel(addr: SocketAddr, pem: &PemPair) -> tonic::transport::Channel {
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(&pem.cert_pem))
+        .domain_name("localhost");
+    tonic::transport::Endpoint::from_shared(format!("https://localhost:{}", addr.port()))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect_timeout(WAIT)
+        .connect_with_connector(tower::service_fn(move |_: http::Uri| async move {
+            TcpStream::connect(addr).await.map(TokioIo::new)
+        }))
+        .await
+        .unwrap()
 }

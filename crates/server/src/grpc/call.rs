@@ -1,0 +1,306 @@
+//! The pool's rules for each gRPC call, applied in front of any tonic service: message size
+//! limits (`RESOURCE_EXHAUSTED`, where tonic alone answers `OUT_OF_RANGE`) and the caller's
+//! `grpc-timeout` as a deadline on the whole call, streamed responses included.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response};
+use http_body::Frame;
+use poolserve_pool::Pool;
+use tokio::time::{Instant, Sleep};
+use tonic::Status;
+
+use super::frames::MessageScanner;
+use super::timeout::parse_grpc_timeout;
+use crate::body::Body;
+use crate::policy::ServerPolicy;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Wraps a gRPC router so every call follows the pool's gRPC settings in force when it starts.
+#[derive(Debug, Clone)]
+pub(crate) struct GrpcCall<S> {
+    inner: S,
+    pool: Pool<ServerPolicy>,
+}
+
+impl<S> GrpcCall<S> {
+    pub fn new(inner: S, pool: Pool<ServerPolicy>) -> Self {
+        GrpcCall { inner, pool }
+    }
+}
+
+impl<S, B> tower::Service<Request<Body>> for GrpcCall<S>
+where
+    S: tower::Service<Request<GrpcRequestBody<Body>>, Response = Response<B>, Error = Infallible>,
+{
+    type Response = Response<GrpcResponseBody<B>>;
+    type Error = Infallible;
+    type Future = GrpcCallFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let config = self.pool.config();
+        let deadline = req
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|v| parse_grpc_timeout(v.as_bytes()))
+            .and_then(|timeout| Instant::now().checked_add(timeout))
+            .map(|at| Box::pin(tokio::time::sleep_until(at)));
+        let receive_limit = config.grpc.max_receive_message_length;
+        let req = req.map(|body| GrpcRequestBody::new(body, receive_limit));
+        GrpcCallFuture {
+            inner: self.inner.call(req),
+            deadline,
+            send_limit: config.grpc.max_send_message_length,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A call's response future, cut short by its deadline.
+    pub(crate) struct GrpcCallFuture<F> {
+        #[pin]
+        inner: F,
+        deadline: Option<Pin<Box<Sleep>>>,
+        send_limit: usize,
+    }
+}
+
+impl<F, B> Future for GrpcCallFuture<F>
+where
+    F: Future<Output = Result<Response<B>, Infallible>>,
+{
+    type Output = Result<Response<GrpcResponseBody<B>>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(Ok(res)) = this.inner.poll(cx) {
+            let body = GrpcResponseBody {
+                inner: None,
+                scanner: MessageScanner::default(),
+                send_limit: *this.send_limit,
+                deadline: this.deadline.take(),
+                pending: None,
+            };
+            return Poll::Ready(Ok(res.map(|b| GrpcResponseBody {
+                inner: Some(b),
+                ..body
+            })));
+        }
+        if let Some(deadline) = this.deadline {
+            ready!(deadline.as_mut().poll(cx));
+            let (parts, ()) = deadline_exceeded().into_http::<()>().into_parts();
+            return Poll::Ready(Ok(Response::from_parts(parts, GrpcResponseBody::ended())));
+        }
+        Poll::Pending
+    }
+}
+
+fn deadline_exceeded() -> Status {
+    Status::deadline_exceeded("the call's grpc-timeout passed")
+}
+
+/// A status as response trailers.
+fn trailers(status: Status) -> HeaderMap {
+    let mut headers = status.into_http::<()>().into_parts().0.headers;
+    headers.remove(http::header::CONTENT_TYPE);
+    headers
+}
+
+pin_project_lite::pin_project! {
+    /// A request body whose messages may not exceed `grpc.max_receive_message_length`: a longer
+    /// one is never read in, and the service sees `RESOURCE_EXHAUSTED` instead.
+    pub(crate) struct GrpcRequestBody<B> {
+        #[pin]
+        inner: B,
+        scanner: MessageScanner,
+        limit: usize,
+        pending: Option<Frame<Bytes>>,
+        oversized: Option<u64>,
+    }
+}
+
+impl<B> GrpcRequestBody<B> {
+    fn new(inner: B, limit: usize) -> Self {
+        GrpcRequestBody {
+            inner,
+            scanner: MessageScanner::default(),
+            limit,
+            pending: None,
+            oversized: None,
+        }
+    }
+}
+
+impl<B> http_body::Body for GrpcRequestBody<B>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        if let Some(frame) = this.pending.take() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        if let Some(declared) = *this.oversized {
+            return oversized_request(declared, *this.limit);
+        }
+        loop {
+            let frame = match ready!(this.inner.as_mut().poll_frame(cx)) {
+                Some(Ok(frame)) => frame,
+                Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+                None => return Poll::Ready(this.scanner.take_unfinished().map(data)),
+            };
+            let chunk = match frame.into_data() {
+                Ok(chunk) => chunk,
+                Err(trailers) => {
+                    return Poll::Ready(Some(Ok(match this.scanner.take_unfinished() {
+                        Some(rest) => {
+                            *this.pending = Some(trailers);
+                            Frame::data(rest)
+                        }
+                        None => trailers,
+                    })));
+                }
+            };
+            let scanned = this.scanner.scan(chunk, *this.limit);
+            if let Some(declared) = scanned.oversized {
+                *this.oversized = Some(declared);
+                if scanned.pass.is_empty() {
+                    return oversized_request(declared, *this.limit);
+                }
+            }
+            if !scanned.pass.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(scanned.pass))));
+            }
+        }
+    }
+}
+
+fn oversized_request(declared: u64, limit: usize) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    Poll::Ready(Some(Err(Box::new(Status::resource_exhausted(format!(
+        "message of {declared} bytes is over the server's limit of {limit} bytes"
+    ))))))
+}
+
+fn data(bytes: Bytes) -> Result<Frame<Bytes>, BoxError> {
+    Ok(Frame::data(bytes))
+}
+
+pin_project_lite::pin_project! {
+    /// A response body whose messages may not exceed `grpc.max_send_message_length` (a longer
+    /// one ends the call with `RESOURCE_EXHAUSTED` trailers) and that ends with
+    /// `DEADLINE_EXCEEDED` trailers when the call's deadline passes mid-stream.
+    pub(crate) struct GrpcResponseBody<B> {
+        #[pin]
+        inner: Option<B>,
+        scanner: MessageScanner,
+        send_limit: usize,
+        deadline: Option<Pin<Box<Sleep>>>,
+        pending: Option<Frame<Bytes>>,
+    }
+}
+
+impl<B> GrpcResponseBody<B> {
+    /// A body with nothing in it: the status travelled in the response headers.
+    fn ended() -> Self {
+        GrpcResponseBody {
+            inner: None,
+            scanner: MessageScanner::default(),
+            send_limit: 0,
+            deadline: None,
+            pending: None,
+        }
+    }
+}
+
+impl<B> http_body::Body for GrpcResponseBody<B>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        if let Some(frame) = this.pending.take() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        let Some(mut inner) = this.inner.as_mut().as_pin_mut() else {
+            return Poll::Ready(None);
+        };
+        loop {
+            let frame = match inner.as_mut().poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => frame,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+                Poll::Ready(None) => {
+                    let rest = this.scanner.take_unfinished();
+                    this.inner.set(None);
+                    return Poll::Ready(rest.map(data));
+                }
+                Poll::Pending => {
+                    if let Some(deadline) = this.deadline {
+                        ready!(deadline.as_mut().poll(cx));
+                        *this.deadline = None;
+                        this.inner.set(None);
+                        return Poll::Ready(Some(Ok(Frame::trailers(trailers(
+                            deadline_exceeded(),
+                        )))));
+                    }
+                    return Poll::Pending;
+                }
+            };
+            let chunk = match frame.into_data() {
+                Ok(chunk) => chunk,
+                Err(frame) => {
+                    let rest = this.scanner.take_unfinished();
+                    return Poll::Ready(Some(Ok(match rest {
+                        Some(rest) => {
+                            *this.pending = Some(frame);
+                            Frame::data(rest)
+                        }
+                        None => frame,
+                    })));
+                }
+            };
+            let scanned = this.scanner.scan(chunk, *this.send_limit);
+            if let Some(declared) = scanned.oversized {
+                this.inner.set(None);
+                let end = Frame::trailers(trailers(Status::resource_exhausted(format!(
+                    "response message of {declared} bytes is over the server's limit of {} bytes",
+                    this.send_limit
+                ))));
+                if scanned.pass.is_empty() {
+                    return Poll::Ready(Some(Ok(end)));
+                }
+                *this.pending = Some(end);
+                return Poll::Ready(Some(Ok(Frame::data(scanned.pass))));
+            }
+            if !scanned.pass.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(scanned.pass))));
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.pending.is_none() && self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+}

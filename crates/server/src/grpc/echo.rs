@@ -1,0 +1,77 @@
+//! The demo gRPC service `poolserve.demo.Echo` (SPEC D).
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures_util::Stream;
+use tonic::{Request, Response, Status};
+
+use super::proto::echo_server::{Echo, EchoServer};
+use super::proto::{EchoReply, EchoRequest, StreamRequest};
+
+/// Most replies one `Stream` call may ask for.
+pub const MAX_STREAM_COUNT: u32 = 1_000_000;
+/// Longest pause between two replies of a `Stream` call, in milliseconds.
+pub const MAX_STREAM_INTERVAL_MS: u32 = 60_000;
+
+/// Echoes messages back: once (`Unary`) or as a timed stream (`Stream`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EchoService;
+
+impl EchoService {
+    /// The service ready to mount. Message sizes are left to the pool's gRPC limits, which
+    /// answer `RESOURCE_EXHAUSTED`, so tonic's own 4 MiB decoding default is lifted.
+    pub fn server() -> EchoServer<EchoService> {
+        EchoServer::new(EchoService)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX)
+    }
+}
+
+type ReplyStream = Pin<Box<dyn Stream<Item = Result<EchoReply, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Echo for EchoService {
+    async fn unary(&self, request: Request<EchoRequest>) -> Result<Response<EchoReply>, Status> {
+        let message = request.into_inner().message;
+        Ok(Response::new(EchoReply { message }))
+    }
+
+    type StreamStream = ReplyStream;
+
+    async fn stream(
+        &self,
+        request: Request<StreamRequest>,
+    ) -> Result<Response<ReplyStream>, Status> {
+        let StreamRequest {
+            message,
+            count,
+            interval_ms,
+        } = request.into_inner();
+        if count > MAX_STREAM_COUNT {
+            return Err(Status::invalid_argument(format!(
+                "count {count} is over {MAX_STREAM_COUNT}"
+            )));
+        }
+        if interval_ms > MAX_STREAM_INTERVAL_MS {
+            return Err(Status::invalid_argument(format!(
+                "interval_ms {interval_ms} is over {MAX_STREAM_INTERVAL_MS}"
+            )));
+        }
+        let interval = Duration::from_millis(u64::from(interval_ms));
+        // The first reply goes at once, then one per interval.
+        let replies = futures_util::stream::unfold(0u32, move |sent| {
+            let message = message.clone();
+            async move {
+                if sent >= count {
+                    return None;
+                }
+                if sent > 0 && !interval.is_zero() {
+                    tokio::time::sleep(interval).await;
+                }
+                Some((Ok(EchoReply { message }), sent + 1))
+            }
+        });
+        Ok(Response::new(Box::pin(replies)))
+    }
+}

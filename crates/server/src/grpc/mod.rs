@@ -1,0 +1,127 @@
+//! gRPC servers: tonic services on the pool's HTTP/2 connections, with the standard health
+//! service following the pool's health and server reflection.
+//!
+//! A gRPC connection is one HTTP/2 connection in the pool, never one entry per call; its calls
+//! are its streams. On top of the HTTP/2 rules, every call gets the pool's gRPC message limits
+//! (`RESOURCE_EXHAUSTED`) and its `grpc-timeout` deadline.
+
+mod call;
+mod echo;
+mod frames;
+mod health;
+mod timeout;
+
+use std::convert::Infallible;
+
+use http::Request;
+use tonic::body::Body as TonicBody;
+use tonic::server::NamedService;
+use tonic::service::Routes;
+
+pub(crate) use call::GrpcCall;
+pub use echo::{EchoService, MAX_STREAM_COUNT, MAX_STREAM_INTERVAL_MS};
+
+use crate::policy::ServerPolicy;
+use poolserve_pool::Pool;
+
+/// The demo service's generated messages, server and client (`poolserve.demo`).
+pub mod proto {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("poolserve.demo");
+}
+
+/// The encoded protobuf descriptors of `poolserve.demo`, for reflection.
+pub const DEMO_FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/poolserve_demo_descriptor.bin"));
+
+/// The gRPC services a `grpc` server answers: the user's tonic services and axum routes, plus
+/// `grpc.health.v1.Health` and server reflection (`grpc.reflection.v1` and `v1alpha`), which
+/// every server gets.
+#[derive(Debug, Clone, Default)]
+pub struct GrpcServices {
+    routes: Routes,
+    names: Vec<String>,
+    descriptors: Vec<&'static [u8]>,
+}
+
+impl GrpcServices {
+    /// No services yet (health and reflection are added at start).
+    pub fn new() -> Self {
+        GrpcServices::default()
+    }
+
+    /// The demo app: `poolserve.demo.Echo`.
+    pub fn demo() -> Self {
+        GrpcServices::new()
+            .add_service(EchoService::server())
+            .add_file_descriptor_set(DEMO_FILE_DESCRIPTOR_SET)
+    }
+
+    /// Mounts a tonic service; its name also gets a health status.
+    ///
+    /// The pool enforces `grpc.max_receive_message_length` in front of the service; raise the
+    /// service's own decoding limit (tonic's default is 4 MiB) if the pool's is higher.
+    pub fn add_service<S>(mut self, service: S) -> Self
+    where
+        S: tower::Service<Request<TonicBody>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Response: axum::response::IntoResponse,
+        S::Future: Send + 'static,
+    {
+        self.names.push(S::NAME.to_string());
+        self.routes = self.routes.add_service(service);
+        self
+    }
+
+    /// Mounts an axum router beside the gRPC services (for plain HTTP/2 routes on the same
+    /// server). Paths must not overlap the services' `/package.Service/` prefixes.
+    pub fn add_router(mut self, router: axum::Router) -> Self {
+        self.routes = Routes::from(self.routes.into_axum_router().merge(router));
+        self
+    }
+
+    /// Registers an encoded `FileDescriptorSet` so reflection describes the services in it.
+    pub fn add_file_descriptor_set(mut self, encoded: &'static [u8]) -> Self {
+        self.descriptors.push(encoded);
+        self
+    }
+
+    /// The services' names (without health and reflection).
+    pub fn service_names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// The routes to serve, with health following `pool` and reflection over every
+    /// registered descriptor set.
+    pub(crate) fn into_routes(self, pool: &Pool<ServerPolicy>) -> Result<Routes, String> {
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        health::spawn_health_follower(pool.clone(), reporter, self.names.clone());
+        // Each reflection version also describes the other, so a client listing services
+        // sees both whichever it speaks.
+        let mut v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            );
+        let mut v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET);
+        for set in std::iter::once(&tonic_health::pb::FILE_DESCRIPTOR_SET).chain(&self.descriptors)
+        {
+            v1 = v1.register_encoded_file_descriptor_set(set);
+            v1alpha = v1alpha.register_encoded_file_descriptor_set(set);
+        }
+        let v1 = v1.build_v1().map_err(|e| format!("reflection (v1): {e}"))?;
+        let v1alpha = v1alpha
+            .build_v1alpha()
+            .map_err(|e| format!("reflection (v1alpha): {e}"))?;
+        Ok(self
+            .routes
+            .add_service(health_service)
+            .add_service(v1)
+            .add_service(v1alpha)
+            .prepare())
+    }
+}

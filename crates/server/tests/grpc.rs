@@ -1,0 +1,444 @@
+//! gRPC servers under the pool, with tonic's client: the demo Echo service (unary and
+//! streaming, plain and TLS), one pooled connection per channel, message limits answered with
+//! RESOURCE_EXHAUSTED, the caller's deadline, health following the pool, reflection, the limit
+//! enforced at accept, GOAWAY drain at shutdown and keep-alive pings.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use poolserve_pool::{CloseReason, GrpcSettings, PoolEventKind, PoolSettings, TimeoutKind};
+use poolserve_server::grpc::proto::echo_client::EchoClient;
+use poolserve_server::grpc::proto::{EchoRequest, StreamRequest};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+const PREFACE_AND_SETTINGS: &[u8] =
+    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+fn grpc_settings(grpc: GrpcSettings) -> PoolSettings {
+    PoolSettings {
+        grpc: Some(grpc),
+        ..Default::default()
+    }
+}
+
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    tokio::time::timeout(WAIT, async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+}
+
+fn echo(message: &str) -> EchoRequest {
+    EchoRequest {
+        message: message.into(),
+    }
+}
+
+#[tokio::test]
+async fn unary_and_streaming_calls_share_one_pooled_connection() {
+    let h = start(PoolSettings::default()).await;
+    let pool = h.runtime.server("rpc").unwrap().pool().clone();
+    let mut client = EchoClient::new(grpc_channel(h.grpc).await);
+    for i in 0..10 {
+        let reply = client.unary(echo(&format!("hi {i}"))).await.unwrap();
+        assert_eq!(reply.into_inner().message, format!("hi {i}"));
+    }
+    let mut stream = client
+        .stream(StreamRequest {
+            message: "tick".into(),
+            count: 5,
+            interval_ms: 20,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut got = 0;
+    while let Some(reply) = stream.next().await {
+        assert_eq!(reply.unwrap().message, "tick");
+        got += 1;
+    }
+    assert_eq!(got, 5);
+    // Concurrent calls are streams of the same connection.
+    let calls: Vec<_> = (0..20)
+        .map(|i| {
+            let mut c = client.clone();
+            tokio::spawn(async move { c.unary(echo(&i.to_string())).await })
+        })
+        .collect();
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    let m = pool.metrics();
+    assert_eq!(m.accepted, 1, "a channel is one pooled connection");
+    assert_eq!(m.requests, 31, "each call is one request");
+    assert_eq!(
+        metric(h.admin, "poolserve_connections_active", "protocol=\"grpc\"").await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn grpc_over_tls_negotiates_h2() {
+    let h = start(PoolSettings::default()).await;
+    let mut client = EchoClient::new(grpc_tls_channel(h.grpc_tls, &h.pem).await);
+    let reply = client.unary(echo("secret")).await.unwrap();
+    assert_eq!(reply.into_inner().message, "secret");
+    let m = h.runtime.server("rpc-tls").unwrap().pool().metrics();
+    assert_eq!((m.accepted, m.requests), (1, 1));
+}
+
+#[tokio::test]
+async fn oversized_messages_get_resource_exhausted_both_ways() {
+    let h = start(grpc_settings(GrpcSettings {
+        max_receive_message_length: Some(4096),
+        max_send_message_length: Some(2048),
+        ..Default::default()
+    }))
+    .await;
+    let mut client = EchoClient::new(grpc_channel(h.grpc).await);
+    // Over the receive limit: the server never reads it in.
+    let err = client.unary(echo(&"x".repeat(5000))).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("4096"), "{err:?}");
+    // Under the receive limit, but the reply is over the send limit.
+    let err = client.unary(echo(&"y".repeat(3000))).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("2048"), "{err:?}");
+    // A stream whose replies are over the limit ends with the same status.
+    let mut stream = client
+        .stream(StreamRequest {
+            message: "z".repeat(3000),
+            count: 3,
+            interval_ms: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let err = stream.next().await.unwrap().unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    // The connection itself is fine.
+    let reply = client.unary(echo("small")).await.unwrap();
+    assert_eq!(reply.into_inner().message, "small");
+    let m = h.runtime.server("rpc").unwrap().pool().metrics();
+    assert_eq!(m.accepted, 1);
+}
+
+#[tokio::test]
+async fn the_callers_grpc_timeout_ends_a_stream_with_deadline_exceeded() {
+    let h = start(PoolSettings::default()).await;
+    let mut client = EchoClient::new(grpc_channel(h.grpc).await);
+    let mut request = tonic::Request::new(StreamRequest {
+        message: "slow".into(),
+        count: 100,
+        interval_ms: 50,
+    });
+    request.set_timeout(Duration::from_millis(300));
+    let started = Instant::now();
+    let mut stream = client.stream(request).await.unwrap().into_inner();
+    let mut replies = 0;
+    let status = loop {
+        match stream.next().await {
+            Some(Ok(_)) => replies += 1,
+            Some(Err(status)) => break status,
+            None => panic!("the stream ran to its end past its deadline"),
+        }
+    };
+    let elapsed = started.elapsed();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    // The server's status, not the client's own timer (tonic's client sets none here).
+    assert!(status.message().contains("grpc-timeout"), "{status:?}");
+    assert!(
+        (3..=8).contains(&replies),
+        "{replies} replies before the deadline"
+    );
+    assert!(elapsed >= Duration::from_millis(290), "{elapsed:?}");
+    // Without a deadline the same call runs to its end.
+    let mut stream = client
+        .stream(StreamRequest {
+            message: "ok".into(),
+            count: 3,
+            interval_ms: 10,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut n = 0;
+    while let Some(r) = stream.next().await {
+        r.unwrap();
+        n += 1;
+    }
+    assert_eq!(n, 3);
+}
+
+#[tokio::test]
+async fn health_follows_the_pool_and_watch_streams_the_change() {
+    let h = start(PoolSettings {
+        max_connections: Some(2),
+        ..Default::default()
+    })
+    .await;
+    let mut health = HealthClient::new(grpc_channel(h.grpc).await);
+    for service in ["", "poolserve.demo.Echo"] {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        assert_eq!(status, ServingStatus::Serving as i32, "{service:?}");
+    }
+    let err = health
+        .check(HealthCheckRequest {
+            service: "no.such.Service".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.next().await.unwrap().unwrap();
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+    // A second connection fills the pool (100 % utilisation: overloaded); a third is refused.
+    let mut second = EchoClient::new(grpc_channel(h.grpc).await);
+    second.unary(echo("fill")).await.unwrap();
+    let mut third = TcpStream::connect(h.grpc).await.unwrap();
+    let mut buf = [0u8; 1];
+    let read = tokio::time::timeout(WAIT, third.read(&mut buf))
+        .await
+        .unwrap();
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "the refused connection is closed"
+    );
+    let next = tokio::time::timeout(WAIT, watch.next())
+        .await
+        .expect("Watch streams the change")
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.status, ServingStatus::NotServing as i32);
+    let m = h.runtime.server("rpc").unwrap().pool().metrics();
+    assert_eq!((m.accepted, m.rejected), (2, 1));
+}
+
+#[tokio::test]
+async fn the_connection_limit_is_enforced_exactly() {
+    let h = start(PoolSettings {
+        max_connections: Some(3),
+        ..Default::default()
+    })
+    .await;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let mut c = EchoClient::new(grpc_channel(h.grpc).await);
+        c.unary(echo("in")).await.unwrap();
+        clients.push(c);
+    }
+    // Raw sockets, so each refusal is exactly one connection (a channel would reconnect).
+    for _ in 0..2 {
+        let mut over = TcpStream::connect(h.grpc).await.unwrap();
+        let _ = over.write_all(PREFACE_AND_SETTINGS).await;
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(WAIT, over.read_to_end(&mut got))
+            .await
+            .expect("the refused connection is closed");
+        assert!(got.is_empty(), "refused before any HTTP/2 frame: {got:?}");
+    }
+    let m = h.runtime.server("rpc").unwrap().pool().metrics();
+    assert_eq!((m.accepted, m.rejected, m.active), (3, 2, 3));
+    // The admitted connections keep working.
+    for c in &mut clients {
+        c.unary(echo("still")).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn shutdown_sends_goaway_and_no_stream_is_lost() {
+    let h = start_with(PoolSettings::default(), Duration::from_secs(5)).await;
+    let pool = h.runtime.server("rpc").unwrap().pool().clone();
+    let client = EchoClient::new(grpc_channel(h.grpc).await);
+    let mut calls = Vec::new();
+    for i in 0..4 {
+        let mut c = client.clone();
+        calls.push(tokio::spawn(async move {
+            let mut stream = c
+                .stream(StreamRequest {
+                    message: format!("s{i}"),
+                    count: 8,
+                    interval_ms: 50,
+                })
+                .await?
+                .into_inner();
+            let mut n = 0;
+            while let Some(r) = stream.next().await {
+                r?;
+                n += 1;
+            }
+            Ok::<_, tonic::Status>(n)
+        }));
+    }
+    wait_until("4 streams in flight", || {
+        pool.metrics().requests_in_flight == 4
+    })
+    .await;
+    let reports = h.runtime.shutdown().await;
+    for call in calls {
+        assert_eq!(call.await.unwrap().expect("a stream in flight finishes"), 8);
+    }
+    let report = &reports.iter().find(|(n, _)| n == "rpc").unwrap().1;
+    assert_eq!((report.closed_politely, report.forced), (1, 0));
+    assert!(
+        TcpStream::connect(h.grpc).await.is_err(),
+        "no longer accepting"
+    );
+}
+
+#[tokio::test]
+async fn keep_alive_time_pings_and_a_silent_peer_is_closed() {
+    let h = start(PoolSettings {
+        grpc: Some(GrpcSettings {
+            keep_alive_time: Some("200ms".into()),
+            ..Default::default()
+        }),
+        http2: Some(poolserve_pool::Http2Settings {
+            keep_alive_timeout: Some("300ms".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await;
+    let mut events = h.runtime.registry().subscribe();
+    let mut silent = TcpStream::connect(h.grpc).await.unwrap();
+    silent.write_all(PREFACE_AND_SETTINGS).await.unwrap();
+    let opened = Instant::now();
+    let mut sink = Vec::new();
+    tokio::time::timeout(WAIT, silent.read_to_end(&mut sink))
+        .await
+        .expect("the server closes a peer that does not answer pings")
+        .ok();
+    assert!(opened.elapsed() >= Duration::from_millis(450));
+    // PING frames (type 6) were sent.
+    assert!(contains_frame_type(&sink, 6), "no PING seen");
+    wait_events(&mut events, 1, |k| {
+        matches!(
+            k,
+            PoolEventKind::ConnectionRemoved {
+                reason: CloseReason::Timeout(TimeoutKind::Pong),
+                ..
+            }
+        )
+    })
+    .await;
+    // A tonic client answers pings and stays connected.
+    let mut client = EchoClient::new(grpc_channel(h.grpc).await);
+    client.unary(echo("a")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    client.unary(echo("b")).await.unwrap();
+    let m = h.runtime.server("rpc").unwrap().pool().metrics();
+    assert_eq!(m.accepted, 2);
+}
+
+/// Whether the server's bytes (after its SETTINGS) hold a frame of `kind`.
+fn contains_frame_type(mut bytes: &[u8], kind: u8) -> bool {
+    while bytes.len() >= 9 {
+        let len = u32::from_be_bytes([0, bytes[0], bytes[1], bytes[2]]) as usize;
+        if bytes[3] == kind {
+            return true;
+        }
+        bytes = &bytes[(9 + len).min(bytes.len())..];
+    }
+    false
+}
+
+#[tokio::test]
+async fn reflection_v1_and_v1alpha_list_every_service() {
+    use tonic_reflection::pb::{v1, v1alpha};
+    let h = start(PoolSettings::default()).await;
+    let channel = grpc_channel(h.grpc).await;
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.unwrap();
+    let request = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let mut replies = grpc
+        .streaming(
+            tonic::Request::new(futures_util::stream::iter([request])),
+            http::uri::PathAndQuery::from_static(
+                "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            ),
+            tonic_prost::ProstCodec::<_, v1::ServerReflectionResponse>::default(),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    let reply = replies.next().await.unwrap().unwrap();
+    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        reply.message_response
+    else {
+        panic!("not a service list: {reply:?}");
+    };
+    let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    for expected in [
+        "poolserve.demo.Echo",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} in {names:?}"
+        );
+    }
+
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let request = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            v1alpha::server_reflection_request::MessageRequest::FileContainingSymbol(
+                "poolserve.demo.Echo".into(),
+            ),
+        ),
+    };
+    let mut replies = grpc
+        .streaming(
+            tonic::Request::new(futures_util::stream::iter([request])),
+            http::uri::PathAndQuery::from_static(
+                "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+            ),
+            tonic_prost::ProstCodec::<_, v1alpha::ServerReflectionResponse>::default(),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    let reply = replies.next().await.unwrap().unwrap();
+    assert!(
+        matches!(
+            reply.message_response,
+            Some(v1alpha::server_reflection_response::MessageResponse::FileDescriptorResponse(ref f))
+                if !f.file_descriptor_proto.is_empty()
+        ),
+        "{reply:?}"
+    );
+}
