@@ -6,34 +6,12 @@
 mod support;
 
 use std::path::PathBuf;
-use std::process::Command;
+
+use support::outside::{run, venv_bin};
+use tokio::process::Command;
 
 use poolserve_pool::PoolSettings;
 use support::*;
-
-fn venv_bin(tool: &str) -> PathBuf {
-    let venv = std::env::var_os("POOLSERVE_TEST_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv"));
-    let bin = venv.join("bin").join(tool);
-    assert!(
-        bin.exists(),
-        "{} is missing: run scripts/test (it installs the Python test clients)",
-        bin.display()
-    );
-    bin
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = tokio::task::block_in_place(|| cmd.output()).expect("the client runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{cmd:?} failed:\n{text}");
-    text
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_websockets_interoperates_over_ws_and_wss() {
@@ -41,7 +19,8 @@ async fn python_websockets_interoperates_over_ws_and_wss() {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/ws_client.py");
     run(Command::new(venv_bin("python"))
         .arg(&script)
-        .arg(format!("ws://{}/", h.ws)));
+        .arg(format!("ws://{}/", h.ws)))
+    .await;
     let dir = TempDir::new();
     let ca = dir.0.join("ca.pem");
     std::fs::write(&ca, &h.pem.cert_pem).unwrap();
@@ -49,7 +28,8 @@ async fn python_websockets_interoperates_over_ws_and_wss() {
         .arg(&script)
         .arg(format!("wss://localhost:{}/", h.wss.port()))
         .arg("--cafile")
-        .arg(&ca));
+        .arg(&ca))
+    .await;
     let m = h.runtime.server("live").unwrap().pool().metrics();
     assert_eq!((m.messages_in, m.messages_out), (3, 3));
     assert_eq!(
@@ -76,7 +56,7 @@ async fn autobahn_sections_1_to_10_pass() {
     for section in ["1", "2", "3", "4", "5", "6", "7", "9", "10"] {
         cmd.arg("-i").arg(format!("{section}.*"));
     }
-    let out = run(&mut cmd);
+    let out = run(&mut cmd).await;
     let index: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.0.join("index.json")).unwrap()).unwrap();
     let mut cases = 0;

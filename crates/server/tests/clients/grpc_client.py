@@ -1,0 +1,116 @@
+"""gRPC interoperability from Python grpcio against poolserve's `grpc` server.
+
+Learns the demo service's messages from the server's reflection (grpcio-reflection, v1alpha),
+then calls Echo.Unary and Echo.Stream, sends an oversized message (RESOURCE_EXHAUSTED expected)
+and checks grpc.health.v1 (grpcio-health-checking). Exits non-zero on any mismatch.
+
+    grpc_client.py HOST:PORT [--cafile CA.pem]      the checks above
+    grpc_client.py HOST:PORT --watch-until-not-serving
+        prints "watching SERVING" once Health.Watch says SERVING, then exits 0 when it says
+        NOT_SERVING (the test fills the pool meanwhile).
+"""
+
+import argparse
+import sys
+
+import grpc
+from google.protobuf import descriptor_pool, message_factory
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+
+TIMEOUT = 10
+
+
+def check(cond, what):
+    if not cond:
+        print(f"FAILED: {what}", file=sys.stderr)
+        sys.exit(1)
+
+
+def channel_for(args):
+    if args.cafile:
+        with open(args.cafile, "rb") as f:
+            creds = grpc.ssl_channel_credentials(root_certificates=f.read())
+        return grpc.secure_channel(
+            args.target, creds, options=[("grpc.ssl_target_name_override", "localhost")]
+        )
+    return grpc.insecure_channel(args.target)
+
+
+def watch_until_not_serving(channel):
+    health = health_pb2_grpc.HealthStub(channel)
+    serving = health_pb2.HealthCheckResponse.SERVING
+    not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+    for reply in health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=20):
+        if reply.status == serving:
+            print("watching SERVING", flush=True)
+        elif reply.status == not_serving:
+            print("NOT_SERVING", flush=True)
+            return
+    check(False, "the Watch stream ended before NOT_SERVING")
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("target")
+    parser.add_argument("--cafile")
+    parser.add_argument("--watch-until-not-serving", action="store_true")
+    args = parser.parse_args()
+    channel = channel_for(args)
+    grpc.channel_ready_future(channel).result(timeout=TIMEOUT)
+    if args.watch_until_not_serving:
+        watch_until_not_serving(channel)
+        return
+
+    reflection = ProtoReflectionDescriptorDatabase(channel)
+    services = reflection.get_services()
+    for name in ("poolserve.demo.Echo", "grpc.health.v1.Health"):
+        check(name in services, f"{name} listed by reflection: {services}")
+    pool = descriptor_pool.DescriptorPool(reflection)
+    message = lambda name: message_factory.GetMessageClass(  # noqa: E731
+        pool.FindMessageTypeByName(f"poolserve.demo.{name}")
+    )
+    EchoRequest, EchoReply, StreamRequest = (
+        message("EchoRequest"),
+        message("EchoReply"),
+        message("StreamRequest"),
+    )
+    unary = channel.unary_unary(
+        "/poolserve.demo.Echo/Unary",
+        request_serializer=EchoRequest.SerializeToString,
+        response_deserializer=EchoReply.FromString,
+    )
+    stream = channel.unary_stream(
+        "/poolserve.demo.Echo/Stream",
+        request_serializer=StreamRequest.SerializeToString,
+        response_deserializer=EchoReply.FromString,
+    )
+
+    reply = unary(EchoRequest(message="from grpcio"), timeout=TIMEOUT)
+    check(reply.message == "from grpcio", f"unary echo: {reply}")
+    replies = [r.message for r in stream(StreamRequest(message="s", count=4, interval_ms=10), timeout=TIMEOUT)]
+    check(replies == ["s"] * 4, f"stream: {replies}")
+
+    try:
+        unary(EchoRequest(message="x" * (5 << 20)), timeout=TIMEOUT)
+        check(False, "a 5 MiB message was accepted over the 4 MiB limit")
+    except grpc.RpcError as e:
+        check(e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, f"oversize: {e.code()} {e.details()}")
+
+    try:
+        list(stream(StreamRequest(message="slow", count=100, interval_ms=50), timeout=0.3))
+        check(False, "a stream outlived its deadline")
+    except grpc.RpcError as e:
+        check(e.code() == grpc.StatusCode.DEADLINE_EXCEEDED, f"deadline: {e.code()}")
+
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "poolserve.demo.Echo"):
+        status = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=TIMEOUT).status
+        check(status == health_pb2.HealthCheckResponse.SERVING, f"health {service!r}: {status}")
+    print("ok")
+
+
+if __name__ == "__main__":
+    main()

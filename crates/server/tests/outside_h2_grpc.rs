@@ -1,0 +1,227 @@
+//! HTTP/2 and gRPC interoperability with outside implementations, installed by `scripts/test`:
+//! Python grpcio (with grpcio-reflection and grpcio-health-checking), grpcurl 1.8 (reflection
+//! v1alpha only), httpx over HTTP/2, frame-level probes written with Python's hyperframe, and
+//! Debian's nghttp and h2load. A missing tool fails the test; it never skips.
+
+mod support;
+
+use std::process::Stdio;
+
+use poolserve_pool::{Http2Settings, PoolSettings};
+use poolserve_server::grpc::proto::echo_client::EchoClient;
+use poolserve_server::grpc::proto::EchoRequest;
+use support::outside::{client_script, run, system_tool, venv_bin};
+use support::*;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::Command;
+
+fn ca_file(h: &Harness, dir: &TempDir) -> std::path::PathBuf {
+    let ca = dir.0.join("ca.pem");
+    std::fs::write(&ca, &h.pem.cert_pem).unwrap();
+    ca
+}
+
+#[tokio::test]
+async fn python_grpcio_calls_the_demo_learned_by_reflection_plain_and_tls() {
+    let h = start(PoolSettings::default()).await;
+    let dir = TempDir::new();
+    let script = client_script("grpc_client.py");
+    run(Command::new(venv_bin("python"))
+        .arg(&script)
+        .arg(h.grpc.to_string()))
+    .await;
+    run(Command::new(venv_bin("python"))
+        .arg(&script)
+        .arg(format!("localhost:{}", h.grpc_tls.port()))
+        .arg("--cafile")
+        .arg(ca_file(&h, &dir)))
+    .await;
+    for name in ["rpc", "rpc-tls"] {
+        let m = h.runtime.server(name).unwrap().pool().metrics();
+        assert_eq!(m.requests_in_flight, 0, "{name}");
+        assert!(m.requests >= 8, "{name}: {} calls", m.requests);
+    }
+}
+
+#[tokio::test]
+async fn python_health_watch_sees_not_serving_when_the_pool_is_full() {
+    let h = start(PoolSettings {
+        max_connections: Some(2),
+        ..Default::default()
+    })
+    .await;
+    let mut watcher = Command::new(venv_bin("python"))
+        .arg(client_script("grpc_client.py"))
+        .arg(h.grpc.to_string())
+        .arg("--watch-until-not-serving")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(watcher.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .expect("grpcio's Watch reports SERVING")
+        .unwrap();
+    assert_eq!(first.as_deref(), Some("watching SERVING"));
+    // grpcio holds one connection; a second fills the pool and a third is refused.
+    let mut second = EchoClient::new(grpc_channel(h.grpc).await);
+    second
+        .unary(EchoRequest {
+            message: "fill".into(),
+        })
+        .await
+        .unwrap();
+    let mut third = TcpStream::connect(h.grpc).await.unwrap();
+    let mut byte = [0u8; 1];
+    let _ = tokio::time::timeout(WAIT, third.read(&mut byte)).await;
+    let status = tokio::time::timeout(WAIT, watcher.wait())
+        .await
+        .expect("grpcio's Watch sees NOT_SERVING")
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(
+        lines.next_line().await.unwrap().as_deref(),
+        Some("NOT_SERVING")
+    );
+}
+
+#[tokio::test]
+async fn grpcurl_1_8_lists_describes_and_calls_over_reflection_v1alpha() {
+    let h = start(PoolSettings::default()).await;
+    let dir = TempDir::new();
+    let grpcurl = venv_bin("grpcurl");
+    let version = run(Command::new(&grpcurl).arg("-version")).await;
+    assert!(version.contains("1.8"), "{version}");
+    let plain = h.grpc.to_string();
+    let list = run(Command::new(&grpcurl).args(["-plaintext", &plain, "list"])).await;
+    for service in [
+        "poolserve.demo.Echo",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+        "grpc.reflection.v1.ServerReflection",
+    ] {
+        assert!(list.contains(service), "{service} missing from:\n{list}");
+    }
+    let described =
+        run(Command::new(&grpcurl).args(["-plaintext", &plain, "describe", "poolserve.demo.Echo"]))
+            .await;
+    assert!(
+        described.contains("rpc Stream") && described.contains("rpc Unary"),
+        "{described}"
+    );
+    let reply = run(Command::new(&grpcurl).args([
+        "-plaintext",
+        "-d",
+        r#"{"message": "via grpcurl"}"#,
+        &plain,
+        "poolserve.demo.Echo/Unary",
+    ]))
+    .await;
+    assert!(reply.contains("via grpcurl"), "{reply}");
+    let streamed = run(Command::new(&grpcurl).args([
+        "-plaintext",
+        "-d",
+        r#"{"message": "tick", "count": 3}"#,
+        &plain,
+        "poolserve.demo.Echo/Stream",
+    ]))
+    .await;
+    assert_eq!(streamed.matches("tick").count(), 3, "{streamed}");
+    let health =
+        run(Command::new(&grpcurl).args(["-plaintext", &plain, "grpc.health.v1.Health/Check"]))
+            .await;
+    assert!(health.contains("SERVING"), "{health}");
+    // Over TLS, trusting the test certificate.
+    let ca = ca_file(&h, &dir);
+    let reply = run(Command::new(&grpcurl).arg("-cacert").arg(&ca).args([
+        "-servername",
+        "localhost",
+        "-d",
+        r#"{"message": "over tls"}"#,
+        &h.grpc_tls.to_string(),
+        "poolserve.demo.Echo/Unary",
+    ]))
+    .await;
+    assert!(reply.contains("over tls"), "{reply}");
+}
+
+#[tokio::test]
+async fn httpx_speaks_h2c_and_h2_over_tls() {
+    let h = start(PoolSettings::default()).await;
+    let dir = TempDir::new();
+    run(Command::new(venv_bin("python"))
+        .arg(client_script("httpx_client.py"))
+        .arg(h.h2c.to_string())
+        .arg(h.h2.port().to_string())
+        .arg(ca_file(&h, &dir)))
+    .await;
+    for name in ["h2c", "h2"] {
+        let m = h.runtime.server(name).unwrap().pool().metrics();
+        assert_eq!(
+            (m.accepted, m.requests),
+            (1, 3),
+            "{name}: one connection, 3 requests"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frame_level_probes_get_the_protocols_answers() {
+    let h = start(PoolSettings {
+        http2: Some(Http2Settings {
+            max_concurrent_streams: Some(4),
+            max_header_list_size: Some(4096),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await;
+    let out = run(Command::new(venv_bin("python"))
+        .arg(client_script("h2_probes.py"))
+        .arg(h.h2c.to_string())
+        .args(["--max-streams", "4", "--max-header-list", "4096"]))
+    .await;
+    println!("{out}");
+    let pool = h.runtime.server("h2c").unwrap().pool().clone();
+    // Every stream the probes opened, reset or were refused has left the pool's books.
+    tokio::time::timeout(WAIT, async {
+        while pool.metrics().requests_in_flight != 0 || pool.active_connections() != 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("no stream or connection left behind");
+    let m = pool.metrics();
+    let protocol_errors = m
+        .closed
+        .iter()
+        .find(|(r, _)| *r == "protocol_error")
+        .map_or(0, |(_, n)| *n);
+    assert!(
+        protocol_errors >= 2,
+        "DATA on stream 0 and the rapid reset close as protocol errors: {:?}",
+        m.closed
+    );
+}
+
+#[tokio::test]
+async fn nghttp_and_h2load_from_debian() {
+    let h = start(PoolSettings::default()).await;
+    let out = run(Command::new(system_tool("nghttp"))
+        .arg("-nv")
+        .arg(format!("http://{}/", h.h2c)))
+    .await;
+    assert!(out.contains(":status: 200"), "{out}");
+    let out = run(Command::new(system_tool("h2load"))
+        .args(["-n", "2000", "-c", "4", "-m", "10"])
+        .arg(format!("http://{}/", h.h2c)))
+    .await;
+    assert!(
+        out.contains("2000 total, 2000 started, 2000 done, 2000 succeeded"),
+        "{out}"
+    );
+    let m = h.runtime.server("h2c").unwrap().pool().metrics();
+    assert_eq!(m.requests, 2001);
+}
