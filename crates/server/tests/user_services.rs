@@ -1,0 +1,91 @@
+//! The examples' user services on pooled servers: a user's tonic service with an axum route on
+//! a `grpc` server (health and reflection added), and a user's axum router on an `http2` server.
+
+#[path = "../examples/grpc_service.rs"]
+#[allow(dead_code)]
+mod grpc_example;
+#[path = "../examples/http2_axum.rs"]
+#[allow(dead_code)]
+mod http2_example;
+
+mod support;
+
+use poolserve_pool::{PoolConfig, PoolRegistry};
+use poolserve_server::grpc::proto::echo_client::EchoClient;
+use poolserve_server::grpc::proto::EchoRequest;
+use poolserve_server::{Protocol, Server, ServerOptions};
+use support::*;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+fn options(protocol: Protocol) -> ServerOptions {
+    ServerOptions {
+        name: "app".into(),
+        protocol,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls: None,
+        pool: PoolConfig::default(),
+    }
+}
+
+#[tokio::test]
+async fn a_users_tonic_service_and_axum_route_share_a_grpc_server() {
+    let registry = PoolRegistry::new();
+    let server = Server::start_grpc(&registry, options(Protocol::Grpc), grpc_example::services())
+        .await
+        .unwrap();
+    let channel = grpc_channel(server.local_addr()).await;
+    let reply = EchoClient::new(channel.clone())
+        .unary(EchoRequest {
+            message: "quiet".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(reply.into_inner().message, "QUIET");
+    let health = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: "poolserve.demo.Echo".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        health.into_inner().status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    let (mut h2, _conn) = H2Client::connect(server.local_addr()).await;
+    let status = h2.get("/status").await;
+    assert_eq!(&status.body()[..], b"up");
+    let m = server.pool().metrics();
+    assert_eq!((m.accepted, m.requests), (2, 3));
+}
+
+#[tokio::test]
+async fn a_users_axum_router_serves_on_an_http2_server() {
+    let server = Server::start(
+        &PoolRegistry::new(),
+        options(Protocol::Http2),
+        http2_example::app(),
+    )
+    .await
+    .unwrap();
+    let (mut h2, _conn) = H2Client::connect(server.local_addr()).await;
+    let res = h2.get("/hello/pool").await;
+    assert_eq!(res.version(), http::Version::HTTP_2);
+    assert_eq!(&res.body()[..], b"hello, pool");
+    let res = h2.try_request("POST", "/upper", "abc").await.unwrap();
+    assert_eq!(&res.body()[..], b"ABC");
+    assert_eq!(server.pool().metrics().requests, 2);
+}
+
+#[tokio::test]
+async fn a_grpc_server_takes_grpc_services_and_only_those() {
+    let registry = PoolRegistry::new();
+    let err = Server::start(&registry, options(Protocol::Grpc), http2_example::app())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("start_grpc"), "{err}");
+    let err = Server::start_grpc(&registry, options(Protocol::Http2), grpc_example::services())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("grpc server"), "{err}");
+}
