@@ -19,7 +19,10 @@ pub fn app() -> Router {
             "/hello/{name}",
             get(|Path(name): Path<String>| async move { format!("hello, {name}") }),
         )
-        .route("/upper", post(|body: String| async move { body.to_uppercase() }))
+        .route(
+            "/upper",
+            post(|body: String| async move { body.to_uppercase() }),
+        )
 }
 
 #[tokio::main]

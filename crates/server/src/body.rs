@@ -115,7 +115,14 @@ impl<B: HttpBody> HttpBody for TrackedBody<B> {
                     r.fail();
                 }
             }
-            Some(Ok(_)) => {}
+            Some(Ok(f)) => {
+                // Trailers carry a gRPC call's outcome.
+                if let (Some(trailers), Some(r)) = (f.trailers_ref(), this.request.as_mut()) {
+                    if crate::grpc::is_server_failure(trailers) {
+                        r.fail();
+                    }
+                }
+            }
         }
         Poll::Ready(frame)
     }

@@ -35,6 +35,7 @@ impl<S> TrackedService<S> {
 impl<S, B> hyper::service::Service<Request<Incoming>> for TrackedService<S>
 where
     S: Service<Request<Body>, Response = Response<B>> + Clone,
+    B: http_body::Body,
 {
     type Response = Response<TrackedBody<B>>;
     type Error = S::Error;
@@ -71,6 +72,7 @@ pin_project_lite::pin_project! {
 impl<F, B, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<Response<B>, E>>,
+    B: http_body::Body,
 {
     type Output = Result<Response<TrackedBody<B>>, E>;
 
@@ -83,7 +85,11 @@ where
         };
         Poll::Ready(match out {
             Ok(mut res) => {
-                request.response_started(res.status().is_server_error());
+                // A trailers-only gRPC response (an empty body) carries its status in the head.
+                let failed = res.status().is_server_error()
+                    || (res.body().is_end_stream()
+                        && crate::grpc::is_server_failure(res.headers()));
+                request.response_started(failed);
                 if request.should_close_connection() {
                     res.headers_mut().insert(
                         http::header::CONNECTION,

@@ -179,6 +179,9 @@ async fn the_callers_grpc_timeout_ends_a_stream_with_deadline_exceeded() {
         n += 1;
     }
     assert_eq!(n, 3);
+    // The deadline counts against the server's error rate; the finished stream does not.
+    let m = h.runtime.server("rpc").unwrap().pool().metrics();
+    assert_eq!((m.requests, m.errors), (2, 1));
 }
 
 #[tokio::test]

@@ -84,8 +84,12 @@ async fn a_grpc_server_takes_grpc_services_and_only_those() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("start_grpc"), "{err}");
-    let err = Server::start_grpc(&registry, options(Protocol::Http2), grpc_example::services())
-        .await
-        .unwrap_err();
+    let err = Server::start_grpc(
+        &registry,
+        options(Protocol::Http2),
+        grpc_example::services(),
+    )
+    .await
+    .unwrap_err();
     assert!(err.to_string().contains("grpc server"), "{err}");
 }

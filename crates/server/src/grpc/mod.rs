@@ -9,6 +9,7 @@ mod call;
 mod echo;
 mod frames;
 mod health;
+mod status;
 mod timeout;
 
 use std::convert::Infallible;
@@ -20,6 +21,7 @@ use tonic::service::Routes;
 
 pub(crate) use call::GrpcCall;
 pub use echo::{EchoService, MAX_STREAM_COUNT, MAX_STREAM_INTERVAL_MS};
+pub(crate) use status::is_server_failure;
 
 use crate::policy::ServerPolicy;
 use poolserve_pool::Pool;
