@@ -86,6 +86,9 @@ async fn unary_and_streaming_calls_share_one_pooled_connection() {
         metric(h.admin, "poolserve_connections_active", "protocol=\"grpc\"").await,
         1.0
     );
+    let health = health(h.admin).await;
+    assert_eq!(health["pools"]["rpc"]["protocol"], "grpc");
+    assert_eq!(health["pools"]["rpc"]["active_connections"], 1);
 }
 
 #[tokio::test]
