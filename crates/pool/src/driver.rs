@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use tokio::time::Instant;
 
-use tokio::sync::watch;
 use tokio::time::Sleep;
 
 use crate::config::PoolConfig;
@@ -22,7 +21,7 @@ use crate::connection::{ConnectionGuard, ConnectionShared};
 use crate::events::PoolEventKind;
 use crate::metrics::{CloseReason, TimeoutKind};
 use crate::policy::ProtocolPolicy;
-use crate::pool::{ControlState, Stage};
+use crate::pool::Stage;
 
 /// A protocol connection the pool can drive: a future that serves it to the end, plus the
 /// protocol's polite close (`cleanupConnection`: HTTP/1 `Connection: close` after the current
@@ -64,7 +63,8 @@ struct PhaseTimer<'a, P> {
     conn: &'a ConnectionShared,
     policy: &'a P,
     config: Arc<PoolConfig>,
-    sleep: Pin<Box<Sleep>>,
+    /// Pinned in the driver's own future: no allocation of its own.
+    sleep: Pin<&'a mut Sleep>,
     armed: Option<Instant>,
     key: Option<u32>,
     /// Whether the connection may still take a shedding claim.
@@ -117,20 +117,8 @@ impl<P: ProtocolPolicy> PhaseTimer<'_, P> {
 /// What woke the driver.
 enum Event<E> {
     Finished(Result<(), E>),
-    Control(watch::Receiver<ControlState>, Option<ControlState>),
+    Control,
     Expired(Expiry),
-}
-
-/// The next change on the pool's control channel; the receiver comes back so the next wait
-/// continues from the version seen.
-async fn next_control(
-    mut control: watch::Receiver<ControlState>,
-) -> (watch::Receiver<ControlState>, Option<ControlState>) {
-    let state = match control.changed().await {
-        Ok(()) => Some(control.borrow_and_update().clone()),
-        Err(_) => None,
-    };
-    (control, state)
 }
 
 impl<P: ProtocolPolicy> ConnectionGuard<P> {
@@ -147,19 +135,23 @@ impl<P: ProtocolPolicy> ConnectionGuard<P> {
         let core = &*pool.core;
         let shared = self.shared.clone();
         let mut conn = pin!(conn);
-        let mut control = core.control.subscribe();
-        let state = control.borrow_and_update().clone();
+        // Enabled before the state is read, so a change made after the read wakes this driver.
+        let mut changed = pin!(core.control_changed.notified());
+        changed.as_mut().enable();
+        let (mut generation, state) = core.control_snapshot();
+        let stage = state.stage;
+        let sleep = pin!(tokio::time::sleep_until(Instant::now()));
         let mut timer = PhaseTimer {
             conn: &shared,
             policy: &pool.policy,
-            config: state.config.clone(),
-            sleep: Box::pin(tokio::time::sleep_until(Instant::now())),
+            config: state.config,
+            sleep,
             armed: None,
             key: None,
             may_shed: true,
         };
         let mut closing: Option<CloseReason> = None;
-        match state.stage {
+        match stage {
             Stage::Serving => {}
             Stage::Draining => {
                 self.close_politely(conn.as_mut(), &mut closing, CloseReason::Shutdown);
@@ -167,9 +159,7 @@ impl<P: ProtocolPolicy> ConnectionGuard<P> {
             }
             Stage::Forced => return CloseReason::ForcedShutdown,
         }
-        let mut changed = pin!(next_control(control));
-        let mut control_open = true;
-        // The control channel and the timer wake this waker, which flags the pool's side as due:
+        // The control waiter and the timer wake this waker, which flags the pool's side as due:
         // polling them only then keeps the per-poll cost of the pool to a few atomic loads.
         let pool_side = Waker::from(shared.clone());
         shared.request_pool_side_check();
@@ -181,10 +171,12 @@ impl<P: ProtocolPolicy> ConnectionGuard<P> {
                 }
                 let woken = shared.take_pool_side_wake();
                 let mut pool_cx = Context::from_waker(&pool_side);
-                if woken && control_open {
-                    if let Poll::Ready((rx, state)) = changed.as_mut().poll(&mut pool_cx) {
-                        return Poll::Ready(Event::Control(rx, state));
-                    }
+                // Polling the waiter also registers the pool-side waker with it.
+                if woken
+                    && (changed.as_mut().poll(&mut pool_cx).is_ready()
+                        || core.control_changed_since(generation))
+                {
+                    return Poll::Ready(Event::Control);
                 }
                 timer.poll_expiry(woken, &mut pool_cx).map(Event::Expired)
             })
@@ -213,12 +205,11 @@ impl<P: ProtocolPolicy> ConnectionGuard<P> {
                         }
                     };
                 }
-                Event::Control(rx, None) => {
-                    control_open = false;
-                    changed.set(next_control(rx));
-                }
-                Event::Control(rx, Some(state)) => {
-                    changed.set(next_control(rx));
+                Event::Control => {
+                    changed.set(core.control_changed.notified());
+                    changed.as_mut().enable();
+                    let state;
+                    (generation, state) = core.control_snapshot();
                     timer.config = state.config;
                     timer.armed = None;
                     match state.stage {

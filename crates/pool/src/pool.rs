@@ -66,7 +66,13 @@ pub(crate) struct PoolCore {
     pub window: DecayingWindow,
     origin: Instant,
     pub events: EventBus,
+    /// What outside watchers (accept loops, health followers) see.
     pub control: watch::Sender<ControlState>,
+    /// Wakes connection drivers on a control change. A `Notify` waiter is about half the size
+    /// of a watch receiver's `changed()` future, and every open connection holds one.
+    pub control_changed: Notify,
+    /// Bumped on every control change, so a driver can tell it missed none.
+    control_generation: AtomicU64,
     next_id: AtomicU64,
     /// The last health status computed, as `HealthStatus as u8`.
     status: AtomicU8,
@@ -104,6 +110,25 @@ impl PoolCore {
 
     pub fn config(&self) -> Arc<PoolConfig> {
         self.control.borrow().config.clone()
+    }
+
+    /// Changes the control state and wakes every connection's driver.
+    pub fn change_control(&self, modify: impl FnOnce(&mut ControlState)) {
+        self.control.send_modify(modify);
+        self.control_generation.fetch_add(1, Ordering::SeqCst);
+        self.control_changed.notify_waiters();
+    }
+
+    /// The control generation and state in force. A driver enables its `control_changed` waiter
+    /// before calling this, so no later change goes unnoticed.
+    pub fn control_snapshot(&self) -> (u64, ControlState) {
+        let generation = self.control_generation.load(Ordering::SeqCst);
+        (generation, self.control.borrow().clone())
+    }
+
+    /// Whether the control state changed since `generation`.
+    pub fn control_changed_since(&self, generation: u64) -> bool {
+        self.control_generation.load(Ordering::SeqCst) != generation
     }
 
     /// Publishes an event built only when somebody listens.
@@ -292,6 +317,8 @@ impl<P: ProtocolPolicy> Pool<P> {
             origin: Instant::now(),
             events,
             control,
+            control_changed: Notify::new(),
+            control_generation: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
             status: AtomicU8::new(status_index(HealthStatus::Healthy)),
             degraded_at: AtomicU32::new(u32::MAX),
@@ -401,7 +428,7 @@ impl<P: ProtocolPolicy> Pool<P> {
         }
         // Every connection wakes, re-reads its timeouts and, if the pool is over its new limit
         // and the connection is idle, takes a shedding claim.
-        core.control.send_modify(|s| s.config = Arc::new(next));
+        core.change_control(|s| s.config = Arc::new(next));
         core.band.store(u8::MAX, Ordering::Relaxed);
         core.check_band(core.admission.active());
         Ok(changes)
@@ -457,7 +484,7 @@ impl<P: ProtocolPolicy> Pool<P> {
         core.refresh_health();
         let open_at_start = u64::from(core.admission.active());
         tracing::info!(pool = %core.name, open = open_at_start, ?deadline, "closing all connections");
-        core.control.send_modify(|s| s.stage = Stage::Draining);
+        core.change_control(|s| s.stage = Stage::Draining);
         let drained = tokio::time::timeout(deadline, core.wait_until_empty())
             .await
             .is_ok();
@@ -465,7 +492,7 @@ impl<P: ProtocolPolicy> Pool<P> {
             0
         } else {
             let remaining = u64::from(core.admission.active());
-            core.control.send_modify(|s| s.stage = Stage::Forced);
+            core.change_control(|s| s.stage = Stage::Forced);
             // Forced connections drop their sockets on their next poll; this bound only guards
             // against a connection task that is itself stuck.
             let _ = tokio::time::timeout(Duration::from_secs(5), core.wait_until_empty()).await;
