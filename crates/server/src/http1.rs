@@ -4,7 +4,6 @@ use std::error::Error as _;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
@@ -25,27 +24,31 @@ use crate::upgrade::UpgradeLink;
 
 type Hyper<I, S> = http1::UpgradeableConnection<I, S>;
 
-/// A hyper HTTP/1 connection the pool can drive and close politely. When a handler takes the
-/// connection over with an upgrade, it stays pooled until the upgraded I/O is dropped.
-pub struct Http1Connection<I, S>
-where
-    S: hyper::service::HttpService<hyper::body::Incoming>,
-{
-    /// `None` once hyper has finished and handed the I/O to an upgrade.
-    serving: Option<Pin<Box<Hyper<I, S>>>>,
-    link: Arc<UpgradeLink>,
-    tracker: ConnectionTracker,
-}
+pin_project_lite::pin_project! {
+    /// A hyper HTTP/1 connection the pool can drive and close politely. When a handler takes the
+    /// connection over with an upgrade, it stays pooled until the upgraded I/O is dropped.
+    pub struct Http1Connection<I, S>
+    where
+        S: hyper::service::HttpService<hyper::body::Incoming>,
+    {
+        // `None` once hyper has finished and handed the I/O to an upgrade. Inline rather than
+        // boxed: one allocation less per connection.
+        #[pin]
+        serving: Option<Hyper<I, S>>,
+        link: Arc<UpgradeLink>,
+        tracker: ConnectionTracker,
+    }
 
-impl<I, S> Drop for Http1Connection<I, S>
-where
-    S: hyper::service::HttpService<hyper::body::Incoming>,
-{
-    fn drop(&mut self) {
-        // Closed at once (a deadline or a forced shutdown) while a handler still holds the
-        // upgraded I/O: make that I/O fail so the handler lets go.
-        if self.serving.is_none() && !self.link.io_dropped.load(Ordering::Acquire) {
-            self.link.kill();
+    impl<I, S> PinnedDrop for Http1Connection<I, S>
+    where
+        S: hyper::service::HttpService<hyper::body::Incoming>,
+    {
+        fn drop(this: Pin<&mut Self>) {
+            // Closed at once (a deadline or a forced shutdown) while a handler still holds the
+            // upgraded I/O: make that I/O fail so the handler lets go.
+            if this.serving.is_none() && !this.link.is_io_dropped() {
+                this.link.kill();
+            }
         }
     }
 }
@@ -60,20 +63,19 @@ where
 {
     type Output = Result<(), hyper::Error>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = &mut *self;
-        if let Some(conn) = this.serving.as_mut() {
-            ready!(conn.as_mut().poll(cx))?;
-            this.serving = None;
-            if this.link.io_dropped.load(Ordering::Acquire) {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let Some(conn) = this.serving.as_mut().as_pin_mut() {
+            ready!(conn.poll(cx))?;
+            this.serving.set(None);
+            if this.link.is_io_dropped() {
                 return Poll::Ready(Ok(()));
             }
             // hyper kept the I/O alive for an upgrade: the connection lives on in the handler.
-            this.link.upgraded.store(true, Ordering::Release);
+            this.link.mark_upgraded();
             this.tracker.upgraded();
         }
-        this.link.drop_waker.register(cx.waker());
-        if this.link.io_dropped.load(Ordering::Acquire) {
+        if this.link.register_drop(cx.waker()) {
             Poll::Ready(Ok(()))
         } else {
             Poll::Pending
@@ -95,10 +97,11 @@ where
     /// upgraded connection's handler is told through [`PooledConnection::closing`].
     ///
     /// [`PooledConnection::closing`]: crate::PooledConnection::closing
-    fn close_politely(mut self: Pin<&mut Self>) {
-        match self.serving.as_mut() {
-            Some(conn) => conn.as_mut().graceful_shutdown(),
-            None => self.link.ask_to_close(),
+    fn close_politely(self: Pin<&mut Self>) {
+        let this = self.project();
+        match this.serving.as_pin_mut() {
+            Some(conn) => conn.graceful_shutdown(),
+            None => this.link.ask_to_close(),
         }
     }
 
@@ -159,7 +162,7 @@ where
         .serve_connection(io, service)
         .with_upgrades();
     let conn = Http1Connection {
-        serving: Some(Box::pin(serving)),
+        serving: Some(serving),
         link,
         tracker,
     };

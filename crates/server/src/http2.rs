@@ -61,12 +61,15 @@ impl SessionBudget {
 
 type Hyper<I, S> = http2::Connection<I, S, TokioExecutor>;
 
-/// A hyper HTTP/2 connection the pool can drive and close with a GOAWAY.
-pub struct Http2Connection<I, S>
-where
-    S: hyper::service::HttpService<hyper::body::Incoming>,
-{
-    inner: Pin<Box<Hyper<I, S>>>,
+pin_project_lite::pin_project! {
+    /// A hyper HTTP/2 connection the pool can drive and close with a GOAWAY.
+    pub struct Http2Connection<I, S>
+    where
+        S: hyper::service::HttpService<hyper::body::Incoming>,
+    {
+        #[pin]
+        inner: Hyper<I, S>,
+    }
 }
 
 impl<I, S, B> Future for Http2Connection<I, S>
@@ -81,8 +84,8 @@ where
 {
     type Output = Result<(), hyper::Error>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.inner.as_mut().poll(cx)
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().inner.poll(cx)
     }
 }
 
@@ -99,8 +102,8 @@ where
     type Error = hyper::Error;
 
     /// Sends GOAWAY: streams in flight finish, new ones are refused, then the connection closes.
-    fn close_politely(mut self: Pin<&mut Self>) {
-        self.inner.as_mut().graceful_shutdown();
+    fn close_politely(self: Pin<&mut Self>) {
+        self.project().inner.graceful_shutdown();
     }
 
     fn is_peer_fault(e: &hyper::Error) -> bool {
@@ -154,7 +157,7 @@ where
             .keep_alive_interval(keep_alive_interval)
             .keep_alive_timeout(h2.keep_alive_timeout);
         Http2Connection {
-            inner: Box::pin(builder.serve_connection(io, service)),
+            inner: builder.serve_connection(io, service),
         }
     };
     guard.serve(conn).await

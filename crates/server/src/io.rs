@@ -7,7 +7,6 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -52,7 +51,7 @@ impl<S> TrackedIo<S> {
         match &self.link {
             Some(link) => {
                 link.register_io(cx.waker(), read);
-                link.killed.load(Ordering::Acquire)
+                link.is_killed()
             }
             None => false,
         }

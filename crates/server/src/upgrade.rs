@@ -7,55 +7,106 @@
 //! [`PooledConnection::closing`]; if the I/O is still open when the pool closes the connection at
 //! once (the drain deadline, a timeout), every further read and write on it fails.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{fence, AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::Waker;
 
 use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
 
-/// State shared by a connection's I/O, its driver and its handlers.
+const UPGRADED: u8 = 1;
+const KILLED: u8 = 2;
+const IO_DROPPED: u8 = 4;
+const CLOSING: u8 = 8;
+
+/// State shared by a connection's I/O, its driver and its handlers. Small until an upgrade
+/// needs it: the wakers are allocated only when someone first waits on them, which a
+/// connection that never upgrades never does.
 #[derive(Debug, Default)]
 pub(crate) struct UpgradeLink {
-    /// The I/O was handed to an upgrade.
-    pub upgraded: AtomicBool,
-    /// The pool closed the connection: the I/O must fail.
-    pub killed: AtomicBool,
-    /// The I/O was dropped.
-    pub io_dropped: AtomicBool,
-    /// The pool asked the connection to close politely.
-    closing: AtomicBool,
-    closing_notify: Notify,
-    pub read_waker: AtomicWaker,
-    pub write_waker: AtomicWaker,
-    pub drop_waker: AtomicWaker,
+    state: AtomicU8,
+    wakers: OnceLock<Box<LinkWakers>>,
+}
+
+#[derive(Debug, Default)]
+struct LinkWakers {
+    closing: Notify,
+    read: AtomicWaker,
+    write: AtomicWaker,
+    dropped: AtomicWaker,
 }
 
 impl UpgradeLink {
+    fn is(&self, flag: u8) -> bool {
+        self.state.load(Ordering::SeqCst) & flag != 0
+    }
+
+    /// Sets `flag`, then returns the wakers if anyone registered one. The fence pairs with the
+    /// one in [`UpgradeLink::waiting`]: either the waiter sees the flag, or this sees the wakers.
+    fn raise(&self, flag: u8) -> Option<&LinkWakers> {
+        self.state.fetch_or(flag, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        self.wakers.get().map(|w| &**w)
+    }
+
+    /// The wakers, allocated on first use; `register` runs before the flags are re-read.
+    fn waiting(&self, register: impl FnOnce(&LinkWakers)) {
+        register(self.wakers.get_or_init(Box::default));
+        fence(Ordering::SeqCst);
+    }
+
+    /// The I/O was handed to an upgrade.
+    pub fn mark_upgraded(&self) {
+        self.state.fetch_or(UPGRADED, Ordering::SeqCst);
+    }
+
+    /// Whether the pool closed the connection, so the upgraded I/O must fail.
+    pub fn is_killed(&self) -> bool {
+        self.is(KILLED)
+    }
+
+    /// Whether the I/O was dropped.
+    pub fn is_io_dropped(&self) -> bool {
+        self.is(IO_DROPPED)
+    }
+
     pub fn kill(&self) {
-        self.killed.store(true, Ordering::Release);
-        self.read_waker.wake();
-        self.write_waker.wake();
+        if let Some(w) = self.raise(KILLED) {
+            w.read.wake();
+            w.write.wake();
+        }
     }
 
     pub fn io_dropped(&self) {
-        self.io_dropped.store(true, Ordering::Release);
-        self.drop_waker.wake();
+        if let Some(w) = self.raise(IO_DROPPED) {
+            w.dropped.wake();
+        }
     }
 
     pub fn ask_to_close(&self) {
-        self.closing.store(true, Ordering::Release);
-        self.closing_notify.notify_waiters();
+        if let Some(w) = self.raise(CLOSING) {
+            w.closing.notify_waiters();
+        }
     }
 
+    /// Registers an upgraded I/O's task to hear [`UpgradeLink::kill`]; nothing before the
+    /// upgrade, so plain requests never allocate the wakers.
     pub fn register_io(&self, waker: &Waker, read: bool) {
-        if self.upgraded.load(Ordering::Relaxed) {
-            if read {
-                self.read_waker.register(waker);
-            } else {
-                self.write_waker.register(waker);
-            }
+        if self.is(UPGRADED) {
+            self.waiting(|w| {
+                if read {
+                    w.read.register(waker)
+                } else {
+                    w.write.register(waker)
+                }
+            });
         }
+    }
+
+    /// Registers the connection's task to hear that the I/O was dropped; returns whether it was.
+    pub fn register_drop(&self, waker: &Waker) -> bool {
+        self.waiting(|w| w.dropped.register(waker));
+        self.is_io_dropped()
     }
 }
 
@@ -69,16 +120,18 @@ pub struct PooledConnection {
 impl PooledConnection {
     /// Whether the pool has asked this connection to close (shutdown or a lowered limit).
     pub fn is_closing(&self) -> bool {
-        self.link.closing.load(Ordering::Acquire)
+        self.link.is(CLOSING)
     }
 
     /// Resolves when the pool asks this connection to close politely: send your protocol's
     /// goodbye (a WebSocket close 1001) and finish.
     pub async fn closing(&self) {
         loop {
-            let notified = self.link.closing_notify.notified();
+            let wakers = self.link.wakers.get_or_init(Box::default);
+            let notified = wakers.closing.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            fence(Ordering::SeqCst);
             if self.is_closing() {
                 return;
             }
