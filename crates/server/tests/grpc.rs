@@ -448,3 +448,24 @@ async fn reflection_v1_and_v1alpha_list_every_service() {
         "{reply:?}"
     );
 }
+
+#[tokio::test]
+async fn a_lowered_message_limit_applies_from_the_next_call() {
+    let h = start(PoolSettings::default()).await;
+    let pool = h.runtime.server("rpc").unwrap().pool().clone();
+    let mut client = EchoClient::new(grpc_channel(h.grpc).await);
+    let message = "m".repeat(2000);
+    client.unary(echo(&message)).await.unwrap();
+    pool.update_config(&grpc_settings(GrpcSettings {
+        max_receive_message_length: Some(1000),
+        ..Default::default()
+    }))
+    .unwrap();
+    let err = client.unary(echo(&message)).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert_eq!(
+        pool.metrics().accepted,
+        1,
+        "the same connection, no reconnect"
+    );
+}
