@@ -104,6 +104,7 @@ impl Runtime {
                 registry: registry.clone(),
                 draining: draining.clone(),
                 token: config.admin_token.as_deref().map(Arc::from),
+                config: Arc::new(std::sync::RwLock::new(config.clone())),
             },
         )
         .await

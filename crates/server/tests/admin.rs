@@ -1,8 +1,11 @@
-//! The admin endpoint: bearer token, probes and the metrics exposition.
+//! The admin endpoint: bearer token, probes, the metrics exposition, the running config, live
+//! pool changes, the event stream and the OpenAPI document.
 
 mod support;
 
 use std::time::Duration;
+
+use tokio::net::TcpStream;
 
 use poolserve_pool::PoolSettings;
 use support::*;
@@ -15,7 +18,14 @@ async fn bearer_token_guards_every_admin_path() {
         Some("s3cret"),
     )
     .await;
-    for path in ["/metrics", "/health", "/livez", "/readyz"] {
+    for path in [
+        "/metrics",
+        "/health",
+        "/livez",
+        "/readyz",
+        "/config",
+        "/openapi.json",
+    ] {
         assert_eq!(admin_with(h.admin, path, None).await.0, 401, "{path}");
         assert_eq!(
             admin_with(h.admin, path, Some("wrong")).await.0,
@@ -28,6 +38,12 @@ async fn bearer_token_guards_every_admin_path() {
             "{path}"
         );
     }
+    let patch = r#"{"max_connections": 7}"#;
+    let (status, _) = admin_send(h.admin, "PATCH", "/servers/web/pool", patch, None).await;
+    assert_eq!(status, 401);
+    let (status, _) =
+        admin_send(h.admin, "PATCH", "/servers/web/pool", patch, Some("s3cret")).await;
+    assert_eq!(status, 200);
     // The servers themselves are not behind the token.
     assert_eq!(get(h.http, "/").await.status(), 200);
 }
@@ -82,4 +98,196 @@ async fn metrics_expose_every_spec_family_for_every_pool() {
         metric(h.admin, "poolserve_pool_max_connections", "server=\"web\"").await,
         10.0
     );
+}
+
+#[tokio::test]
+async fn config_shows_the_running_settings_and_patch_changes_them_live() {
+    let h = start(PoolSettings {
+        max_connections: Some(50),
+        ..Default::default()
+    })
+    .await;
+    let (status, body) = admin(h.admin, "/config").await;
+    assert_eq!(status, 200);
+    let config: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let web = config["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "web")
+        .unwrap()
+        .clone();
+    assert_eq!(web["protocol"], "http");
+    assert_eq!(web["pool"]["max_connections"], 50);
+    assert_eq!(web["pool"]["headers_timeout"], "10s");
+    assert_eq!(config["admin"]["token_required"], false);
+
+    let (status, body) = admin_send(
+        h.admin,
+        "PATCH",
+        "/servers/web/pool",
+        r#"{"max_connections": 1, "headers_timeout": "2s"}"#,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let patched: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let fields: Vec<_> = patched["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["field"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(fields, ["max_connections", "headers_timeout"], "{body}");
+    let (_, body) = admin(h.admin, "/config").await;
+    assert!(body.contains(r#""max_connections":1"#), "{body}");
+    // It takes effect: one connection is served, the next gets the 503.
+    let mut first = Client::connect(h.http).await;
+    assert_eq!(first.get("/").await.status(), 200);
+    let refused = raw_exchange(h.http, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+}
+
+#[tokio::test]
+async fn a_bad_patch_is_refused_naming_each_field_and_nothing_is_applied() {
+    let h = start(PoolSettings {
+        max_connections: Some(50),
+        ..Default::default()
+    })
+    .await;
+    let (status, body) = admin_send(
+        h.admin,
+        "PATCH",
+        "/servers/web/pool",
+        r#"{"max_connections": 0, "headers_timeout": "soon", "keep_alive_timeout": "1s"}"#,
+        None,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    let refused: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let fields: Vec<_> = refused["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(fields, ["max_connections", "headers_timeout"], "{body}");
+    let pool = h.runtime.server("web").unwrap().pool();
+    assert_eq!(pool.config().max_connections, Some(50));
+    assert_eq!(
+        pool.config().keep_alive_timeout,
+        Duration::from_secs(5),
+        "nothing applied"
+    );
+
+    let (status, body) = admin_send(
+        h.admin,
+        "PATCH",
+        "/servers/web/pool",
+        r#"{"max_conns": 3}"#,
+        None,
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(body.contains("max_conns"), "{body}");
+    let (status, _) = admin_send(
+        h.admin,
+        "PATCH",
+        "/servers/nope/pool",
+        r#"{"max_connections": 3}"#,
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn events_stream_pool_events_in_order() {
+    use http_body_util::BodyExt;
+    let h = start(PoolSettings::default()).await;
+    let stream = TcpStream::connect(h.admin).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("/events")
+        .header("host", "admin")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let res = sender.send_request(req).await.unwrap();
+    assert_eq!(res.headers()["content-type"], "text/event-stream");
+    let mut body = res.into_body();
+    for _ in 0..3 {
+        assert_eq!(get(h.http, "/").await.status(), 200);
+    }
+    // Six events of pool "web": each connection added, then removed.
+    let mut text = String::new();
+    let events = tokio::time::timeout(WAIT, async {
+        loop {
+            let events: Vec<(String, serde_json::Value)> = text
+                .split("\n\n")
+                .filter_map(|block| {
+                    let name = block.lines().find_map(|l| l.strip_prefix("event: "))?;
+                    let data = block.lines().find_map(|l| l.strip_prefix("data: "))?;
+                    Some((
+                        name.to_owned(),
+                        serde_json::from_str::<serde_json::Value>(data).ok()?,
+                    ))
+                })
+                .filter(|(_, data)| data["pool"] == "web")
+                .collect();
+            if events.len() >= 6 {
+                return events;
+            }
+            let frame = body.frame().await.expect("stream open").unwrap();
+            if let Ok(chunk) = frame.into_data() {
+                text.push_str(&String::from_utf8_lossy(&chunk));
+            }
+        }
+    })
+    .await
+    .expect("events arrive");
+    let mut added = Vec::new();
+    for (name, data) in &events {
+        assert_eq!(name, data["event"].as_str().unwrap(), "named by kind");
+        let id = data["id"].as_u64().unwrap();
+        match name.as_str() {
+            "connection_added" => added.push(id),
+            "connection_removed" => assert!(added.contains(&id), "removed before added: {text}"),
+            other => panic!("unexpected {other}: {text}"),
+        }
+    }
+    assert_eq!(added.len(), 3);
+    assert!(added.windows(2).all(|w| w[0] < w[1]), "in order: {added:?}");
+    // Shutdown ends the stream, so the admin endpoint stops cleanly.
+    tokio::time::timeout(WAIT, h.runtime.shutdown())
+        .await
+        .expect("shutdown is not held up by an open event stream");
+    let end = tokio::time::timeout(WAIT, async {
+        while let Some(Ok(_)) = body.frame().await {}
+    })
+    .await;
+    assert!(end.is_ok(), "the event stream ends at shutdown");
+}
+
+#[tokio::test]
+async fn openapi_document_lists_every_admin_path() {
+    let h = start(PoolSettings::default()).await;
+    let (status, body) = admin(h.admin, "/openapi.json").await;
+    assert_eq!(status, 200);
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    for path in [
+        "/metrics",
+        "/health",
+        "/livez",
+        "/readyz",
+        "/config",
+        "/servers/{name}/pool",
+        "/events",
+        "/openapi.json",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} missing");
+    }
 }

@@ -1,20 +1,25 @@
-//! The admin endpoint: Prometheus `/metrics`, `/health`, `/livez` and `/readyz`.
+//! The admin endpoint: Prometheus `/metrics`, `/health`, `/livez`, `/readyz`, the running
+//! `/config` and live `PATCH /servers/NAME/pool`, `/events` (server-sent events) and the API's
+//! own description at `/openapi.json`.
 //!
 //! Loopback by default; when a token is configured every request needs
 //! `Authorization: Bearer <token>`.
 
+mod config_api;
+mod events;
+pub mod openapi;
 mod prometheus;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, patch};
 use axum::{Json, Router};
 use poolserve_pool::{Health, HealthStatus, PoolRegistry};
 use serde::Serialize;
@@ -22,7 +27,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use config_api::{AdminDocument, ConfigDocument, LogDocument, ServerDocument, TlsDocument};
 pub use prometheus::{render as render_metrics, CONTENT_TYPE as METRICS_CONTENT_TYPE};
+
+use crate::file_config::RunConfig;
 
 /// What the admin endpoint reads.
 #[derive(Debug, Clone)]
@@ -33,6 +41,8 @@ pub struct AdminState {
     pub draining: Arc<AtomicBool>,
     /// Bearer token required on every request, if any.
     pub token: Option<Arc<str>>,
+    /// The running config (pool settings in it are as at start; `/config` reads live ones).
+    pub config: Arc<RwLock<RunConfig>>,
 }
 
 /// The `/health` document (SPEC M).
@@ -86,6 +96,10 @@ pub fn router(state: AdminState) -> Router {
         .route("/health", get(health))
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/config", get(config_api::get_config))
+        .route("/servers/{name}/pool", patch(config_api::patch_pool))
+        .route("/events", get(events::events))
+        .route("/openapi.json", get(|| async { Json(openapi::document()) }))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
 }
@@ -150,7 +164,7 @@ impl AdminServer {
         let listener = TcpListener::bind(listen).await?;
         let local_addr = listener.local_addr()?;
         let (stop, mut stopped) = watch::channel(false);
-        let app = router(state);
+        let app = router(state).layer(axum::Extension(events::StreamsEnd(stopped.clone())));
         let task = tokio::spawn(async move {
             let shutdown = async move {
                 let _ = stopped.wait_for(|s| *s).await;

@@ -271,6 +271,32 @@ pub async fn admin_with(addr: SocketAddr, path: &str, token: Option<&str>) -> (u
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
+/// Sends an admin request with a body (PATCH, say) and returns status and body.
+pub async fn admin_send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    token: Option<&str>,
+) -> (u16, String) {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "admin")
+        .header("content-type", "application/json");
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let req = req.body(Full::new(Bytes::from(body.to_owned()))).unwrap();
+    let res = sender.send_request(req).await.unwrap();
+    let status = res.status().as_u16();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
 pub async fn health(addr: SocketAddr) -> serde_json::Value {
     let (status, body) = admin(addr, "/health").await;
     assert_eq!(status, 200);
