@@ -24,31 +24,30 @@ use crate::upgrade::UpgradeLink;
 
 type Hyper<I, S> = http1::UpgradeableConnection<I, S>;
 
-pin_project_lite::pin_project! {
-    /// A hyper HTTP/1 connection the pool can drive and close politely. When a handler takes the
-    /// connection over with an upgrade, it stays pooled until the upgraded I/O is dropped.
-    pub struct Http1Connection<I, S>
-    where
-        S: hyper::service::HttpService<hyper::body::Incoming>,
-    {
-        // `None` once hyper has finished and handed the I/O to an upgrade. Inline rather than
-        // boxed: one allocation less per connection.
-        #[pin]
-        serving: Option<Hyper<I, S>>,
-        link: Arc<UpgradeLink>,
-        tracker: ConnectionTracker,
-    }
+/// A hyper HTTP/1 connection the pool can drive and close politely. When a handler takes the
+/// connection over with an upgrade, it stays pooled until the upgraded I/O is dropped.
+pub struct Http1Connection<I, S>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+{
+    /// `None` once hyper has finished and handed the I/O to an upgrade. Boxed: the pool's
+    /// driver future stores the connection it drives more than once (async fn arguments are
+    /// not overlapped with the locals they move into), so a small handle costs less memory
+    /// per connection than hyper's connection inline.
+    serving: Option<Pin<Box<Hyper<I, S>>>>,
+    link: Arc<UpgradeLink>,
+    tracker: ConnectionTracker,
+}
 
-    impl<I, S> PinnedDrop for Http1Connection<I, S>
-    where
-        S: hyper::service::HttpService<hyper::body::Incoming>,
-    {
-        fn drop(this: Pin<&mut Self>) {
-            // Closed at once (a deadline or a forced shutdown) while a handler still holds the
-            // upgraded I/O: make that I/O fail so the handler lets go.
-            if this.serving.is_none() && !this.link.is_io_dropped() {
-                this.link.kill();
-            }
+impl<I, S> Drop for Http1Connection<I, S>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+{
+    fn drop(&mut self) {
+        // Closed at once (a deadline or a forced shutdown) while a handler still holds the
+        // upgraded I/O: make that I/O fail so the handler lets go.
+        if self.serving.is_none() && !self.link.is_io_dropped() {
+            self.link.kill();
         }
     }
 }
@@ -63,11 +62,11 @@ where
 {
     type Output = Result<(), hyper::Error>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
-        if let Some(conn) = this.serving.as_mut().as_pin_mut() {
-            ready!(conn.poll(cx))?;
-            this.serving.set(None);
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        if let Some(conn) = this.serving.as_mut() {
+            ready!(conn.as_mut().poll(cx))?;
+            this.serving = None;
             if this.link.is_io_dropped() {
                 return Poll::Ready(Ok(()));
             }
@@ -97,11 +96,10 @@ where
     /// upgraded connection's handler is told through [`PooledConnection::closing`].
     ///
     /// [`PooledConnection::closing`]: crate::PooledConnection::closing
-    fn close_politely(self: Pin<&mut Self>) {
-        let this = self.project();
-        match this.serving.as_pin_mut() {
-            Some(conn) => conn.graceful_shutdown(),
-            None => this.link.ask_to_close(),
+    fn close_politely(mut self: Pin<&mut Self>) {
+        match self.serving.as_mut() {
+            Some(conn) => conn.as_mut().graceful_shutdown(),
+            None => self.link.ask_to_close(),
         }
     }
 
@@ -162,7 +160,7 @@ where
         .serve_connection(io, service)
         .with_upgrades();
     let conn = Http1Connection {
-        serving: Some(serving),
+        serving: Some(Box::pin(serving)),
         link,
         tracker,
     };

@@ -61,15 +61,13 @@ impl SessionBudget {
 
 type Hyper<I, S> = http2::Connection<I, S, TokioExecutor>;
 
-pin_project_lite::pin_project! {
-    /// A hyper HTTP/2 connection the pool can drive and close with a GOAWAY.
-    pub struct Http2Connection<I, S>
-    where
-        S: hyper::service::HttpService<hyper::body::Incoming>,
-    {
-        #[pin]
-        inner: Hyper<I, S>,
-    }
+/// A hyper HTTP/2 connection the pool can drive and close with a GOAWAY.
+pub struct Http2Connection<I, S>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+{
+    /// Boxed for the reason given on `Http1Connection`.
+    inner: Pin<Box<Hyper<I, S>>>,
 }
 
 impl<I, S, B> Future for Http2Connection<I, S>
@@ -84,8 +82,8 @@ where
 {
     type Output = Result<(), hyper::Error>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.project().inner.poll(cx)
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
     }
 }
 
@@ -102,8 +100,8 @@ where
     type Error = hyper::Error;
 
     /// Sends GOAWAY: streams in flight finish, new ones are refused, then the connection closes.
-    fn close_politely(self: Pin<&mut Self>) {
-        self.project().inner.graceful_shutdown();
+    fn close_politely(mut self: Pin<&mut Self>) {
+        self.inner.as_mut().graceful_shutdown();
     }
 
     fn is_peer_fault(e: &hyper::Error) -> bool {
@@ -157,7 +155,7 @@ where
             .keep_alive_interval(keep_alive_interval)
             .keep_alive_timeout(h2.keep_alive_timeout);
         Http2Connection {
-            inner: builder.serve_connection(io, service),
+            inner: Box::pin(builder.serve_connection(io, service)),
         }
     };
     guard.serve(conn).await
