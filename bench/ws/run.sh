@@ -3,16 +3,20 @@
 #  1. echo throughput, 64 B and 16 KiB messages, 100 connections: poolserve `ws` vs a bare
 #     tokio-tungstenite echo server (same message handling, no pool);
 #  2. 10,000 idle connections: RSS per connection for both, and the CPU the heartbeats of all of
-#     them cost poolserve (ping_interval $PING, default 30s).
+#     them cost poolserve: measured at ping_interval $PING (default 30s) and, for a cost per
+#     ping, at $FAST_PING (default 2s); the CPU window holds only idle time, no handshakes.
 # Servers run on core 1, the load on core 0; everything on 127.0.0.1; every run is bounded.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-SECS=${SECS:-10}          # seconds per measured echo run
+SECS=${SECS:-8}           # seconds per measured echo run
+ROUNDS=${ROUNDS:-3}       # rounds of echo runs; medians are reported
+ECHO=${ECHO:-1}           # 0 skips the echo runs (idle memory and heartbeat CPU only)
 CONNS=${CONNS:-100}       # echo connections
 IDLE=${IDLE:-10000}       # idle connections
 HOLD=${HOLD:-40}          # seconds the idle connections are held while CPU is measured
 PING=${PING:-30s}         # heartbeat interval during the idle run (30s is the default)
+FAST_PING=${FAST_PING:-2s} # a short interval, so the window holds enough pings to cost one
 out=bench/out
 mkdir -p "$out"
 results="$out/ws.txt"
@@ -73,48 +77,85 @@ echo_run() { # $1 = size, $2 = seconds
   taskset -c 0 "$bin/examples/ws_load" echo "ws://127.0.0.1:$server_port/" "$CONNS" "$1" "$2"
 }
 
-printf '%-10s %-9s %14s %10s\n' server size msgs/s p99_us | tee -a "$results"
-declare -A rate
-for size in 64 16384; do
-  for server in poolserve bare; do
-    if [ "$server" = poolserve ]; then start_poolserve 30s; else start_bare; fi
-    echo_run "$size" 2 > /dev/null                    # warm-up
-    line=$(echo_run "$size" "$SECS")
-    stop
-    r=$(sed -E 's/.*messages_per_sec=([0-9]+).*/\1/' <<<"$line")
-    p=$(sed -E 's/.*p99_us=([0-9]+).*/\1/' <<<"$line")
-    rate[$server-$size]=$r
-    printf '%-10s %-9s %14s %10s\n' "$server" "$size" "$r" "$p" | tee -a "$results"
+# Each round runs both servers in turn at each size; medians over rounds, and the median of the
+# within-round ratios (each round's pair ran back to back, which cancels most machine drift).
+declare -A rates p99s
+[ "$ECHO" = 1 ] || ROUNDS=0
+for round in $(seq "$ROUNDS"); do
+  for size in 64 16384; do
+    for server in poolserve bare; do
+      if [ "$server" = poolserve ]; then start_poolserve 30s; else start_bare; fi
+      echo_run "$size" 2 > /dev/null                    # warm-up
+      line=$(echo_run "$size" "$SECS")
+      stop
+      r=$(sed -E 's/.*messages_per_sec=([0-9]+).*/\1/' <<<"$line")
+      p=$(sed -E 's/.*p99_us=([0-9]+).*/\1/' <<<"$line")
+      rates[$server-$size]+="$r "
+      p99s[$server-$size]+="$p "
+      echo "  round $round $server $size B: $r msgs/s, p99 $p us" >&2
+    done
   done
-  python3 -c "print(f'ratio poolserve/bare at $size B: {${rate[poolserve-$size]}/${rate[bare-$size]}:.3f}')" | tee -a "$results"
+done
+[ "$ECHO" != 1 ] || printf '%-10s %-9s %14s %10s  %s\n' server size msgs/s p99_us "rounds (msgs/s)" | tee -a "$results"
+for size in 64 16384; do
+  [ "$ECHO" = 1 ] || break
+  python3 - "$size" "${rates[poolserve-$size]}" "${rates[bare-$size]}" \
+    "${p99s[poolserve-$size]}" "${p99s[bare-$size]}" <<'PY' | tee -a "$results"
+import statistics, sys
+size, pr, br, pp, bp = sys.argv[1:]
+pr, br, pp, bp = ([int(x) for x in v.split()] for v in (pr, br, pp, bp))
+med = statistics.median
+for name, r, p in (("poolserve", pr, pp), ("bare", br, bp)):
+    print(f"{name:<10} {size:<9} {med(r):>14.0f} {med(p):>10.0f}  {' '.join(map(str, r))}")
+ratios = [a / b for a, b in zip(pr, br)]
+print(f"ratio poolserve/bare at {size} B: {med(ratios):.3f} (per round: {' '.join(f'{x:.3f}' for x in ratios)}); p99 ratio {med(pp) / med(bp):.3f}")
+PY
 done
 
-idle_run() { # prints rss_per_conn_bytes and cpu_percent
-  local before after t0 t1 c0 c1 fifo
+idle_run() { # prints rss_per_conn_bytes cpu_percent pings_received opened closed_early
+  local before after t0 t1 c0 c1 fifo opened held closed
   before=$(rss_kib "$server_pid")
   fifo="$out/ws-idle.fifo"; rm -f "$fifo"; mkfifo "$fifo"
   taskset -c 0 "$bin/examples/ws_load" idle "ws://127.0.0.1:$server_port/" "$IDLE" "$HOLD" > "$fifo" &
   local client=$!
   exec 4<"$fifo"
   read -r -u 4 opened
+  # The CPU window runs from "all open" to "held": every connection idle, no handshake in it.
   after=$(rss_kib "$server_pid"); c0=$(cpu_ticks "$server_pid"); t0=$(date +%s.%N)
-  read -r -u 4 closed
+  read -r -u 4 held
   c1=$(cpu_ticks "$server_pid"); t1=$(date +%s.%N)
+  read -r -u 4 closed
   exec 4<&-
   wait "$client"
   rm -f "$fifo"
   python3 -c "
 hz = $(getconf CLK_TCK)
-print(f'{($after - $before) * 1024 / $IDLE:.0f} {100 * ($c1 - $c0) / hz / ($t1 - $t0):.2f} $opened $closed')"
+print(f'{($after - $before) * 1024 / $IDLE:.0f} {100 * ($c1 - $c0) / hz / ($t1 - $t0):.3f} ${held#held pings=} $opened $closed')"
 }
 
-printf '%-10s %18s %12s %s\n' server rss_bytes/conn cpu_%_core note | tee -a "$results"
+printf '%-10s %18s %12s %10s %s\n' server rss_bytes/conn cpu_%_core pings note | tee -a "$results"
 start_poolserve "$PING"
-read -r p_rss p_cpu p_open p_closed <<<"$(idle_run)"
+read -r p_rss p_cpu p_pings p_open p_closed <<<"$(idle_run)"
+stop
+# The same at a short interval, so enough pings land in the window to cost one.
+start_poolserve "$FAST_PING"
+read -r f_rss f_cpu f_pings f_open f_closed <<<"$(idle_run)"
 stop
 start_bare
-read -r b_rss b_cpu b_open b_closed <<<"$(idle_run)"
+read -r b_rss b_cpu b_pings b_open b_closed <<<"$(idle_run)"
 stop
-printf '%-10s %18s %12s %s\n' poolserve "$p_rss" "$p_cpu" "$p_open $p_closed (ping every $PING)" | tee -a "$results"
-printf '%-10s %18s %12s %s\n' bare "$b_rss" "$b_cpu" "$b_open $b_closed (no heartbeat)" | tee -a "$results"
-python3 -c "print(f'pool overhead per idle connection: {$p_rss - $b_rss} bytes')" | tee -a "$results"
+printf '%-10s %18s %12s %10s %s\n' poolserve "$p_rss" "$p_cpu" "$p_pings" "$p_open $p_closed (ping every $PING)" | tee -a "$results"
+printf '%-10s %18s %12s %10s %s\n' poolserve "$f_rss" "$f_cpu" "$f_pings" "$f_open $f_closed (ping every $FAST_PING)" | tee -a "$results"
+printf '%-10s %18s %12s %10s %s\n' bare "$b_rss" "$b_cpu" "$b_pings" "$b_open $b_closed (no heartbeat)" | tee -a "$results"
+python3 - "$p_rss" "$b_rss" "$f_cpu" "$b_cpu" "$f_pings" "$HOLD" "$IDLE" "$PING" <<'PY' | tee -a "$results"
+import re, sys
+p_rss, b_rss, f_cpu, b_cpu, f_pings, hold, idle, ping = sys.argv[1:]
+print(f"pool overhead per idle connection: {int(p_rss) - int(b_rss)} bytes")
+pings = int(f_pings)
+if pings:
+    per_ping_us = (float(f_cpu) - float(b_cpu)) / 100 * float(hold) / pings * 1e6
+    m = re.fullmatch(r"(\d+)(ms|s|m)", ping)
+    secs = int(m[1]) * {"ms": 0.001, "s": 1, "m": 60}[m[2]]
+    share = per_ping_us * 1e-6 * int(idle) / secs * 100
+    print(f"heartbeat cost: {per_ping_us:.1f} us of CPU per ping; {idle} connections pinged every {ping}: {share:.3f} % of one core")
+PY

@@ -2,8 +2,9 @@
 //!
 //! `ws_load echo URL CONNECTIONS MESSAGE_BYTES SECONDS`: each connection sends a message and
 //! waits for its echo, in a loop; prints `messages_per_sec=N p99_us=N`.
-//! `ws_load idle URL CONNECTIONS SECONDS`: opens the connections, answers pings, holds them idle,
-//! printing `open=N` once all are up and `closed_early=N` at the end.
+//! `ws_load idle URL CONNECTIONS SECONDS`: opens the connections, answers pings, holds them all
+//! idle for SECONDS, printing `open=N` once all are up, `held pings=N` (pings received while
+//! held) before any closes, and `closed_early=N` at the end.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -86,20 +87,27 @@ async fn main() {
             let conns: usize = arg(&args, 3, "connections");
             let secs: u64 = arg(&args, 4, "seconds");
             let closed = Arc::new(AtomicU64::new(0));
+            let pings = Arc::new(AtomicU64::new(0));
             let (up_tx, mut up_rx) = tokio::sync::mpsc::channel(conns);
+            // Every connection holds until one common release, so the held window contains
+            // no opening or closing handshakes.
+            let (release_tx, release_rx) = tokio::sync::watch::channel(false);
             let mut tasks = Vec::new();
             for _ in 0..conns {
-                let (url, closed, up) = (url.clone(), closed.clone(), up_tx.clone());
+                let (url, closed, pings, up) =
+                    (url.clone(), closed.clone(), pings.clone(), up_tx.clone());
+                let mut release = release_rx.clone();
                 tasks.push(tokio::spawn(async move {
                     let mut ws = open(&url).await;
                     let _ = up.send(()).await;
                     // Reading answers the server's pings; nothing else arrives while idle.
-                    let hold = tokio::time::sleep(Duration::from_secs(secs));
-                    tokio::pin!(hold);
                     loop {
                         tokio::select! {
-                            () = &mut hold => break,
+                            _ = release.wait_for(|r| *r) => break,
                             m = ws.next() => match m {
+                                Some(Ok(Message::Ping(_))) => {
+                                    pings.fetch_add(1, Ordering::Relaxed);
+                                }
                                 Some(Ok(_)) => {}
                                 _ => { closed.fetch_add(1, Ordering::Relaxed); return; }
                             },
@@ -112,6 +120,9 @@ async fn main() {
                 let _ = up_rx.recv().await;
             }
             println!("open={conns}");
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+            println!("held pings={}", pings.load(Ordering::Relaxed));
+            let _ = release_tx.send(true);
             for t in tasks {
                 let _ = t.await;
             }
