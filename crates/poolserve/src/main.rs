@@ -1,5 +1,6 @@
 //! The `poolserve` binary: runs the built-in defaults or a TOML config file, with the demo app
-//! answering on every server, until SIGTERM or SIGINT drains it.
+//! answering on every server, until SIGTERM or SIGINT drains it. A config file is re-read when
+//! it changes (checked every second) and on SIGHUP.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -80,10 +81,46 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(config))
+    runtime.block_on(run(config, cli.config))
 }
 
-async fn run(config: RunConfig) -> ExitCode {
+/// How often the config file's modification time is checked.
+const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn modified(path: &std::path::Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// Re-reads the config file and applies it; a file with a bad field changes nothing.
+fn reload(servers: &Runtime, path: &std::path::Path, why: &'static str) {
+    let next = match RunConfig::from_file(path) {
+        Ok(next) => next,
+        Err(errors) => {
+            for e in &errors.0 {
+                tracing::error!(file = %path.display(), field = %e.field, value = %e.value, reason = %e.reason, "config field refused");
+            }
+            tracing::error!(file = %path.display(), why, "reload refused; the running config stays");
+            return;
+        }
+    };
+    match servers.reload(&next) {
+        Ok(report) => {
+            for note in &report.not_applied {
+                tracing::warn!(file = %path.display(), note = %note, "not applied live");
+            }
+            let changed: usize = report.changed.iter().map(|(_, c)| c.len()).sum();
+            tracing::info!(file = %path.display(), why, changed, "config reloaded");
+        }
+        Err(e) => {
+            for f in &e.0 {
+                tracing::error!(file = %path.display(), field = %f.field, value = %f.value, reason = %f.reason, "config field refused");
+            }
+            tracing::error!(file = %path.display(), why, "reload refused; the running config stays");
+        }
+    }
+}
+
+async fn run(config: RunConfig, path: Option<PathBuf>) -> ExitCode {
     let servers = match Runtime::start(&config, demo::service()).await {
         Ok(s) => s,
         Err(e) => {
@@ -106,7 +143,10 @@ async fn run(config: RunConfig) -> ExitCode {
         );
     }
     tracing::info!(admin = %servers.admin_addr(), "poolserve is up");
-    let signal = wait_for_signal().await;
+    let signal = match &path {
+        Some(path) => watch_config(&servers, path).await,
+        None => wait_for_signal().await,
+    };
     tracing::info!(signal, "draining");
     let shutdown = servers.shutdown();
     tokio::pin!(shutdown);
@@ -115,6 +155,44 @@ async fn run(config: RunConfig) -> ExitCode {
         second = wait_for_signal() => {
             tracing::warn!(signal = second, "second signal during drain: exiting at once");
             ExitCode::from(130)
+        }
+    }
+}
+
+/// Reloads the config file when it changes or on SIGHUP, until SIGTERM or SIGINT.
+async fn watch_config(servers: &Runtime, path: &std::path::Path) -> &'static str {
+    let mut seen = modified(path);
+    let mut tick = tokio::time::interval(WATCH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let stop = wait_for_signal();
+    tokio::pin!(stop);
+    loop {
+        #[cfg(unix)]
+        let hup = async {
+            match hangup.as_mut() {
+                Some(h) => {
+                    h.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hup = std::future::pending::<()>();
+        tokio::select! {
+            signal = &mut stop => return signal,
+            () = hup => {
+                seen = modified(path);
+                reload(servers, path, "SIGHUP");
+            }
+            _ = tick.tick() => {
+                let now = modified(path);
+                if now != seen {
+                    seen = now;
+                    reload(servers, path, "file changed");
+                }
+            }
         }
     }
 }

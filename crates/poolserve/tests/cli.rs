@@ -209,3 +209,119 @@ fn wait_exit(mut child: Child) -> std::process::ExitStatus {
         }
     }
 }
+
+fn admin_get(admin: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(admin).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut reply = String::new();
+    let _ = s.read_to_string(&mut reply);
+    reply
+}
+
+fn web_pool(config: &str) -> serde_json::Value {
+    let body = config.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let doc: serde_json::Value = serde_json::from_str(body).unwrap();
+    doc["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "web")
+        .unwrap()["pool"]
+        .clone()
+}
+
+#[test]
+fn a_changed_config_file_applies_live_and_a_broken_one_is_refused() {
+    let text = |max: u32, headers: &str| {
+        format!(
+            r#"
+[admin]
+listen = "127.0.0.1:0"
+[log]
+format = "json"
+[[server]]
+name = "web"
+protocol = "http"
+listen = "127.0.0.1:0"
+  [server.pool]
+  max_connections = {max}
+  headers_timeout = "{headers}"
+"#
+        )
+    };
+    let path = write_config("reload.toml", &text(10, "10s"));
+    let (child, addr, logs) = spawn(&path);
+    let admin: SocketAddr = loop {
+        let line = logs.recv_timeout(WAIT).expect("startup logs");
+        if line["message"] == "poolserve is up" {
+            break line["admin"].as_str().unwrap().parse().unwrap();
+        }
+    };
+    assert_eq!(
+        web_pool(&admin_get(admin, "/config"))["max_connections"],
+        10
+    );
+
+    // The file changes: the watcher applies it.
+    std::fs::write(&path, text(1, "3s")).unwrap();
+    wait_for_log(&logs, "config reloaded");
+    let pool = web_pool(&admin_get(admin, "/config"));
+    assert_eq!(pool["max_connections"], 1);
+    assert_eq!(pool["headers_timeout"], "3s");
+    // And takes effect: one connection is served, the next is refused with the 503.
+    let mut held = TcpStream::connect(addr).unwrap();
+    held.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
+    let mut first = [0u8; 12];
+    held.set_read_timeout(Some(WAIT)).unwrap();
+    held.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+    let mut over = TcpStream::connect(addr).unwrap();
+    over.set_read_timeout(Some(WAIT)).unwrap();
+    let mut refused = String::new();
+    let _ = over.read_to_string(&mut refused);
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    drop(held);
+
+    // A broken file is refused, naming the field, and the running config stays.
+    std::fs::write(&path, text(0, "3s")).unwrap();
+    let refusal = loop {
+        let line = logs.recv_timeout(WAIT).expect("a refusal is logged");
+        if line["message"] == "config field refused" {
+            break line;
+        }
+    };
+    assert_eq!(refusal["field"], "server[0] (web).pool.max_connections");
+    wait_for_log(&logs, "reload refused; the running config stays");
+    assert_eq!(web_pool(&admin_get(admin, "/config"))["max_connections"], 1);
+
+    // SIGHUP re-reads the file even when its time did not change.
+    std::fs::write(&path, text(5, "3s")).unwrap();
+    wait_for_log(&logs, "config reloaded");
+    assert_eq!(
+        Command::new("kill")
+            .arg("-HUP")
+            .arg(child.id().to_string())
+            .status()
+            .unwrap()
+            .code(),
+        Some(0)
+    );
+    let reloaded = loop {
+        let line = logs
+            .recv_timeout(WAIT)
+            .expect("the SIGHUP reload is logged");
+        if line["message"] == "config reloaded" {
+            break line;
+        }
+    };
+    assert_eq!(reloaded["why"], "SIGHUP");
+    assert_eq!(web_pool(&admin_get(admin, "/config"))["max_connections"], 5);
+    assert_eq!(send_sigterm(child.id()), 0);
+    assert_eq!(wait_exit(child).code(), Some(0));
+}

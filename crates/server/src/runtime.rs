@@ -1,8 +1,7 @@
 //! A whole poolserve process: its servers, their pools, the admin endpoint and shutdown.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -13,6 +12,7 @@ use crate::body::Body;
 use crate::file_config::RunConfig;
 use crate::grpc::GrpcServices;
 use crate::listener::{Protocol, Server, ServerError, ServerOptions};
+use crate::reload::{ReloadError, ReloadReport};
 use crate::tls::PemPair;
 
 /// Running servers plus the admin endpoint, sharing one pool registry.
@@ -22,7 +22,8 @@ pub struct Runtime {
     servers: Vec<Server>,
     admin: AdminServer,
     draining: Arc<AtomicBool>,
-    drain_timeout: Duration,
+    /// The running config, shared with the admin endpoint's `/config`.
+    config: Arc<RwLock<RunConfig>>,
 }
 
 /// Why a runtime could not start.
@@ -98,13 +99,14 @@ impl Runtime {
             servers.push(server);
         }
         let draining = Arc::new(AtomicBool::new(false));
+        let running = Arc::new(RwLock::new(config.clone()));
         let admin = AdminServer::start(
             config.admin_listen,
             AdminState {
                 registry: registry.clone(),
                 draining: draining.clone(),
                 token: config.admin_token.as_deref().map(Arc::from),
-                config: Arc::new(std::sync::RwLock::new(config.clone())),
+                config: running.clone(),
             },
         )
         .await
@@ -114,8 +116,23 @@ impl Runtime {
             servers,
             admin,
             draining,
-            drain_timeout: config.drain_timeout,
+            config: running,
         })
+    }
+
+    /// Applies a new config live: every server's pool settings (validated first: a refused
+    /// field changes nothing) and the drain deadline. Servers added, removed, moved or given
+    /// other certificate files, the admin endpoint and logging are reported, not applied.
+    pub fn reload(&self, next: &RunConfig) -> Result<ReloadReport, ReloadError> {
+        crate::reload::apply(&self.registry, &self.config, next)
+    }
+
+    /// The running config (pool settings as at start or the last reload).
+    pub fn config(&self) -> RunConfig {
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The pool registry.
@@ -142,8 +159,12 @@ impl Runtime {
     /// the configured deadline (the rest are closed at once), then the admin endpoint stops.
     pub async fn shutdown(self) -> Vec<(String, CloseReport)> {
         self.draining.store(true, Ordering::Relaxed);
-        tracing::info!(deadline = ?self.drain_timeout, "shutting down");
-        let deadline = self.drain_timeout;
+        let deadline = self
+            .config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain_timeout;
+        tracing::info!(?deadline, "shutting down");
         let mut draining = tokio::task::JoinSet::new();
         for server in self.servers {
             let name = server.name().to_owned();

@@ -1,0 +1,123 @@
+//! Applying a new config file to a running process: what can change live does, at once; what
+//! cannot (a server added, removed, moved, or given other certificate files; the admin endpoint;
+//! logging) is reported and waits for the next start. All or nothing: a file whose pool settings
+//! would be refused changes nothing.
+
+use std::sync::{Arc, RwLock};
+
+use poolserve_pool::{ConfigChange, FieldError, PoolRegistry};
+
+use crate::file_config::RunConfig;
+
+/// What a reload did.
+#[derive(Debug, Default)]
+pub struct ReloadReport {
+    /// Pool settings changed, by server.
+    pub changed: Vec<(String, Vec<ConfigChange>)>,
+    /// Differences that need a restart, for people.
+    pub not_applied: Vec<String>,
+}
+
+/// Why a reload changed nothing: every refused field, named `server[NAME].pool.FIELD`.
+#[derive(Debug)]
+pub struct ReloadError(pub Vec<FieldError>);
+
+impl std::fmt::Display for ReloadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ReloadError {}
+
+/// Applies `next` to the pools of `registry`, and records it as the running config.
+pub(crate) fn apply(
+    registry: &PoolRegistry,
+    running: &Arc<RwLock<RunConfig>>,
+    next: &RunConfig,
+) -> Result<ReloadReport, ReloadError> {
+    let current = running.read().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut report = ReloadReport::default();
+    let mut plan = Vec::new();
+    let mut errors = Vec::new();
+    for spec in &next.servers {
+        let Some(old) = current.servers.iter().find(|s| s.name == spec.name) else {
+            report.not_applied.push(format!(
+                "server {:?} is new: it starts at the next start",
+                spec.name
+            ));
+            continue;
+        };
+        if old.protocol != spec.protocol || old.listen != spec.listen || old.tls != spec.tls {
+            report.not_applied.push(format!(
+                "server {:?}: protocol, listen or tls changed: that takes a restart",
+                spec.name
+            ));
+            continue;
+        }
+        let Some(pool) = registry.get(&spec.name) else {
+            continue;
+        };
+        let patch = spec.pool.to_settings();
+        // Validate every pool's patch before applying any.
+        match pool.config().apply(&patch, "") {
+            Ok(_) => plan.push((spec.name.clone(), pool, patch)),
+            Err(e) => errors.extend(e.0.into_iter().map(|f| FieldError {
+                field: format!("server[{}].pool.{}", spec.name, f.field),
+                ..f
+            })),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ReloadError(errors));
+    }
+    for old in &current.servers {
+        if !next.servers.iter().any(|s| s.name == old.name) {
+            report.not_applied.push(format!(
+                "server {:?} was removed: it stops at the next start",
+                old.name
+            ));
+        }
+    }
+    if next.admin_listen != current.admin_listen || next.admin_token != current.admin_token {
+        report
+            .not_applied
+            .push("admin listen or token changed: that takes a restart".into());
+    }
+    if next.log != current.log {
+        report
+            .not_applied
+            .push("log settings changed: that takes a restart".into());
+    }
+    for (name, pool, patch) in plan {
+        match pool.update_config(&patch) {
+            Ok(changes) if changes.is_empty() => {}
+            Ok(changes) => report.changed.push((name, changes)),
+            // Validated above; only a concurrent change could make it fail now.
+            Err(e) => tracing::warn!(server = %name, error = %e, "pool settings not applied"),
+        }
+    }
+    let mut recorded = next.clone();
+    // What does not apply live stays as it runs, so `/config` shows the truth.
+    recorded.servers.retain(|s| {
+        current.servers.iter().any(|o| {
+            o.name == s.name && o.protocol == s.protocol && o.listen == s.listen && o.tls == s.tls
+        })
+    });
+    for old in &current.servers {
+        if !recorded.servers.iter().any(|s| s.name == old.name) {
+            recorded.servers.push(old.clone());
+        }
+    }
+    recorded.admin_listen = current.admin_listen;
+    recorded.admin_token = current.admin_token.clone();
+    recorded.log = current.log.clone();
+    *running.write().unwrap_or_else(|p| p.into_inner()) = recorded;
+    Ok(report)
+}
