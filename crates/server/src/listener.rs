@@ -132,6 +132,7 @@ pub struct Server {
     local_addr: SocketAddr,
     pool: Pool<ServerPolicy>,
     accept: JoinHandle<()>,
+    cert: Option<Arc<crate::tls::ServerCert>>,
 }
 
 impl Server {
@@ -194,26 +195,27 @@ impl Server {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let tls_error = |e: crate::tls::TlsError| ServerError::Tls(e.to_string());
-        let tls = match (options.protocol, options.tls) {
-            (Protocol::Http2, Some(pem)) => Some(TlsAcceptor::from(
-                pem.server_config(&[b"h2", b"http/1.1"])
-                    .map_err(tls_error)?,
-            )),
+        let alpn: &[&[u8]] = match options.protocol {
+            Protocol::Http2 => &[b"h2", b"http/1.1"],
             // gRPC needs HTTP/2: no HTTP/1.1 fallback to offer.
-            (Protocol::Grpc, Some(pem)) => Some(TlsAcceptor::from(
-                pem.server_config(&[b"h2"]).map_err(tls_error)?,
-            )),
-            (p, pem) if p.is_tls() => {
-                let pem = match pem {
-                    Some(pem) => pem,
-                    None => PemPair::self_signed().map_err(tls_error)?,
-                };
-                Some(TlsAcceptor::from(
-                    pem.server_config(&[b"http/1.1"]).map_err(tls_error)?,
-                ))
-            }
+            Protocol::Grpc => &[b"h2"],
+            _ => &[b"http/1.1"],
+        };
+        let pem = match options.tls {
+            Some(pem) if options.protocol.accepts_tls() => Some(pem),
+            None if options.protocol.is_tls() => Some(PemPair::self_signed().map_err(tls_error)?),
             _ => None,
         };
+        let cert = pem
+            .as_ref()
+            .map(crate::tls::ServerCert::new)
+            .transpose()
+            .map_err(tls_error)?;
+        let tls = cert
+            .as_ref()
+            .map(|c| c.server_config(alpn).map(TlsAcceptor::from))
+            .transpose()
+            .map_err(tls_error)?;
         let listener = bind(options.listen)
             .await
             .map_err(|e| ServerError::Bind(options.listen, e))?;
@@ -245,6 +247,7 @@ impl Server {
             local_addr,
             pool,
             accept,
+            cert,
         })
     }
 
@@ -261,6 +264,11 @@ impl Server {
     /// The bound address (the real port when started on port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The server's certificate, on a TLS server: replaceable while it runs.
+    pub fn certificate(&self) -> Option<&Arc<crate::tls::ServerCert>> {
+        self.cert.as_ref()
     }
 
     /// The server's pool.

@@ -1,19 +1,24 @@
-//! Applying a new config file to a running process: what can change live does, at once; what
-//! cannot (a server added, removed, moved, or given other certificate files; the admin endpoint;
-//! logging) is reported and waits for the next start. All or nothing: a file whose pool settings
-//! would be refused changes nothing.
+//! Applying a new config file to a running process: what can change live does, at once (pool
+//! settings, the drain deadline, a new certificate in a server's certificate files); what cannot
+//! (a server added, removed, moved, or given other certificate files; the admin endpoint;
+//! logging) is reported and waits for the next start. All or nothing: a file with a pool setting
+//! or a certificate that would be refused changes nothing.
 
 use std::sync::{Arc, RwLock};
 
 use poolserve_pool::{ConfigChange, FieldError, PoolRegistry};
 
 use crate::file_config::RunConfig;
+use crate::listener::Server;
+use crate::tls::{PemPair, ServerCert};
 
 /// What a reload did.
 #[derive(Debug, Default)]
 pub struct ReloadReport {
     /// Pool settings changed, by server.
     pub changed: Vec<(String, Vec<ConfigChange>)>,
+    /// Servers whose certificate files held a new certificate, now in use for new handshakes.
+    pub certificates_replaced: Vec<String>,
     /// Differences that need a restart, for people.
     pub not_applied: Vec<String>,
 }
@@ -39,12 +44,14 @@ impl std::error::Error for ReloadError {}
 /// Applies `next` to the pools of `registry`, and records it as the running config.
 pub(crate) fn apply(
     registry: &PoolRegistry,
+    servers: &[Server],
     running: &Arc<RwLock<RunConfig>>,
     next: &RunConfig,
 ) -> Result<ReloadReport, ReloadError> {
     let current = running.read().unwrap_or_else(|p| p.into_inner()).clone();
     let mut report = ReloadReport::default();
     let mut plan = Vec::new();
+    let mut certificates = Vec::new();
     let mut errors = Vec::new();
     for spec in &next.servers {
         let Some(old) = current.servers.iter().find(|s| s.name == spec.name) else {
@@ -60,6 +67,26 @@ pub(crate) fn apply(
                 spec.name
             ));
             continue;
+        }
+        // The same certificate files may hold a new certificate (a rotation).
+        if let (Some(files), Some(cert)) = (
+            &spec.tls,
+            servers
+                .iter()
+                .find(|s| s.name() == spec.name)
+                .and_then(Server::certificate),
+        ) {
+            match PemPair::from_files(files).and_then(|pem| ServerCert::check(&pem).map(|()| pem)) {
+                Ok(pem) if !cert.is_current(&pem) => {
+                    certificates.push((spec.name.clone(), cert.clone(), pem))
+                }
+                Ok(_) => {}
+                Err(e) => errors.push(FieldError {
+                    field: format!("server[{}].tls", spec.name),
+                    value: files.cert.display().to_string(),
+                    reason: e.to_string(),
+                }),
+            }
         }
         let Some(pool) = registry.get(&spec.name) else {
             continue;
@@ -94,6 +121,16 @@ pub(crate) fn apply(
         report
             .not_applied
             .push("log settings changed: that takes a restart".into());
+    }
+    for (name, cert, pem) in certificates {
+        match cert.replace(&pem) {
+            Ok(true) => {
+                tracing::info!(server = %name, "certificate replaced; new handshakes use it");
+                report.certificates_replaced.push(name);
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(server = %name, error = %e, "certificate not replaced"),
+        }
     }
     for (name, pool, patch) in plan {
         match pool.update_config(&patch) {

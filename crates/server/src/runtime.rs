@@ -120,11 +120,12 @@ impl Runtime {
         })
     }
 
-    /// Applies a new config live: every server's pool settings (validated first: a refused
-    /// field changes nothing) and the drain deadline. Servers added, removed, moved or given
-    /// other certificate files, the admin endpoint and logging are reported, not applied.
+    /// Applies a new config live: every server's pool settings and the drain deadline, and a new
+    /// certificate found in a server's certificate files (all validated first: a refused field
+    /// changes nothing). Servers added, removed, moved or given other certificate files, the
+    /// admin endpoint and logging are reported, not applied.
     pub fn reload(&self, next: &RunConfig) -> Result<ReloadReport, ReloadError> {
-        crate::reload::apply(&self.registry, &self.config, next)
+        crate::reload::apply(&self.registry, &self.servers, &self.config, next)
     }
 
     /// The running config (pool settings as at start or the last reload).

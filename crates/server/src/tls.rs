@@ -3,10 +3,12 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use serde::{Deserialize, Serialize};
 
 /// Where a server's certificate comes from.
@@ -76,6 +78,11 @@ impl PemPair {
 
     /// A rustls server config offering `alpn` (most preferred first).
     pub fn server_config(&self, alpn: &[&[u8]]) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        ServerCert::new(self)?.server_config(alpn)
+    }
+
+    /// The certificate chain and key as rustls uses them, checked to belong together.
+    fn certified_key(&self) -> Result<Arc<CertifiedKey>, TlsError> {
         let certs: Vec<CertificateDer<'static>> =
             CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
                 .collect::<Result<_, _>>()
@@ -87,18 +94,85 @@ impl PemPair {
         }
         let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
             .map_err(|e| TlsError(format!("bad private key PEM: {e}")))?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(|e| TlsError(format!("TLS versions: {e}")))?
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
+        CertifiedKey::from_der(certs, key, &provider())
+            .map(Arc::new)
             .map_err(|e| {
                 TlsError(format!(
                     "certificate and key do not make a TLS identity: {e}"
                 ))
-            })?;
+            })
+    }
+}
+
+fn provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::ring::default_provider()
+}
+
+/// A server's certificate, replaceable while it runs: new handshakes use the new one, open
+/// connections keep theirs.
+pub struct ServerCert {
+    current: RwLock<(PemPair, Arc<CertifiedKey>)>,
+}
+
+impl fmt::Debug for ServerCert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerCert").finish_non_exhaustive()
+    }
+}
+
+impl ServerCert {
+    /// A certificate from `pem`.
+    pub fn new(pem: &PemPair) -> Result<Arc<ServerCert>, TlsError> {
+        Ok(Arc::new(ServerCert {
+            current: RwLock::new((pem.clone(), pem.certified_key()?)),
+        }))
+    }
+
+    /// Replaces the certificate when `pem` differs from the one in use; returns whether it did.
+    /// A certificate that does not load changes nothing.
+    pub fn replace(&self, pem: &PemPair) -> Result<bool, TlsError> {
+        if self.is_current(pem) {
+            return Ok(false);
+        }
+        let key = pem.certified_key()?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = (pem.clone(), key);
+        Ok(true)
+    }
+
+    /// Whether `pem` is the certificate in use.
+    pub fn is_current(&self, pem: &PemPair) -> bool {
+        let current = self.current.read().unwrap_or_else(|p| p.into_inner());
+        current.0.cert_pem == pem.cert_pem && current.0.key_pem == pem.key_pem
+    }
+
+    /// Checks that `pem` would load, without using it.
+    pub fn check(pem: &PemPair) -> Result<(), TlsError> {
+        pem.certified_key().map(|_| ())
+    }
+
+    /// A rustls server config that takes its certificate from here, offering `alpn`.
+    pub fn server_config(
+        self: &Arc<Self>,
+        alpn: &[&[u8]],
+    ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| TlsError(format!("TLS versions: {e}")))?
+            .with_no_client_auth()
+            .with_cert_resolver(self.clone());
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(Arc::new(config))
+    }
+}
+
+impl ResolvesServerCert for ServerCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .1
+                .clone(),
+        )
     }
 }
