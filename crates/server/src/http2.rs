@@ -38,22 +38,25 @@ const MIN_STREAM_SHARE: usize = 16 * 1024;
 pub(crate) struct SessionBudget {
     /// Connection-level receive window: all streams' unread request data together.
     pub connection_window: u32,
-    /// Per-stream receive window.
+    /// Per-stream receive window: the whole connection window, since the connection window
+    /// already bounds what all streams together may send unread; one busy stream (an upload)
+    /// may use all of it.
     pub stream_window: u32,
     /// Per-stream send buffer.
     pub send_buffer: usize,
 }
 
 impl SessionBudget {
-    /// Half the session memory for received data, half for data being sent, each shared by
-    /// `max_concurrent_streams` streams.
+    /// Half the session memory for received data (the connection's window, which any stream
+    /// may fill), half for data being sent, shared by `max_concurrent_streams` streams (each
+    /// stream's send buffer is its own, so that half is divided).
     pub fn new(max_session_memory: usize, max_concurrent_streams: u32) -> Self {
         let half = (max_session_memory / 2).clamp(65_535, MAX_WINDOW);
         let streams = (max_concurrent_streams as usize).max(1);
         let share = (half / streams).max(MIN_STREAM_SHARE);
         SessionBudget {
             connection_window: half as u32,
-            stream_window: share.clamp(65_535, half) as u32,
+            stream_window: half as u32,
             send_buffer: share,
         }
     }
@@ -170,10 +173,10 @@ mod tests {
         let b = SessionBudget::new(10 << 20, 250);
         assert_eq!(b.connection_window, 5 << 20);
         assert_eq!(b.send_buffer, (5 << 20) / 250);
-        // Never below the protocol's default window of 65,535.
-        assert_eq!(b.stream_window, 65_535);
+        // One stream may fill the connection's window; together they never exceed it.
+        assert_eq!(b.stream_window, 5 << 20);
         let roomy = SessionBudget::new(64 << 20, 4);
-        assert_eq!(roomy.stream_window, 8 << 20);
+        assert_eq!(roomy.send_buffer, 8 << 20);
     }
 
     #[test]

@@ -139,8 +139,7 @@ impl Server {
     /// Binds the listener and starts accepting, with `service` answering every request.
     ///
     /// The socket is bound and TLS is ready before this returns, so a server is warm as soon
-    /// as it exists.
-    /// `grpc` servers start with [`Server::start_grpc`].
+    /// as it exists. `grpc` servers start with [`Server::start_grpc`].
     pub async fn start<S, B>(
         registry: &PoolRegistry,
         options: ServerOptions,
