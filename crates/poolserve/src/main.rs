@@ -92,7 +92,7 @@ fn modified(path: &std::path::Path) -> Option<std::time::SystemTime> {
 }
 
 /// Re-reads the config file and applies it; a file with a bad field changes nothing.
-fn reload(servers: &Runtime, path: &std::path::Path, why: &'static str) {
+async fn reload(servers: &Runtime, path: &std::path::Path, why: &'static str) {
     let next = match RunConfig::from_file(path) {
         Ok(next) => next,
         Err(errors) => {
@@ -103,13 +103,21 @@ fn reload(servers: &Runtime, path: &std::path::Path, why: &'static str) {
             return;
         }
     };
-    match servers.reload(&next) {
+    match servers.reload(&next).await {
         Ok(report) => {
             for note in &report.not_applied {
                 tracing::warn!(file = %path.display(), note = %note, "not applied live");
             }
             let changed: usize = report.changed.iter().map(|(_, c)| c.len()).sum();
-            tracing::info!(file = %path.display(), why, changed, "config reloaded");
+            tracing::info!(
+                file = %path.display(),
+                why,
+                changed,
+                added = ?report.servers_added,
+                removed = ?report.servers_removed,
+                certificates = ?report.certificates_replaced,
+                "config reloaded"
+            );
         }
         Err(e) => {
             for f in &e.0 {
@@ -184,13 +192,13 @@ async fn watch_config(servers: &Runtime, path: &std::path::Path) -> &'static str
             signal = &mut stop => return signal,
             () = hup => {
                 seen = modified(path);
-                reload(servers, path, "SIGHUP");
+                reload(servers, path, "SIGHUP").await;
             }
             _ = tick.tick() => {
                 let now = modified(path);
                 if now != seen {
                     seen = now;
-                    reload(servers, path, "file changed");
+                    reload(servers, path, "file changed").await;
                 }
             }
         }

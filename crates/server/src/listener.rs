@@ -131,7 +131,8 @@ pub struct Server {
     protocol: Protocol,
     local_addr: SocketAddr,
     pool: Pool<ServerPolicy>,
-    accept: JoinHandle<()>,
+    /// Taken by the first shutdown.
+    accept: std::sync::Mutex<Option<JoinHandle<()>>>,
     cert: Option<Arc<crate::tls::ServerCert>>,
 }
 
@@ -245,7 +246,7 @@ impl Server {
             protocol: options.protocol,
             local_addr,
             pool,
-            accept,
+            accept: std::sync::Mutex::new(Some(accept)),
             cert,
         })
     }
@@ -277,8 +278,17 @@ impl Server {
 
     /// Stops accepting and drains the pool within `deadline`; see [`Pool::close_all`].
     pub async fn shutdown(self, deadline: Duration) -> poolserve_pool::CloseReport {
+        self.drain(deadline).await
+    }
+
+    /// [`Server::shutdown`] for a server that is shared: stops accepting and drains the pool
+    /// within `deadline`. A second call only waits for the pool.
+    pub async fn drain(&self, deadline: Duration) -> poolserve_pool::CloseReport {
         let report = self.pool.close_all(deadline).await;
-        let _ = self.accept.await;
+        let accept = self.accept.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(accept) = accept {
+            let _ = accept.await;
+        }
         report
     }
 }

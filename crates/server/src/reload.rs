@@ -1,14 +1,15 @@
 //! Applying a new config file to a running process: what can change live does, at once (pool
-//! settings, the drain deadline, a new certificate in a server's certificate files); what cannot
-//! (a server added, removed, moved, or given other certificate files; the admin endpoint;
-//! logging) is reported and waits for the next start. All or nothing: a file with a pool setting
-//! or a certificate that would be refused changes nothing.
+//! settings, the drain deadline, a new certificate in a server's certificate files, servers
+//! added and removed); what cannot (a server moved to another address or protocol, or given
+//! other certificate files; the admin endpoint; logging) is reported and waits for the next
+//! start. All or nothing: a file with a pool setting or a certificate that would be refused
+//! changes nothing.
 
 use std::sync::{Arc, RwLock};
 
 use poolserve_pool::{ConfigChange, FieldError, PoolRegistry};
 
-use crate::file_config::RunConfig;
+use crate::file_config::{RunConfig, ServerSpec};
 use crate::listener::Server;
 use crate::tls::{PemPair, ServerCert};
 
@@ -19,6 +20,10 @@ pub struct ReloadReport {
     pub changed: Vec<(String, Vec<ConfigChange>)>,
     /// Servers whose certificate files held a new certificate, now in use for new handshakes.
     pub certificates_replaced: Vec<String>,
+    /// Servers the file added, now listening.
+    pub servers_added: Vec<String>,
+    /// Servers the file removed, now draining.
+    pub servers_removed: Vec<String>,
     /// Differences that need a restart, for people.
     pub not_applied: Vec<String>,
 }
@@ -41,24 +46,48 @@ impl std::fmt::Display for ReloadError {
 
 impl std::error::Error for ReloadError {}
 
-/// Applies `next` to the pools of `registry`, and records it as the running config.
+/// What is left for the caller after [`apply`]: servers to start and to drain.
+#[derive(Debug, Default)]
+pub(crate) struct ServerChanges {
+    pub add: Vec<(ServerSpec, Option<PemPair>)>,
+    pub remove: Vec<String>,
+}
+
+/// Applies `next` to the pools of `registry` and records it as the running config, except the
+/// servers to add and remove, which it returns (their files checked) for the caller to start
+/// and drain.
 pub(crate) fn apply(
     registry: &PoolRegistry,
-    servers: &[Server],
+    servers: &[Arc<Server>],
     running: &Arc<RwLock<RunConfig>>,
     next: &RunConfig,
-) -> Result<ReloadReport, ReloadError> {
+) -> Result<(ReloadReport, ServerChanges), ReloadError> {
     let current = running.read().unwrap_or_else(|p| p.into_inner()).clone();
     let mut report = ReloadReport::default();
     let mut plan = Vec::new();
     let mut certificates = Vec::new();
     let mut errors = Vec::new();
+    let mut changes = ServerChanges::default();
     for spec in &next.servers {
         let Some(old) = current.servers.iter().find(|s| s.name == spec.name) else {
-            report.not_applied.push(format!(
-                "server {:?} is new: it starts at the next start",
-                spec.name
-            ));
+            // A new server: its certificate must load before anything is applied.
+            let pem = match &spec.tls {
+                Some(files) => match PemPair::from_files(files)
+                    .and_then(|pem| ServerCert::check(&pem).map(|()| pem))
+                {
+                    Ok(pem) => Some(pem),
+                    Err(e) => {
+                        errors.push(FieldError {
+                            field: format!("server[{}].tls", spec.name),
+                            value: files.cert.display().to_string(),
+                            reason: e.to_string(),
+                        });
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            changes.add.push((spec.clone(), pem));
             continue;
         };
         if old.protocol != spec.protocol || old.listen != spec.listen || old.tls != spec.tls {
@@ -74,7 +103,7 @@ pub(crate) fn apply(
             servers
                 .iter()
                 .find(|s| s.name() == spec.name)
-                .and_then(Server::certificate),
+                .and_then(|s| s.certificate()),
         ) {
             match PemPair::from_files(files).and_then(|pem| ServerCert::check(&pem).map(|()| pem)) {
                 Ok(pem) if !cert.is_current(&pem) => {
@@ -106,10 +135,7 @@ pub(crate) fn apply(
     }
     for old in &current.servers {
         if !next.servers.iter().any(|s| s.name == old.name) {
-            report.not_applied.push(format!(
-                "server {:?} was removed: it stops at the next start",
-                old.name
-            ));
+            changes.remove.push(old.name.clone());
         }
     }
     if next.admin_listen != current.admin_listen || next.admin_token != current.admin_token {
@@ -141,7 +167,8 @@ pub(crate) fn apply(
         }
     }
     let mut recorded = next.clone();
-    // What does not apply live stays as it runs, so `/config` shows the truth.
+    // What does not apply live stays as it runs, so `/config` shows the truth; servers added
+    // and removed are recorded by the caller once started or stopped.
     recorded.servers.retain(|s| {
         current.servers.iter().any(|o| {
             o.name == s.name && o.protocol == s.protocol && o.listen == s.listen && o.tls == s.tls
@@ -156,5 +183,5 @@ pub(crate) fn apply(
     recorded.admin_token = current.admin_token.clone();
     recorded.log = current.log.clone();
     *running.write().unwrap_or_else(|p| p.into_inner()) = recorded;
-    Ok(report)
+    Ok((report, changes))
 }

@@ -1,5 +1,7 @@
 //! A whole poolserve process: its servers, their pools, the admin endpoint and shutdown.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -9,17 +11,23 @@ use poolserve_pool::{CloseReport, PoolRegistry};
 
 use crate::admin::{AdminServer, AdminState};
 use crate::body::Body;
-use crate::file_config::RunConfig;
+use crate::file_config::{RunConfig, ServerSpec};
 use crate::grpc::GrpcServices;
 use crate::listener::{Protocol, Server, ServerError, ServerOptions};
 use crate::reload::{ReloadError, ReloadReport};
 use crate::tls::PemPair;
 
+type StartFuture = Pin<Box<dyn Future<Output = Result<Server, ServerError>> + Send>>;
+
+/// Starts one server of the runtime (its HTTP service or gRPC services captured), for servers
+/// a reload adds.
+type Starter = Arc<dyn Fn(Arc<PoolRegistry>, ServerOptions) -> StartFuture + Send + Sync>;
+
 /// Running servers plus the admin endpoint, sharing one pool registry.
-#[derive(Debug)]
 pub struct Runtime {
     registry: Arc<PoolRegistry>,
-    servers: Vec<Server>,
+    servers: RwLock<Vec<Arc<Server>>>,
+    starter: Starter,
     admin: AdminServer,
     draining: Arc<AtomicBool>,
     /// The running config, shared with the admin endpoint's `/config`.
@@ -75,6 +83,19 @@ impl Runtime {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let registry = Arc::new(PoolRegistry::new());
+        // A Mutex makes the service shareable without asking it to be `Sync`.
+        let service = std::sync::Mutex::new(service);
+        let starter: Starter = Arc::new(move |registry, options| {
+            let service = service.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let grpc = grpc.clone();
+            Box::pin(async move {
+                if options.protocol == Protocol::Grpc {
+                    Server::start_grpc(&registry, options, grpc).await
+                } else {
+                    Server::start(&registry, options, service).await
+                }
+            })
+        });
         let mut servers = Vec::new();
         for spec in &config.servers {
             let tls = match &spec.tls {
@@ -83,20 +104,10 @@ impl Runtime {
                 })?),
                 None => None,
             };
-            let options = ServerOptions {
-                name: spec.name.clone(),
-                protocol: spec.protocol,
-                listen: spec.listen,
-                tls,
-                pool: spec.pool.clone(),
-            };
-            let server = if spec.protocol == Protocol::Grpc {
-                Server::start_grpc(&registry, options, grpc.clone()).await
-            } else {
-                Server::start(&registry, options, service.clone()).await
-            }
-            .map_err(|e| StartError::Server(spec.name.clone(), e))?;
-            servers.push(server);
+            let server = starter(registry.clone(), options(spec, tls))
+                .await
+                .map_err(|e| StartError::Server(spec.name.clone(), e))?;
+            servers.push(Arc::new(server));
         }
         let draining = Arc::new(AtomicBool::new(false));
         let running = Arc::new(RwLock::new(config.clone()));
@@ -113,19 +124,66 @@ impl Runtime {
         .map_err(StartError::Admin)?;
         Ok(Runtime {
             registry,
-            servers,
+            servers: RwLock::new(servers),
+            starter,
             admin,
             draining,
             config: running,
         })
     }
 
-    /// Applies a new config live: every server's pool settings and the drain deadline, and a new
+    /// Applies a new config live: every server's pool settings and the drain deadline, a new
     /// certificate found in a server's certificate files (all validated first: a refused field
-    /// changes nothing). Servers added, removed, moved or given other certificate files, the
-    /// admin endpoint and logging are reported, not applied.
-    pub fn reload(&self, next: &RunConfig) -> Result<ReloadReport, ReloadError> {
-        crate::reload::apply(&self.registry, &self.servers, &self.config, next)
+    /// changes nothing), servers added (started) and removed (drained while the others serve).
+    /// A server moved or given other certificate files, the admin endpoint and logging are
+    /// reported, not applied.
+    pub async fn reload(&self, next: &RunConfig) -> Result<ReloadReport, ReloadError> {
+        let servers = self.servers();
+        let (mut report, changes) =
+            crate::reload::apply(&self.registry, &servers, &self.config, next)?;
+        for (spec, tls) in changes.add {
+            match (self.starter)(self.registry.clone(), options(&spec, tls)).await {
+                Ok(server) => {
+                    tracing::info!(server = %spec.name, protocol = spec.protocol.as_str(), addr = %server.local_addr(), "server added");
+                    self.write_servers().push(Arc::new(server));
+                    self.write_config().servers.push(spec.clone());
+                    report.servers_added.push(spec.name);
+                }
+                Err(e) => report
+                    .not_applied
+                    .push(format!("server {:?} could not start: {e}", spec.name)),
+            }
+        }
+        let deadline = self.write_config().drain_timeout;
+        for name in changes.remove {
+            let removed = {
+                let mut servers = self.write_servers();
+                let at = servers.iter().position(|s| s.name() == name);
+                at.map(|i| servers.remove(i))
+            };
+            self.write_config().servers.retain(|s| s.name != name);
+            if let Some(server) = removed {
+                tracing::info!(server = %name, "server removed; draining");
+                let registry = self.registry.clone();
+                // The others go on serving while this one drains; its pool leaves the registry
+                // (and the metrics) once it is empty.
+                tokio::spawn(async move {
+                    let report = server.drain(deadline).await;
+                    registry.remove(server.name());
+                    tracing::info!(server = %server.name(), polite = report.closed_politely, forced = report.forced, "removed server drained");
+                });
+                report.servers_removed.push(name);
+            }
+        }
+        Ok(report)
+    }
+
+    fn write_servers(&self) -> std::sync::RwLockWriteGuard<'_, Vec<Arc<Server>>> {
+        self.servers.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_config(&self) -> std::sync::RwLockWriteGuard<'_, RunConfig> {
+        self.config.write().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The running config (pool settings as at start or the last reload).
@@ -142,13 +200,21 @@ impl Runtime {
     }
 
     /// The running servers.
-    pub fn servers(&self) -> &[Server] {
-        &self.servers
+    pub fn servers(&self) -> Vec<Arc<Server>> {
+        self.servers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The server named `name`.
-    pub fn server(&self, name: &str) -> Option<&Server> {
-        self.servers.iter().find(|s| s.name() == name)
+    pub fn server(&self, name: &str) -> Option<Arc<Server>> {
+        self.servers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|s| s.name() == name)
+            .cloned()
     }
 
     /// The admin endpoint's address.
@@ -167,9 +233,10 @@ impl Runtime {
             .drain_timeout;
         tracing::info!(?deadline, "shutting down");
         let mut draining = tokio::task::JoinSet::new();
-        for server in self.servers {
+        let servers = std::mem::take(&mut *self.write_servers());
+        for server in servers {
             let name = server.name().to_owned();
-            draining.spawn(async move { (name, server.shutdown(deadline).await) });
+            draining.spawn(async move { (name, server.drain(deadline).await) });
         }
         let mut reports = Vec::new();
         while let Some(done) = draining.join_next().await {
@@ -183,5 +250,24 @@ impl Runtime {
             tracing::info!(server = %name, open = r.open_at_start, polite = r.closed_politely, forced = r.forced, "server drained");
         }
         reports
+    }
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("servers", &self.servers)
+            .field("admin", &self.admin)
+            .finish_non_exhaustive()
+    }
+}
+
+fn options(spec: &ServerSpec, tls: Option<PemPair>) -> ServerOptions {
+    ServerOptions {
+        name: spec.name.clone(),
+        protocol: spec.protocol,
+        listen: spec.listen,
+        tls,
+        pool: spec.pool.clone(),
     }
 }

@@ -172,7 +172,7 @@ async fn a_bad_patch_is_refused_naming_each_field_and_nothing_is_applied() {
         .map(|e| e["field"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(fields, ["max_connections", "headers_timeout"], "{body}");
-    let pool = h.runtime.server("web").unwrap().pool();
+    let pool = h.runtime.server("web").unwrap().pool().clone();
     assert_eq!(pool.config().max_connections, Some(50));
     assert_eq!(
         pool.config().keep_alive_timeout,

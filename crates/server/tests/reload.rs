@@ -1,5 +1,6 @@
 //! Reloading a running config: pool settings live, a rotated certificate seen by new TLS
-//! handshakes while open connections keep theirs, and a broken file changing nothing.
+//! handshakes while open connections keep theirs, servers added and removed (draining), and a
+//! broken file changing nothing.
 
 mod support;
 
@@ -33,7 +34,7 @@ async fn a_rotated_certificate_serves_new_handshakes_and_old_connections_continu
     let rotated = PemPair::self_signed().unwrap();
     std::fs::write(&files.cert, &rotated.cert_pem).unwrap();
     std::fs::write(&files.key, &rotated.key_pem).unwrap();
-    let report = h.runtime.reload(&h.runtime.config()).unwrap();
+    let report = h.runtime.reload(&h.runtime.config()).await.unwrap();
     assert!(
         report.certificates_replaced.iter().any(|s| s == "web-tls"),
         "{report:?}"
@@ -59,7 +60,7 @@ async fn a_rotated_certificate_serves_new_handshakes_and_old_connections_continu
             ..Default::default()
         });
     }
-    let err = h.runtime.reload(&next).unwrap_err();
+    let err = h.runtime.reload(&next).await.unwrap_err();
     assert!(
         err.0.iter().any(|f| f.field == "server[web-tls].tls"),
         "{err}"
@@ -80,7 +81,7 @@ async fn a_rotated_certificate_serves_new_handshakes_and_old_connections_continu
 
     // With the files whole again, the same change applies.
     std::fs::write(&files.cert, &rotated.cert_pem).unwrap();
-    let report = h.runtime.reload(&next).unwrap();
+    let report = h.runtime.reload(&next).await.unwrap();
     assert!(
         report.changed.iter().any(|(name, _)| name == "web"),
         "{report:?}"
@@ -97,20 +98,69 @@ async fn a_rotated_certificate_serves_new_handshakes_and_old_connections_continu
 }
 
 #[tokio::test]
+async fn servers_added_start_and_servers_removed_drain_while_the_others_serve() {
+    let h = start(PoolSettings::default()).await;
+    let mut busy = Client::connect(h.http).await;
+    let in_flight = tokio::spawn(async move { busy.request("GET", "/sleep?ms=300", "").await });
+    let web = h.runtime.server("web").unwrap();
+    tokio::time::timeout(WAIT, async {
+        while web.pool().metrics().requests_in_flight == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
+
+    let mut next = h.runtime.config();
+    let mut extra = next
+        .servers
+        .iter()
+        .find(|s| s.name == "web")
+        .unwrap()
+        .clone();
+    extra.name = "extra".into();
+    next.servers.retain(|s| s.name != "web");
+    next.servers.push(extra);
+    let report = h.runtime.reload(&next).await.unwrap();
+    assert_eq!(report.servers_added, ["extra"]);
+    assert_eq!(report.servers_removed, ["web"]);
+
+    let added = h.runtime.server("extra").expect("the new server runs");
+    assert_eq!(get(added.local_addr(), "/").await.status(), 200);
+    assert!(h.runtime.server("web").is_none());
+    let names: Vec<_> = h
+        .runtime
+        .config()
+        .servers
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert!(names.contains(&"extra".to_string()) && !names.contains(&"web".to_string()));
+    // The removed server's request in flight finishes; its listener is gone; others serve on.
+    let res = in_flight.await.unwrap();
+    assert_eq!(res.status(), 200);
+    tokio::time::timeout(WAIT, async {
+        while h.runtime.registry().get("web").is_some() {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the drained pool leaves the registry");
+    assert!(
+        TcpStream::connect(h.http).await.is_err(),
+        "no longer listening"
+    );
+    let (mut h2, _conn) = H2Client::connect(h.h2c).await;
+    assert_eq!(h2.get("/").await.status(), 200);
+}
+
+#[tokio::test]
 async fn what_cannot_change_live_is_reported_and_left_as_it_runs() {
     let h = start(PoolSettings::default()).await;
     let mut next = h.runtime.config();
-    next.servers.retain(|s| s.name != "live");
     next.servers[0].listen = "127.0.0.1:1".parse().unwrap();
     let moved = next.servers[0].name.clone();
-    let report = h.runtime.reload(&next).unwrap();
-    assert!(
-        report
-            .not_applied
-            .iter()
-            .any(|n| n.contains("\"live\" was removed")),
-        "{report:?}"
-    );
+    let report = h.runtime.reload(&next).await.unwrap();
     assert!(
         report
             .not_applied
@@ -118,17 +168,9 @@ async fn what_cannot_change_live_is_reported_and_left_as_it_runs() {
             .any(|n| n.contains(&format!("{moved:?}"))),
         "{report:?}"
     );
-    // /config still shows what runs.
+    // /config still shows what runs, and the server still serves where it was.
     let running = h.runtime.config();
-    assert!(running.servers.iter().any(|s| s.name == "live"));
-    assert_ne!(
-        running
-            .servers
-            .iter()
-            .find(|s| s.name == moved)
-            .unwrap()
-            .listen,
-        "127.0.0.1:1".parse().unwrap()
-    );
+    let kept = running.servers.iter().find(|s| s.name == moved).unwrap();
+    assert_ne!(kept.listen, "127.0.0.1:1".parse().unwrap());
     assert_eq!(get(h.http, "/").await.status(), 200);
 }

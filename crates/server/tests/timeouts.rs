@@ -32,7 +32,7 @@ fn assert_within(elapsed: Duration, bound: Duration) {
 }
 
 async fn wait_for_timeout(h: &Harness, kind: TimeoutKind) {
-    let pool = h.runtime.server("web").unwrap().pool();
+    let pool = h.runtime.server("web").unwrap().pool().clone();
     let name = kind.as_str();
     let mut events = h.runtime.registry().subscribe();
     if pool
@@ -105,7 +105,7 @@ async fn a_stalled_tls_handshake_is_closed() {
     let got = read_to_close(&mut s).await;
     assert!(got.is_empty());
     assert_within(start.elapsed(), Duration::from_millis(500));
-    let pool = h.runtime.server("web-tls").unwrap().pool();
+    let pool = h.runtime.server("web-tls").unwrap().pool().clone();
     let mut events = h.runtime.registry().subscribe();
     if !pool.metrics().timeouts.contains(&("handshake", 1)) {
         wait_events(&mut events, 1, |k| {
