@@ -79,18 +79,7 @@ else
   nginx_h2_listen=" http2"; nginx_h2_directive=""
 fi
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-wait_port() {
-  for _ in $(seq 400); do
-    (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
-    sleep 0.05
-  done
-  echo "port $1 never opened" >&2
-  exit 1
-}
-rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+source bench/lib.sh
 
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
@@ -191,7 +180,7 @@ start() { # $1 = peer; sets server_pid, server_url (of `/`) and kind (get|grpc)
   server_pid=$!; pids+=("$server_pid")
   [[ "$1" == *_tls ]] && scheme=https
   server_url="$scheme://127.0.0.1:$port"
-  wait_port "$port"
+  wait_port "$port" 400
 }
 stop() { kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; }
 

@@ -11,17 +11,7 @@ command -v valgrind >/dev/null || apt-get install -y -q valgrind >/dev/null
 command -v h2load >/dev/null || apt-get install -y -q nghttp2-client >/dev/null
 cargo build --release -q -p poolserve --bins --examples
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-wait_port() {
-  for _ in $(seq 600); do
-    (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "port $1 never opened" >&2
-  exit 1
-}
+source bench/lib.sh
 
 count() { # $1 = name, $2 = port, rest = server command; prints instructions per request
   local name=$1 port=$2; shift 2
@@ -29,7 +19,7 @@ count() { # $1 = name, $2 = port, rest = server command; prints instructions per
   valgrind --tool=callgrind --callgrind-out-file="$out/callgrind.$name.%p" "$@" \
     > "$out/callgrind.$name.log" 2>&1 &
   local vg=$!
-  wait_port "$port"
+  wait_port "$port" 1200
   h2load --h1 -n 2000 -c 16 "http://127.0.0.1:$port/" > /dev/null   # warm-up
   callgrind_control -z "$vg" > /dev/null
   h2load --h1 -n "$N" -c 16 "http://127.0.0.1:$port/" | grep -q "$N succeeded"

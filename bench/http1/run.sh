@@ -37,18 +37,7 @@ cargo build --release -q -p poolserve --bins --examples
 bin=target/release
 ulimit -n "$(ulimit -Hn)"  # 10,000 sockets per process need more than the usual 1,024
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-wait_port() {
-  for _ in $(seq 200); do
-    (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
-    sleep 0.05
-  done
-  echo "port $1 never opened" >&2
-  exit 1
-}
-rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+source bench/lib.sh
 
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
