@@ -19,7 +19,7 @@ use futures_util::task::AtomicWaker;
 use std::task::{Wake, Waker};
 
 use crate::events::{ConnectionId, PoolEventKind};
-use crate::metrics::CloseReason;
+use crate::metrics::{CloseReason, TimeoutKind};
 use crate::policy::{Activity, Phase, ProtocolPolicy};
 use crate::pool::{PoolCore, PoolInner};
 
@@ -326,6 +326,26 @@ impl ConnectionTracker {
             id: s.id,
             error: error.to_string(),
         });
+    }
+
+    /// Whether the connection multiplexes requests as streams (HTTP/2).
+    pub fn is_multiplexed(&self) -> bool {
+        self.shared.is_multiplexed()
+    }
+
+    /// The pool's `request_timeout` in force.
+    pub fn request_timeout(&self) -> std::time::Duration {
+        self.shared.core.config().request_timeout
+    }
+
+    /// One request of a multiplexed connection overran `request_timeout` (its body did not
+    /// arrive in time): counted as a `request` timeout; the connection and its other streams go
+    /// on, so no close is recorded.
+    pub fn request_timed_out(&self) {
+        let s = &self.shared;
+        s.core.counters.timeouts[TimeoutKind::Request.index()].fetch_add(1, Ordering::Relaxed);
+        s.peer_failed.store(true, Ordering::Relaxed);
+        tracing::debug!(pool = %s.core.name, id = s.id, "request timed out on a multiplexed connection");
     }
 
     /// The connection multiplexes requests as streams (HTTP/2): bytes between streams do not

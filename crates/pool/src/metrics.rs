@@ -121,7 +121,7 @@ impl TimeoutKind {
         }
     }
 
-    fn index(&self) -> usize {
+    pub(crate) fn index(&self) -> usize {
         match self {
             TimeoutKind::Handshake => 0,
             TimeoutKind::Headers => 1,

@@ -1,5 +1,6 @@
 //! Request and response bodies that tell the pool when a request was received and finished.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
@@ -7,24 +8,55 @@ use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use poolserve_pool::{ConnectionTracker, RequestTracker};
+use tokio::time::{Instant, Sleep};
 
 /// The request body handlers receive: hyper's body, reporting to the pool when it is fully
-/// received so the request timeout stops applying.
+/// received so the request timeout stops applying. On a multiplexed connection (HTTP/2), where
+/// the connection's timer leaves streams alone, the body itself enforces `request_timeout`: a
+/// body not received in time fails with [`RequestTimeout`]. gRPC calls are bounded by their
+/// `grpc-timeout` instead, since a client stream may rightly last long.
 #[derive(Debug)]
 pub struct Body {
     inner: Incoming,
     tracker: Option<ConnectionTracker>,
+    deadline: Option<Pin<Box<Sleep>>>,
 }
 
+/// The error of a request body that did not arrive within `request_timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestTimeout;
+
+impl std::fmt::Display for RequestTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the request body did not arrive within request_timeout")
+    }
+}
+
+impl std::error::Error for RequestTimeout {}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 impl Body {
-    pub(crate) fn new(inner: Incoming, tracker: ConnectionTracker) -> Self {
-        let tracker = if inner.is_end_stream() {
+    /// `timed`: whether this body enforces `request_timeout` itself (a stream of a multiplexed
+    /// connection that is not a gRPC call, whose deadline is its `grpc-timeout`).
+    pub(crate) fn new(inner: Incoming, tracker: ConnectionTracker, timed: bool) -> Self {
+        if inner.is_end_stream() {
             tracker.body_received();
-            None
-        } else {
-            Some(tracker)
-        };
-        Body { inner, tracker }
+            return Body {
+                inner,
+                tracker: None,
+                deadline: None,
+            };
+        }
+        let deadline = timed.then(|| {
+            let at = Instant::now() + tracker.request_timeout();
+            Box::pin(tokio::time::sleep_until(at))
+        });
+        Body {
+            inner,
+            tracker: Some(tracker),
+            deadline,
+        }
     }
 }
 
@@ -40,14 +72,27 @@ impl Drop for Body {
 
 impl HttpBody for Body {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => {
+                if let (Some(deadline), Some(_)) = (this.deadline.as_mut(), &this.tracker) {
+                    ready!(deadline.as_mut().poll(cx));
+                    this.deadline = None;
+                    if let Some(t) = this.tracker.take() {
+                        t.request_timed_out();
+                    }
+                    return Poll::Ready(Some(Err(Box::new(RequestTimeout))));
+                }
+                return Poll::Pending;
+            }
+        };
         let done = match &frame {
             None => true,
             Some(Ok(_)) => this.inner.is_end_stream(),
@@ -59,11 +104,12 @@ impl HttpBody for Body {
             }
         };
         if done {
+            this.deadline = None;
             if let Some(t) = this.tracker.take() {
                 t.body_received();
             }
         }
-        Poll::Ready(frame)
+        Poll::Ready(frame.map(|f| f.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {

@@ -25,7 +25,7 @@ pub mod tls;
 mod upgrade;
 mod ws;
 
-pub use body::{Body, TrackedBody};
+pub use body::{Body, RequestTimeout, TrackedBody};
 pub use http1::Http1Connection;
 pub use http2::Http2Connection;
 pub use io::TrackedIo;

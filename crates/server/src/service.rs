@@ -43,7 +43,13 @@ where
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let request = self.tracker.request_started();
-        let mut req = req.map(|b| Body::new(b, self.tracker.clone()));
+        // A stream of a multiplexed connection times its own body, except a gRPC call's.
+        let timed = self.tracker.is_multiplexed()
+            && !req
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let mut req = req.map(|b| Body::new(b, self.tracker.clone(), timed));
         // Only a request that can take the connection over needs the handle; leaving it off the
         // others spares every plain request an extensions map.
         if req.headers().contains_key(http::header::UPGRADE)

@@ -318,3 +318,65 @@ async fn a_peer_that_ignores_pings_is_closed_as_a_pong_timeout() {
     tokio::time::sleep(Duration::from_millis(900)).await;
     assert_eq!(live.get("/").await.status(), 200);
 }
+
+#[tokio::test]
+async fn a_stream_whose_body_stalls_is_cut_at_request_timeout_and_the_connection_goes_on() {
+    use http_body_util::{BodyExt, StreamBody};
+    let h = start(PoolSettings {
+        request_timeout: Some("300ms".into()),
+        ..Default::default()
+    })
+    .await;
+    let pool = h.runtime.server("h2c").unwrap().pool().clone();
+    let stream = TcpStream::connect(h.h2c).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    // One chunk, then nothing: the sender is kept alive so the body never ends.
+    let (tx, rx) =
+        tokio::sync::mpsc::channel::<Result<http_body::Frame<bytes::Bytes>, std::io::Error>>(1);
+    tx.send(Ok(http_body::Frame::data(bytes::Bytes::from_static(
+        b"first",
+    ))))
+    .await
+    .unwrap();
+    let body = StreamBody::new(Box::pin(futures_util::stream::unfold(
+        rx,
+        |mut rx| async move { rx.recv().await.map(|item| (item, rx)) },
+    )))
+    .boxed();
+    let req = http::Request::post("http://localhost/echo")
+        .body(body)
+        .unwrap();
+    let started = Instant::now();
+    let res = sender.send_request(req).await.unwrap();
+    let outcome = tokio::time::timeout(WAIT, res.into_body().collect())
+        .await
+        .expect("the server ends the stalled stream");
+    assert!(outcome.is_err(), "the echo of a stalled body breaks off");
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(250),
+        "cut after {elapsed:?}"
+    );
+    wait_until("the request timeout counted", || {
+        pool.metrics().timeouts.contains(&("request", 1))
+    })
+    .await;
+    // The connection and its other streams go on; the client's stall is not the server's error.
+    let fine = http::Request::get("http://localhost/")
+        .body(
+            http_body_util::Empty::<bytes::Bytes>::new()
+                .map_err(|never| match never {})
+                .boxed(),
+        )
+        .unwrap();
+    assert_eq!(sender.send_request(fine).await.unwrap().status(), 200);
+    let m = pool.metrics();
+    assert_eq!((m.accepted, m.errors), (1, 0));
+    drop(tx);
+}
