@@ -58,6 +58,8 @@ fn main() -> ExitCode {
             }
         };
     }
+    // Taken before the file is read, so a change made while the servers start is still seen.
+    let loaded_mtime = cli.config.as_deref().and_then(modified);
     let config = match &cli.config {
         Some(path) => match RunConfig::from_file(path) {
             Ok(cfg) => cfg,
@@ -81,7 +83,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(config, cli.config))
+    runtime.block_on(run(config, cli.config.map(|p| (p, loaded_mtime))))
 }
 
 /// How often the config file's modification time is checked.
@@ -89,6 +91,15 @@ const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn modified(path: &std::path::Path) -> Option<std::time::SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// How long a changed file must stay unchanged before it is read.
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The file's modification time after a short pause.
+async fn settled(path: &std::path::Path) -> Option<std::time::SystemTime> {
+    tokio::time::sleep(SETTLE).await;
+    modified(path)
 }
 
 /// Re-reads the config file and applies it; a file with a bad field changes nothing.
@@ -128,7 +139,10 @@ async fn reload(servers: &Runtime, path: &std::path::Path, why: &'static str) {
     }
 }
 
-async fn run(config: RunConfig, path: Option<PathBuf>) -> ExitCode {
+async fn run(
+    config: RunConfig,
+    file: Option<(PathBuf, Option<std::time::SystemTime>)>,
+) -> ExitCode {
     let servers = match Runtime::start(&config, demo::service()).await {
         Ok(s) => s,
         Err(e) => {
@@ -151,8 +165,8 @@ async fn run(config: RunConfig, path: Option<PathBuf>) -> ExitCode {
         );
     }
     tracing::info!(admin = %servers.admin_addr(), "poolserve is up");
-    let signal = match &path {
-        Some(path) => watch_config(&servers, path).await,
+    let signal = match &file {
+        Some((path, loaded)) => watch_config(&servers, path, *loaded).await,
         None => wait_for_signal().await,
     };
     tracing::info!(signal, "draining");
@@ -168,8 +182,12 @@ async fn run(config: RunConfig, path: Option<PathBuf>) -> ExitCode {
 }
 
 /// Reloads the config file when it changes or on SIGHUP, until SIGTERM or SIGINT.
-async fn watch_config(servers: &Runtime, path: &std::path::Path) -> &'static str {
-    let mut seen = modified(path);
+async fn watch_config(
+    servers: &Runtime,
+    path: &std::path::Path,
+    loaded: Option<std::time::SystemTime>,
+) -> &'static str {
+    let mut seen = loaded;
     let mut tick = tokio::time::interval(WATCH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     #[cfg(unix)]
@@ -196,7 +214,9 @@ async fn watch_config(servers: &Runtime, path: &std::path::Path) -> &'static str
             }
             _ = tick.tick() => {
                 let now = modified(path);
-                if now != seen {
+                // Read only a file that has settled: one still being written (truncated, say)
+                // waits for the next tick.
+                if now != seen && now == settled(path).await {
                     seen = now;
                     reload(servers, path, "file changed").await;
                 }
