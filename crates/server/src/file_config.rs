@@ -352,6 +352,14 @@ impl FileConfig {
                 "a server listens here too",
             ));
         }
+        if self.server.is_empty() {
+            // Most likely a file cut short; taken live, it would stop every server.
+            errors.push(field_error(
+                "server",
+                "(none)",
+                "at least one [[server]] is required",
+            ));
+        }
         if errors.is_empty() {
             Ok(RunConfig {
                 admin_listen,
@@ -487,6 +495,13 @@ mod tests {
             .servers
             .iter()
             .any(|s| s.name == "rpc" && s.protocol == Protocol::Grpc));
+    }
+
+    #[test]
+    fn a_file_without_servers_is_refused() {
+        let err = RunConfig::from_toml("[admin]\nlisten = \"127.0.0.1:0\"\n").unwrap_err();
+        assert!(err.to_string().contains("at least one [[server]]"), "{err}");
+        assert!(RunConfig::from_toml("").is_err());
     }
 
     #[test]
