@@ -291,3 +291,43 @@ async fn openapi_document_lists_every_admin_path() {
         assert!(doc["paths"][path].is_object(), "{path} missing");
     }
 }
+
+/// Every metric the Grafana dashboard in deploy/ queries is one poolserve exports.
+#[tokio::test]
+async fn the_grafana_dashboard_queries_only_exported_metrics() {
+    let h = start(PoolSettings::default()).await;
+    assert_eq!(get(h.http, "/").await.status(), 200);
+    let (_, metrics) = admin(h.admin, "/metrics").await;
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../deploy/grafana/poolserve.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(panels.len() >= 10);
+    let mut queried = std::collections::BTreeSet::new();
+    for panel in panels {
+        let targets = panel["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "{}", panel["title"]);
+        for target in targets {
+            let expr = target["expr"].as_str().unwrap();
+            let mut rest = expr;
+            while let Some(at) = rest.find("poolserve_") {
+                let name: String = rest[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                    .collect();
+                rest = &rest[at + name.len()..];
+                queried.insert(name);
+            }
+        }
+    }
+    assert!(queried.len() >= 15, "{queried:?}");
+    for name in &queried {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} "))),
+            "the dashboard queries {name}, which /metrics does not export"
+        );
+    }
+}
