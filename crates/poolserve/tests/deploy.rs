@@ -1,0 +1,105 @@
+//! The Kubernetes manifest in deploy/ agrees with poolserve: its embedded config passes
+//! `poolserve --check`, the probes point at the admin endpoint's `/livez` and `/readyz` and at
+//! the gRPC server, the ports are the config's, and the grace period outlasts the drain.
+//! (The manifest is read with PyYAML from the test venv that scripts/test installs.)
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_poolserve");
+
+fn venv_python() -> PathBuf {
+    let venv = std::env::var_os("POOLSERVE_TEST_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv"));
+    let bin = venv.join("bin/python");
+    assert!(
+        bin.exists(),
+        "{} is missing: run scripts/test (it installs the Python test clients)",
+        bin.display()
+    );
+    bin
+}
+
+#[test]
+fn the_kubernetes_manifest_matches_the_config_it_carries() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dir = std::env::temp_dir().join(format!("poolserve-deploy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let toml = dir.join("poolserve.toml");
+    let out = Command::new(venv_python())
+        .arg(root.join("crates/poolserve/tests/k8s_manifest.py"))
+        .arg(root.join("deploy/kubernetes/poolserve.yaml"))
+        .arg(&toml)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+
+    let check = Command::new(BIN)
+        .arg("--check")
+        .arg(&toml)
+        .output()
+        .unwrap();
+    assert_eq!(
+        check.status.code(),
+        Some(0),
+        "the embedded config is refused: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let admin = m["admin_port"].as_u64().unwrap();
+    assert_eq!(m["liveness"]["path"], "/livez");
+    assert_eq!(m["liveness"]["port"].as_u64(), Some(admin));
+    assert_eq!(m["readiness"]["path"], "/readyz");
+    assert_eq!(m["readiness"]["port"].as_u64(), Some(admin));
+    let grpc_port = m["servers"]
+        .as_object()
+        .unwrap()
+        .values()
+        .find(|s| s[0] == "grpc")
+        .map(|s| s[1].as_u64().unwrap())
+        .expect("a grpc server for the gRPC probe");
+    assert_eq!(m["startup"]["grpc"].as_u64(), Some(grpc_port));
+    // Every server's port and the admin port are container ports the Service targets.
+    let ports: Vec<u64> = m["container_ports"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|p| p.as_u64().unwrap())
+        .collect();
+    for server in m["servers"].as_object().unwrap().values() {
+        assert!(ports.contains(&server[1].as_u64().unwrap()), "{server}");
+    }
+    assert!(ports.contains(&admin));
+    let targets = m["service_targets"].as_array().unwrap();
+    for name in m["container_ports"].as_object().unwrap().keys() {
+        assert!(targets.iter().any(|t| t == name), "Service misses {name}");
+    }
+    // The kubelet waits longer than poolserve's drain.
+    let drain = humantime_secs(m["drain_timeout"].as_str().unwrap());
+    let grace = Duration::from_secs(m["grace_seconds"].as_u64().unwrap());
+    assert!(
+        grace > drain,
+        "grace {grace:?} must outlast drain {drain:?}"
+    );
+    // The container runs the mounted config.
+    let args: Vec<&str> = m["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(args[0], "--config");
+    assert!(args[1].starts_with(m["config_mount"].as_str().unwrap()));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Seconds of a `"25s"`-style duration (the manifest uses whole seconds).
+fn humantime_secs(text: &str) -> Duration {
+    Duration::from_secs(text.trim_end_matches('s').parse().unwrap())
+}

@@ -1,0 +1,44 @@
+"""Reads deploy/kubernetes/poolserve.yaml and prints what the deploy test checks, as JSON: the
+embedded poolserve config (also written to OUT_TOML), the Deployment's probes, ports and grace
+period, and the Service's ports.
+
+    k8s_manifest.py MANIFEST OUT_TOML
+"""
+
+import json
+import sys
+import tomllib
+
+import yaml
+
+manifest, out_toml = sys.argv[1], sys.argv[2]
+docs = {d["kind"]: d for d in yaml.safe_load_all(open(manifest))}
+config_text = docs["ConfigMap"]["data"]["poolserve.toml"]
+open(out_toml, "w").write(config_text)
+config = tomllib.loads(config_text)
+pod = docs["Deployment"]["spec"]["template"]["spec"]
+container = pod["containers"][0]
+ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+
+
+def probe(name):
+    p = container[name]
+    if "httpGet" in p:
+        port = p["httpGet"]["port"]
+        return {"path": p["httpGet"]["path"], "port": ports.get(port, port)}
+    return {"grpc": p["grpc"]["port"]}
+
+
+print(json.dumps({
+    "drain_timeout": config["drain_timeout"],
+    "admin_port": int(config["admin"]["listen"].rsplit(":", 1)[1]),
+    "servers": {s["name"]: [s["protocol"], int(s["listen"].rsplit(":", 1)[1])] for s in config["server"]},
+    "grace_seconds": pod["terminationGracePeriodSeconds"],
+    "container_ports": ports,
+    "liveness": probe("livenessProbe"),
+    "readiness": probe("readinessProbe"),
+    "startup": probe("startupProbe"),
+    "config_mount": container["volumeMounts"][0]["mountPath"],
+    "args": container["args"],
+    "service_targets": [p["targetPort"] for p in docs["Service"]["spec"]["ports"]],
+}))
