@@ -25,6 +25,8 @@ async fn bearer_token_guards_every_admin_path() {
         "/readyz",
         "/config",
         "/openapi.json",
+        "/",
+        "/stats",
     ] {
         assert_eq!(admin_with(h.admin, path, None).await.0, 401, "{path}");
         assert_eq!(
@@ -287,6 +289,8 @@ async fn openapi_document_lists_every_admin_path() {
         "/servers/{name}/pool",
         "/events",
         "/openapi.json",
+        "/",
+        "/stats",
     ] {
         assert!(doc["paths"][path].is_object(), "{path} missing");
     }

@@ -92,6 +92,8 @@ impl AdminState {
 /// The admin router, for mounting or serving.
 pub fn router(state: AdminState) -> Router {
     Router::new()
+        .route("/", get(dashboard))
+        .route("/stats", get(stats))
         .route("/metrics", get(metrics))
         .route("/health", get(health))
         .route("/livez", get(|| async { "ok\n" }))
@@ -133,6 +135,33 @@ async fn metrics(State(state): State<AdminState>) -> Response {
         )
             .into_response(),
     }
+}
+
+/// The live dashboard: one page, embedded in the binary, fed by `/health`, `/stats` and `/events`.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+async fn dashboard() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        )],
+        DASHBOARD,
+    )
+        .into_response()
+}
+
+/// Every pool's metrics snapshot as JSON (the dashboard's counters and latency percentiles).
+#[derive(Debug, Serialize)]
+pub struct StatsDocument {
+    /// One snapshot per pool.
+    pub pools: Vec<poolserve_pool::MetricsSnapshot>,
+}
+
+async fn stats(State(state): State<AdminState>) -> Json<StatsDocument> {
+    Json(StatsDocument {
+        pools: state.registry.metrics(),
+    })
 }
 
 async fn health(State(state): State<AdminState>) -> Json<HealthDocument> {

@@ -122,6 +122,17 @@ pub fn document() -> Value {
                 "summary": "Every pool event as a server-sent event named by its kind (connection_added, connection_removed, connection_timeout, connection_error, pool_limit_reached, health_status_changed; lagged when events were lost)",
                 "responses": { "200": { "description": "event stream", "content": { "text/event-stream": { "schema": { "type": "string" } } } } }
             }},
+            "/": { "get": {
+                "summary": "The live dashboard (HTML)",
+                "responses": { "200": { "description": "the page", "content": { "text/html": { "schema": { "type": "string" } } } } }
+            }},
+            "/stats": { "get": {
+                "summary": "Every pool's metrics snapshot: counters, gauges, latency percentiles since start",
+                "responses": { "200": { "description": "snapshots", "content": { "application/json": { "schema": {
+                    "type": "object", "required": ["pools"],
+                    "properties": { "pools": { "type": "array", "items": { "type": "object" } } }
+                }}}}}
+            }},
             "/openapi.json": { "get": {
                 "summary": "This document",
                 "responses": { "200": { "description": "OpenAPI document", "content": { "application/json": { "schema": { "type": "object" } } } } }
