@@ -174,3 +174,189 @@ async fn what_cannot_change_live_is_reported_and_left_as_it_runs() {
     assert_ne!(kept.listen, "127.0.0.1:1".parse().unwrap());
     assert_eq!(get(h.http, "/").await.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_pool_setting_reloads_under_load_without_a_failed_request() {
+    use poolserve_pool::{
+        GrpcSettings, HealthSettings, Http1Settings, Http2Settings, WebSocketSettings,
+    };
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let h = start(PoolSettings::default()).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let load = {
+        let (stop, ok, failed, http, h2c) =
+            (stop.clone(), ok.clone(), failed.clone(), h.http, h.h2c);
+        tokio::spawn(async move {
+            let mut kept = Client::connect(http).await;
+            let (mut h2, _conn) = H2Client::connect(h2c).await;
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let good = match n % 3 {
+                    0 => get(http, "/").await.status() == 200,
+                    1 => kept
+                        .try_request("GET", "/", "")
+                        .await
+                        .is_ok_and(|r| r.status() == 200),
+                    _ => h2
+                        .try_request("GET", "/", "")
+                        .await
+                        .is_ok_and(|r| r.status() == 200),
+                };
+                if good {
+                    ok.fetch_add(1, Ordering::Relaxed)
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed)
+                };
+            }
+        })
+    };
+    let d = |s: &str| Some(s.to_string());
+    let patches = [
+        PoolSettings {
+            max_connections: Some(500),
+            ..Default::default()
+        },
+        PoolSettings {
+            max_connections_per_ip: Some(100),
+            ..Default::default()
+        },
+        PoolSettings {
+            connection_timeout: d("20s"),
+            ..Default::default()
+        },
+        PoolSettings {
+            keep_alive_timeout: d("4s"),
+            ..Default::default()
+        },
+        PoolSettings {
+            request_timeout: d("20s"),
+            ..Default::default()
+        },
+        PoolSettings {
+            headers_timeout: d("8s"),
+            ..Default::default()
+        },
+        PoolSettings {
+            http1: Some(Http1Settings {
+                max_header_size: Some(32768),
+            }),
+            ..Default::default()
+        },
+        PoolSettings {
+            http2: Some(Http2Settings {
+                max_session_memory: Some(8 << 20),
+                max_header_list_size: Some(32768),
+                max_concurrent_streams: Some(100),
+                keep_alive_interval: d("20s"),
+                keep_alive_timeout: d("5s"),
+            }),
+            ..Default::default()
+        },
+        PoolSettings {
+            grpc: Some(GrpcSettings {
+                max_receive_message_length: Some(2 << 20),
+                max_send_message_length: Some(2 << 20),
+                keep_alive_time: d("20s"),
+            }),
+            ..Default::default()
+        },
+        PoolSettings {
+            websocket: Some(WebSocketSettings {
+                ping_interval: d("20s"),
+                pong_timeout: d("5s"),
+                max_message_size: Some(1 << 20),
+                max_frame_size: Some(1 << 20),
+                idle_timeout: d("5m"),
+            }),
+            ..Default::default()
+        },
+        PoolSettings {
+            health: Some(HealthSettings {
+                degraded_utilization: Some(0.7),
+                overloaded_utilization: Some(0.9),
+                degraded_error_rate: Some(0.1),
+                overloaded_error_rate: Some(0.6),
+                degraded_response_time: d("1s"),
+                window: d("20s"),
+            }),
+            ..Default::default()
+        },
+    ];
+    for patch in &patches {
+        let before = ok.load(Ordering::Relaxed);
+        let mut next = h.runtime.config();
+        for s in &mut next.servers {
+            s.pool = s.pool.apply(patch, "").unwrap().0;
+        }
+        let report = h.runtime.reload(&next).await.unwrap();
+        assert_eq!(
+            report.changed.len(),
+            next.servers.len(),
+            "{patch:?}: {report:?}"
+        );
+        for s in &next.servers {
+            // In force in the pool and shown as running.
+            assert_eq!(
+                *h.runtime.server(&s.name).unwrap().pool().config(),
+                s.pool,
+                "{}",
+                s.name
+            );
+            let running = h.runtime.config();
+            assert_eq!(
+                running
+                    .servers
+                    .iter()
+                    .find(|r| r.name == s.name)
+                    .unwrap()
+                    .pool,
+                s.pool
+            );
+        }
+        // Requests keep flowing between reloads.
+        tokio::time::timeout(WAIT, async {
+            while ok.load(Ordering::Relaxed) < before + 20 {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("requests flow after the reload");
+    }
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "a request failed during the reloads"
+    );
+
+    // And a reloaded timeout takes effect: a silent connection is now cut at 300 ms.
+    let mut next = h.runtime.config();
+    for s in &mut next.servers {
+        s.pool = s
+            .pool
+            .apply(
+                &PoolSettings {
+                    headers_timeout: d("300ms"),
+                    ..Default::default()
+                },
+                "",
+            )
+            .unwrap()
+            .0;
+    }
+    h.runtime.reload(&next).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut silent = TcpStream::connect(h.http).await.unwrap();
+    let reply = read_to_close(&mut silent).await;
+    let elapsed = started.elapsed();
+    assert!(reply.is_empty(), "{reply}");
+    assert!(
+        elapsed >= std::time::Duration::from_millis(250)
+            && elapsed < std::time::Duration::from_secs(3),
+        "closed after {elapsed:?}"
+    );
+}
