@@ -186,13 +186,10 @@ async fn frame_level_probes_get_the_protocols_answers() {
     println!("{out}");
     let pool = h.runtime.server("h2c").unwrap().pool().clone();
     // Every stream the probes opened, reset or were refused has left the pool's books.
-    tokio::time::timeout(WAIT, async {
-        while pool.metrics().requests_in_flight != 0 || pool.active_connections() != 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+    wait_until("no stream or connection left behind", || {
+        pool.metrics().requests_in_flight == 0 && pool.active_connections() == 0
     })
-    .await
-    .expect("no stream or connection left behind");
+    .await;
     let m = pool.metrics();
     let protocol_errors = m
         .closed

@@ -103,13 +103,10 @@ async fn servers_added_start_and_servers_removed_drain_while_the_others_serve() 
     let mut busy = Client::connect(h.http).await;
     let in_flight = tokio::spawn(async move { busy.request("GET", "/sleep?ms=300", "").await });
     let web = h.runtime.server("web").unwrap();
-    tokio::time::timeout(WAIT, async {
-        while web.pool().metrics().requests_in_flight == 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+    wait_until("a request in flight", || {
+        web.pool().metrics().requests_in_flight > 0
     })
-    .await
-    .unwrap();
+    .await;
 
     let mut next = h.runtime.config();
     let mut extra = next
@@ -139,13 +136,10 @@ async fn servers_added_start_and_servers_removed_drain_while_the_others_serve() 
     // The removed server's request in flight finishes; its listener is gone; others serve on.
     let res = in_flight.await.unwrap();
     assert_eq!(res.status(), 200);
-    tokio::time::timeout(WAIT, async {
-        while h.runtime.registry().get("web").is_some() {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+    wait_until("the drained pool to leave the registry", || {
+        h.runtime.registry().get("web").is_none()
     })
-    .await
-    .expect("the drained pool leaves the registry");
+    .await;
     assert!(
         TcpStream::connect(h.http).await.is_err(),
         "no longer listening"
@@ -317,13 +311,10 @@ async fn every_pool_setting_reloads_under_load_without_a_failed_request() {
             );
         }
         // Requests keep flowing between reloads.
-        tokio::time::timeout(WAIT, async {
-            while ok.load(Ordering::Relaxed) < before + 20 {
-                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-            }
+        wait_until("requests to flow after the reload", || {
+            ok.load(Ordering::Relaxed) >= before + 20
         })
-        .await
-        .expect("requests flow after the reload");
+        .await;
     }
     stop.store(true, Ordering::Relaxed);
     load.await.unwrap();

@@ -168,13 +168,7 @@ where
             let chunk = match frame.into_data() {
                 Ok(chunk) => chunk,
                 Err(trailers) => {
-                    return Poll::Ready(Some(Ok(match this.scanner.take_unfinished() {
-                        Some(rest) => {
-                            *this.pending = Some(trailers);
-                            Frame::data(rest)
-                        }
-                        None => trailers,
-                    })));
+                    return Poll::Ready(Some(Ok(before(this.scanner, this.pending, trailers))));
                 }
             };
             let scanned = this.scanner.scan(chunk, *this.limit);
@@ -195,6 +189,22 @@ fn oversized_request(declared: u64, limit: usize) -> Poll<Option<Result<Frame<By
     Poll::Ready(Some(Err(Box::new(Status::resource_exhausted(format!(
         "message of {declared} bytes is over the server's limit of {limit} bytes"
     ))))))
+}
+
+/// The frame to pass on when trailers arrive: bytes of a prefix the peer never finished go
+/// first (the receiver judges them), the trailers wait in `pending`.
+fn before(
+    scanner: &mut MessageScanner,
+    pending: &mut Option<Frame<Bytes>>,
+    trailers: Frame<Bytes>,
+) -> Frame<Bytes> {
+    match scanner.take_unfinished() {
+        Some(rest) => {
+            *pending = Some(trailers);
+            Frame::data(rest)
+        }
+        None => trailers,
+    }
 }
 
 fn data(bytes: Bytes) -> Result<Frame<Bytes>, BoxError> {
@@ -270,15 +280,8 @@ where
             };
             let chunk = match frame.into_data() {
                 Ok(chunk) => chunk,
-                Err(frame) => {
-                    let rest = this.scanner.take_unfinished();
-                    return Poll::Ready(Some(Ok(match rest {
-                        Some(rest) => {
-                            *this.pending = Some(frame);
-                            Frame::data(rest)
-                        }
-                        None => frame,
-                    })));
+                Err(trailers) => {
+                    return Poll::Ready(Some(Ok(before(this.scanner, this.pending, trailers))));
                 }
             };
             let scanned = this.scanner.scan(chunk, *this.send_limit);

@@ -22,6 +22,22 @@ use tokio::net::TcpStream;
 /// Bound on any single wait in a test.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// The HTTP/2 client connection preface and an empty SETTINGS frame (RFC 9113 §3.4).
+pub const PREFACE_AND_SETTINGS: &[u8] =
+    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+/// Polls `cond` until it holds, failing the test after [`WAIT`]: for state the pool exposes
+/// only as numbers (metrics), with no signal to await.
+pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    tokio::time::timeout(WAIT, async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+}
+
 pub struct Harness {
     pub runtime: Runtime,
     pub http: SocketAddr,
