@@ -12,7 +12,6 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::time::Instant;
 
 use futures_util::task::AtomicWaker;
@@ -24,39 +23,44 @@ use crate::policy::{Activity, Phase, ProtocolPolicy};
 use crate::pool::{PoolCore, PoolInner};
 
 /// Activity shared by a connection's guard, its driver and its protocol code.
+///
+/// Laid out in declaration order, what a request touches first: with the `Arc`'s counts, those
+/// fields fill the first two cache lines, so a request on one of many connections brings in two
+/// lines of this, not four.
 #[derive(Debug)]
+#[repr(C)]
 pub(crate) struct ConnectionShared {
     pub core: Arc<PoolCore>,
-    pub id: ConnectionId,
-    pub peer: Option<SocketAddr>,
-    pub opened_at: Instant,
-    phase: AtomicU8,
     /// Nanoseconds since the pool's origin.
     phase_since: AtomicU64,
-    in_flight: AtomicU32,
     requests: AtomicU64,
     /// Bytes not yet added to the pool's totals.
     pending_in: AtomicU64,
     pending_out: AtomicU64,
     /// Nanoseconds since the pool's origin plus one; 0 = no write blocked.
     write_blocked_since: AtomicU64,
-    /// Nanoseconds since the pool's origin of the last message either way (message protocols).
-    last_message: AtomicU64,
     /// Nanoseconds since the pool's origin plus one of an unanswered heartbeat ping; 0 = none.
     ping_outstanding_since: AtomicU64,
-    /// The connection switched protocols (an HTTP/1 upgrade to WebSocket).
-    upgraded: AtomicBool,
+    in_flight: AtomicU32,
+    phase: AtomicU8,
     /// The connection multiplexes requests as streams (HTTP/2).
     multiplexed: AtomicBool,
+    /// The connection switched protocols (an HTTP/1 upgrade to WebSocket).
+    upgraded: AtomicBool,
     closing: AtomicBool,
-    /// The peer broke off a request body; failures that follow are its doing, not ours.
-    peer_failed: AtomicBool,
     /// This connection holds one of the pool's shedding claims (see `AdmissionCounter`).
     shed_claimed: AtomicBool,
     /// Set when the pool's side of the driver (control channel, timer) woke the task.
     pool_side_woken: AtomicBool,
+    /// The peer broke off a request body; failures that follow are its doing, not ours.
+    peer_failed: AtomicBool,
     /// The task driving the connection, woken on the pool's behalf.
     driver_task: AtomicWaker,
+    /// Nanoseconds since the pool's origin of the last message either way (message protocols).
+    last_message: AtomicU64,
+    pub id: ConnectionId,
+    pub opened_at: Instant,
+    pub peer: Option<SocketAddr>,
 }
 
 impl ConnectionShared {
@@ -108,7 +112,10 @@ impl ConnectionShared {
 
     /// Whether the pool's side woke the driver since the last call.
     pub fn take_pool_side_wake(&self) -> bool {
-        self.pool_side_woken.swap(false, Ordering::AcqRel)
+        // Read first: a busy connection's polls mostly find it unset, and a load costs less
+        // than a swap.
+        self.pool_side_woken.load(Ordering::Acquire)
+            && self.pool_side_woken.swap(false, Ordering::AcqRel)
     }
 
     /// Makes the driver check the pool's side on its next poll.
@@ -116,10 +123,15 @@ impl ConnectionShared {
         self.pool_side_woken.store(true, Ordering::Release);
     }
 
-    fn set_phase(&self, phase: Phase, at: Instant) {
+    /// `at`: nanoseconds since the pool's origin.
+    fn set_phase(&self, phase: Phase, at: u64) {
         self.phase.store(phase as u8, Ordering::Relaxed);
-        self.phase_since
-            .store(self.core.nanos(at), Ordering::Relaxed);
+        self.phase_since.store(at, Ordering::Relaxed);
+    }
+
+    /// Now, in nanoseconds since the pool's origin: one clock read.
+    fn now(&self) -> u64 {
+        self.core.nanos(Instant::now())
     }
 
     pub fn activity(&self) -> Activity {
@@ -242,7 +254,8 @@ impl ConnectionTracker {
                 // A new connection's first head is timed from when it was opened.
                 s.phase.store(Phase::ReadingHead as u8, Ordering::Relaxed);
             } else {
-                s.set_phase(Phase::ReadingHead, Instant::now());
+                // Also the start of the request this head begins (see `request_started`).
+                s.set_phase(Phase::ReadingHead, s.now());
             }
         }
     }
@@ -271,7 +284,15 @@ impl ConnectionTracker {
     /// finished or dropped.
     pub fn request_started(&self) -> RequestTracker {
         let s = &self.shared;
-        let now = Instant::now();
+        let phase = Phase::from_u8(s.phase.load(Ordering::Relaxed));
+        // A later request on a kept-alive connection started when its head's first byte came,
+        // which `bytes_read` stamped: no clock read here. A first request (its head is timed
+        // from the open, not stamped), a pipelined one and a stream read the clock.
+        let started = if phase == Phase::ReadingHead && s.requests.load(Ordering::Relaxed) > 0 {
+            s.phase_since.load(Ordering::Relaxed)
+        } else {
+            s.now()
+        };
         s.core
             .counters
             .requests_in_flight
@@ -279,16 +300,15 @@ impl ConnectionTracker {
         if s.in_flight.fetch_add(1, Ordering::Relaxed) == 0 {
             s.core.counters.busy.fetch_add(1, Ordering::Relaxed);
             // The body is timed from the head's start, which `bytes_read` recorded.
-            let phase = Phase::from_u8(s.phase.load(Ordering::Relaxed));
             if phase == Phase::ReadingHead {
                 s.phase.store(Phase::ReadingBody as u8, Ordering::Relaxed);
             } else {
-                s.set_phase(Phase::ReadingBody, now);
+                s.set_phase(Phase::ReadingBody, started);
             }
         }
         RequestTracker {
             conn: s.clone(),
-            started: now,
+            started,
             response_after: None,
             error: false,
             finished: false,
@@ -426,8 +446,10 @@ impl ConnectionTracker {
 #[derive(Debug)]
 pub struct RequestTracker {
     conn: Arc<ConnectionShared>,
-    started: Instant,
-    response_after: Option<Duration>,
+    /// Nanoseconds since the pool's origin.
+    started: u64,
+    /// Nanoseconds from the start to the response head, for a streamed response.
+    response_after: Option<u64>,
     error: bool,
     finished: bool,
 }
@@ -438,11 +460,20 @@ impl RequestTracker {
         self.conn.body_received();
     }
 
-    /// The response head is ready; `error` marks a server-side failure (a 5xx).
+    /// The response head is ready; `error` marks a server-side failure (a 5xx). The time to
+    /// the head is the request's response time (a streamed body may go on for long).
     pub fn response_started(&mut self, error: bool) {
         if self.response_after.is_none() {
-            self.response_after = Some(self.started.elapsed());
+            self.response_after = Some(self.conn.now().saturating_sub(self.started));
         }
+        self.error |= error;
+    }
+
+    /// The head of a response whose body length is known is ready; `error` marks a server-side
+    /// failure. Such a body follows its head without waiting on the handler, so the response
+    /// time is taken when the request finishes: one clock read less than
+    /// [`RequestTracker::response_started`].
+    pub fn sized_response_started(&mut self, error: bool) {
         self.error |= error;
     }
 
@@ -480,19 +511,16 @@ impl RequestTracker {
             return;
         }
         let s = &self.conn;
-        let now = Instant::now();
-        let duration = now - self.started;
+        let now = s.now();
+        let duration = now.saturating_sub(self.started);
         let core = &s.core;
         core.counters.requests.fetch_add(1, Ordering::Relaxed);
-        core.counters.latency.record(duration);
+        core.counters.latency.record_nanos(duration);
         if self.error {
             core.counters.errors.fetch_add(1, Ordering::Relaxed);
         }
-        core.window.record_request(
-            core.elapsed(now),
-            self.response_after.unwrap_or(duration),
-            self.error,
-        );
+        core.window
+            .record_request_nanos(now, self.response_after.unwrap_or(duration), self.error);
         s.requests.fetch_add(1, Ordering::Relaxed);
         s.flush_bytes();
         core.counters

@@ -16,10 +16,12 @@ pub const BOUNDS_MICROS: [u64; 19] = [
 
 /// A latency histogram.
 #[derive(Debug)]
+#[repr(C)]
 pub struct LatencyHistogram {
+    /// First, so it shares a cache line with the lowest buckets, where most samples go.
+    sum_micros: AtomicU64,
     /// One counter per bound plus the open-ended bucket.
     counts: [AtomicU64; BOUNDS_MICROS.len() + 1],
-    sum_micros: AtomicU64,
 }
 
 /// A point-in-time copy of a histogram.
@@ -45,7 +47,15 @@ impl Default for LatencyHistogram {
 impl LatencyHistogram {
     /// Adds one sample.
     pub fn record(&self, d: Duration) {
-        let micros = d.as_micros().min(u128::from(u64::MAX)) as u64;
+        self.record_micros(d.as_micros().min(u128::from(u64::MAX)) as u64);
+    }
+
+    /// Adds one sample of `nanos` nanoseconds.
+    pub fn record_nanos(&self, nanos: u64) {
+        self.record_micros(nanos / 1_000);
+    }
+
+    fn record_micros(&self, micros: u64) {
         let i = BOUNDS_MICROS.partition_point(|&b| b < micros);
         self.counts[i].fetch_add(1, Ordering::Relaxed);
         self.sum_micros.fetch_add(micros, Ordering::Relaxed);

@@ -136,25 +136,28 @@ impl TimeoutKind {
 
 /// The pool's live counters.
 #[derive(Debug, Default)]
+#[repr(C)]
 pub(crate) struct Counters {
-    pub accepted: AtomicU64,
-    pub rejected: AtomicU64,
-    /// Indexed by `CloseReason::index`; the last slot counts all timeouts.
-    pub closed: [AtomicU64; 7],
-    pub timeouts: [AtomicU64; TimeoutKind::ALL.len()],
-    pub errors: AtomicU64,
+    // What every request updates comes first, with the latency histogram's sum and its lowest
+    // buckets right after, so a request touches one or two of these cache lines.
     pub requests: AtomicU64,
+    pub errors: AtomicU64,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
     /// Connections with at least one request in flight.
     pub busy: AtomicU64,
     /// Requests in flight (HTTP/2 streams included).
     pub requests_in_flight: AtomicU64,
+    pub latency: LatencyHistogram,
+    pub accepted: AtomicU64,
+    pub rejected: AtomicU64,
+    /// Indexed by `CloseReason::index`; the last slot counts all timeouts.
+    pub closed: [AtomicU64; 7],
+    pub timeouts: [AtomicU64; TimeoutKind::ALL.len()],
     /// Connections asked to close politely that are still open.
     pub closing: AtomicU64,
     /// Sum of requests served by closed connections.
     pub closed_connection_requests: AtomicU64,
-    pub latency: LatencyHistogram,
     pub messages_in: AtomicU64,
     pub messages_out: AtomicU64,
     pub message_bytes_in: AtomicU64,

@@ -88,7 +88,11 @@ impl DecayingWindow {
     }
 
     fn bucket(&self, elapsed: Duration) -> &Bucket {
-        let period = elapsed.as_nanos() as u64 / self.bucket_nanos.load(Ordering::Relaxed);
+        self.bucket_at(elapsed.as_nanos() as u64)
+    }
+
+    fn bucket_at(&self, elapsed_nanos: u64) -> &Bucket {
+        let period = elapsed_nanos / self.bucket_nanos.load(Ordering::Relaxed);
         let b = &self.buckets[(period % BUCKETS as u64) as usize];
         let seen = b.period.load(Ordering::Acquire);
         if seen != period
@@ -106,10 +110,19 @@ impl DecayingWindow {
 
     /// Records one finished request; `elapsed` is time since the pool's origin.
     pub fn record_request(&self, elapsed: Duration, response_time: Duration, error: bool) {
-        let b = self.bucket(elapsed);
+        self.record_request_nanos(
+            elapsed.as_nanos() as u64,
+            response_time.as_nanos() as u64,
+            error,
+        );
+    }
+
+    /// [`DecayingWindow::record_request`] with both times in nanoseconds.
+    pub fn record_request_nanos(&self, elapsed_nanos: u64, response_nanos: u64, error: bool) {
+        let b = self.bucket_at(elapsed_nanos);
         b.requests.fetch_add(1, Ordering::Relaxed);
         b.response_micros
-            .fetch_add(response_time.as_micros() as u64, Ordering::Relaxed);
+            .fetch_add(response_nanos / 1_000, Ordering::Relaxed);
         if error {
             b.errors.fetch_add(1, Ordering::Relaxed);
         }

@@ -364,3 +364,55 @@ async fn slow_subscriber_is_told_it_lagged() {
     }
     assert!(events.recv().await.is_ok());
 }
+
+/// Latency sum (seconds) and window average response time (ms) after one request of a kept-alive
+/// connection: the head's first byte comes `head` after the previous request ended, the head
+/// is complete `parse` later, and the response ends `respond` after that.
+async fn time_one_request(sized: bool, head_at: Duration, respond: Duration) -> (f64, f64) {
+    let pool = pool(PoolSettings::default());
+    let guard = pool.admit(None).unwrap();
+    let t = guard.tracker();
+    // A first request, so the next one is a kept-alive connection's.
+    t.bytes_read(10);
+    t.request_started().finish();
+    let before = pool.metrics().latency.sum_seconds;
+    tokio::time::advance(Duration::from_millis(7)).await; // idle between requests
+    t.bytes_read(10);
+    tokio::time::advance(head_at).await;
+    let mut r = t.request_started();
+    r.body_received();
+    if sized {
+        r.sized_response_started(false);
+    } else {
+        r.response_started(false);
+    }
+    tokio::time::advance(respond).await;
+    r.finish();
+    let after = pool.metrics().latency.sum_seconds;
+    (after - before, pool.health().average_response_time_ms)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_kept_alive_request_is_timed_from_its_first_byte_to_its_end() {
+    let (latency, _) = time_one_request(true, ms(20), ms(30)).await;
+    // 20 ms receiving the head plus 30 ms responding; the 7 ms idle before it do not count.
+    assert!((latency - 0.050).abs() < 0.0015, "{latency}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sized_response_is_timed_to_its_end_a_streamed_one_to_its_head() {
+    // The window averages both requests, the first of which took no time: half of each.
+    let (_, sized) = time_one_request(true, ms(20), ms(300)).await;
+    assert!((sized - 320.0 / 2.0).abs() < 1.5, "sized: {sized} ms");
+    let (latency, streamed) = time_one_request(false, ms(20), ms(300)).await;
+    // A stream is in the histogram for its whole life, but its response time is its head's.
+    assert!((latency - 0.320).abs() < 0.0015, "{latency}");
+    assert!(
+        (streamed - 20.0 / 2.0).abs() < 1.5,
+        "streamed: {streamed} ms"
+    );
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}

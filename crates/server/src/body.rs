@@ -39,7 +39,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 impl Body {
     /// `timed`: whether this body enforces `request_timeout` itself (a stream of a multiplexed
     /// connection that is not a gRPC call, whose deadline is its `grpc-timeout`).
-    pub(crate) fn new(inner: Incoming, tracker: ConnectionTracker, timed: bool) -> Self {
+    pub(crate) fn new(inner: Incoming, tracker: &ConnectionTracker, timed: bool) -> Self {
         if inner.is_end_stream() {
             tracker.body_received();
             return Body {
@@ -54,7 +54,7 @@ impl Body {
         });
         Body {
             inner,
-            tracker: Some(tracker),
+            tracker: Some(tracker.clone()),
             deadline,
         }
     }

@@ -5,6 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
+use futures_util::future::Either;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use poolserve_pool::{ConnectionTracker, RequestTracker};
@@ -39,7 +40,7 @@ where
 {
     type Response = Response<TrackedBody<B>>;
     type Error = S::Error;
-    type Future = ResponseFuture<Oneshot<S, Request<Body>>>;
+    type Future = ResponseFuture<Either<S::Future, Oneshot<S, Request<Body>>>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let request = self.tracker.request_started();
@@ -49,18 +50,37 @@ where
                 .headers()
                 .get(http::header::CONTENT_TYPE)
                 .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-        let mut req = req.map(|b| Body::new(b, self.tracker.clone(), timed));
+        let mut req = req.map(|b| Body::new(b, &self.tracker, timed));
         // Only a request that can take the connection over needs the handle; leaving it off the
-        // others spares every plain request an extensions map.
-        if req.headers().contains_key(http::header::UPGRADE)
-            || req.method() == http::Method::CONNECT
+        // others spares every plain request an extensions map. hyper marks those requests (an
+        // `Upgrade` header, `CONNECT`) with its `OnUpgrade`; looking that up in a request's
+        // usually empty extensions costs less than hashing a header name.
+        if req
+            .extensions()
+            .get::<hyper::upgrade::OnUpgrade>()
+            .is_some()
         {
             req.extensions_mut().insert(PooledConnection {
                 link: self.link.clone(),
             });
         }
+        let mut service = self.inner.clone();
+        // An HTTP/1 request's future is polled where it is stored, so a service that is ready
+        // (most are: routers, `service_fn`) is called now and its future stored once, instead of
+        // being built inside a `Oneshot` on the first poll and moved into it. A stream of a
+        // multiplexed connection is polled in a task of its own: there the call waits for that
+        // task, so a large future (a gRPC router's) is built in place rather than moved into it.
+        let inner = if self.tracker.is_multiplexed() {
+            Either::Right(service.oneshot(req))
+        } else {
+            match service.poll_ready(&mut Context::from_waker(std::task::Waker::noop())) {
+                Poll::Ready(Ok(())) => Either::Left(service.call(req)),
+                // Not ready (or failing): the `Oneshot` polls readiness again with the real waker.
+                _ => Either::Right(service.oneshot(req)),
+            }
+        };
         ResponseFuture {
-            inner: self.inner.clone().oneshot(req),
+            inner,
             request: Some(request),
         }
     }
@@ -95,7 +115,12 @@ where
                 let failed = res.status().is_server_error()
                     || (res.body().is_end_stream()
                         && crate::grpc::is_server_failure(res.headers()));
-                request.response_started(failed);
+                // A sized body follows its head at once: its request is timed to the end.
+                if res.body().size_hint().exact().is_some() {
+                    request.sized_response_started(failed);
+                } else {
+                    request.response_started(failed);
+                }
                 if request.should_close_connection() {
                     res.headers_mut().insert(
                         http::header::CONNECTION,
