@@ -163,26 +163,16 @@ impl<P: ProtocolPolicy> ConnectionGuard<P> {
         // polling them only then keeps the per-poll cost of the pool to a few atomic loads.
         let pool_side = Waker::from(shared.clone());
         shared.request_pool_side_check();
-        // The waker last registered for the pool's side. A task's waker rarely changes, so it
-        // is registered again only when it did, or when a pool-side wake took it (below).
-        let mut registered: Option<Waker> = None;
         loop {
             let event = std::future::poll_fn(|cx| {
-                if !registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                    shared.register_driver(cx.waker());
-                    registered = Some(cx.waker().clone());
-                }
+                // Every poll: a pool-side wake takes the registered waker out, and one racing
+                // this poll can take a waker registered in it (futures' `register` skips the
+                // clone when the waker is the same, so this costs two uncontended atomics).
+                shared.register_driver(cx.waker());
                 if let Poll::Ready(result) = conn.as_mut().poll(cx) {
                     return Poll::Ready(Event::Finished(result));
                 }
                 let woken = shared.take_pool_side_wake();
-                if woken {
-                    // Every pool-side wake sets the flag first, then takes the registered waker
-                    // to wake it: register again before the pool's side is polled, so a wake
-                    // from one of its parts after this point is heard, and one that came
-                    // between the flag and here is seen by polling that part.
-                    shared.register_driver(cx.waker());
-                }
                 let mut pool_cx = Context::from_waker(&pool_side);
                 // Polling the waiter also registers the pool-side waker with it.
                 if woken
