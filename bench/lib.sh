@@ -21,3 +21,23 @@ rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 
 # User plus system CPU of process $1, clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# A shared-core duel: servers A and B (pids $1 and $2) both pinned to the same core, each loaded
+# at the same time by its own load generator (commands in the arrays named $3 and $4, which print
+# a report), for one round. The two share the core as the scheduler sees fit, so what the host
+# does to the core (frequency, a neighbour's cache traffic) happens to both at once; the cost
+# comparison is requests per CPU-second of each server, which does not depend on how the core
+# was split. Prints "requests_A cpu_ticks_A requests_B cpu_ticks_B" for the caller to parse the
+# reports in $out/duel-a.txt and $out/duel-b.txt.
+duel_round() {
+  local a=$1 b=$2
+  local -n load_a=$3 load_b=$4
+  local ca cb
+  ca=$(cpu_ticks "$a"); cb=$(cpu_ticks "$b")
+  "${load_a[@]}" > "$out/duel-a.txt" 2>&1 &
+  local la=$!
+  "${load_b[@]}" > "$out/duel-b.txt" 2>&1 &
+  local lb=$!
+  wait "$la" "$lb"
+  echo "$(( $(cpu_ticks "$a") - ca )) $(( $(cpu_ticks "$b") - cb ))"
+}

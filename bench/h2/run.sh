@@ -27,7 +27,7 @@ WARMUP=${WARMUP:-1}       # h2load warm-up seconds, not measured
 ROUNDS=${ROUNDS:-5}       # rounds over all peers; medians are reported
 CONNS=${CONNS:-16}        # h2load connections (-c)
 STREAMS=${STREAMS:-16}    # h2load concurrent streams per connection (-m)
-PEERS=${PEERS:-"poolserve bare_h2 nginx poolserve_tls bare_h2_tls nginx_tls koatty_tls poolserve_grpc bare_tonic"}
+PEERS=${PEERS:-"poolserve bare_h2_ka bare_h2 nginx poolserve_tls bare_h2_ka_tls bare_h2_tls nginx_tls koatty_tls poolserve_grpc bare_tonic_ka bare_tonic"}
 MAX_OTHER=${MAX_OTHER:-10} # % of a core other processes may take during a run before it is redone
 RETRIES=${RETRIES:-2}     # redos of a disturbed run (the last attempt is kept, flagged)
 IDLE=${IDLE:-5000}        # idle HTTP/2 connections
@@ -35,7 +35,10 @@ HOLD=${HOLD:-6}           # seconds they are held (keep it under the 30 s ping i
 IDLE_ROUNDS=${IDLE_ROUNDS:-3}
 IDLE_PEERS=${IDLE_PEERS:-"poolserve bare_h2 poolserve_grpc bare_tonic"}
 INSTR_REQUESTS=${INSTR_REQUESTS:-20000}  # calls counted under callgrind per peer; 0 skips it
-INSTR_PEERS=${INSTR_PEERS:-"poolserve bare_h2 poolserve_grpc bare_tonic"}
+INSTR_PEERS=${INSTR_PEERS:-"poolserve bare_h2_ka bare_h2 poolserve_grpc bare_tonic_ka"}
+DUEL_PAIRS=${DUEL_PAIRS:-"poolserve:bare_h2_ka poolserve_tls:bare_h2_ka_tls poolserve_grpc:bare_tonic_ka"}
+DUEL_ROUNDS=${DUEL_ROUNDS:-6}  # shared-core duel rounds per pair (0 skips them)
+DUEL_SECS=${DUEL_SECS:-5}
 out=bench/out
 mkdir -p "$out"
 results="$out/h2.txt"
@@ -154,12 +157,21 @@ start() { # $1 = peer; sets server_pid, server_url (of `/`) and kind (get|grpc)
     bare_h2)
       "${wrap[@]}" "$bin/examples/bare_h2" "127.0.0.1:$port" > "$out/h2-$1.log" 2>&1 &
       ;;
-    bare_h2_ka) # diagnostic peer, not in the default PEERS: bare_h2 with poolserve's 30 s PINGs
+    bare_h2_ka) # bare_h2 with poolserve's default keep-alive: PINGs every 30 s
       BARE_H2_KEEP_ALIVE_SECS=30 "${wrap[@]}" "$bin/examples/bare_h2" "127.0.0.1:$port" \
         > "$out/h2-$1.log" 2>&1 &
       ;;
     bare_h2_tls)
       "${wrap[@]}" "$bin/examples/bare_h2" "127.0.0.1:$port" "$cert" "$key" \
+        > "$out/h2-$1.log" 2>&1 &
+      ;;
+    bare_h2_ka_tls)
+      BARE_H2_KEEP_ALIVE_SECS=30 "${wrap[@]}" "$bin/examples/bare_h2" "127.0.0.1:$port" \
+        "$cert" "$key" > "$out/h2-$1.log" 2>&1 &
+      ;;
+    bare_tonic_ka)
+      kind=grpc
+      BARE_TONIC_KEEP_ALIVE_SECS=30 "${wrap[@]}" "$bin/examples/bare_tonic" "127.0.0.1:$port" \
         > "$out/h2-$1.log" 2>&1 &
       ;;
     bare_tonic)
@@ -337,8 +349,33 @@ if [ "$INSTR_REQUESTS" != 0 ]; then
   wrap=(taskset -c 1)
 fi
 
+# The shared-core duel: both servers of a pair at once on core 1, each under its own h2load on
+# core 0 with half the connections, so each side gets the same offered load as the other.
+duel_succeeded() { awk '/^requests:/ {print $8}' "$1"; }
+duel_tsv="$out/h2-duel.tsv"
+printf 'pair\tround\tours_requests\tours_ticks\tpeer_requests\tpeer_ticks\tratio\n' > "$duel_tsv"
+if [ "$DUEL_ROUNDS" != 0 ]; then
+  for pair in $DUEL_PAIRS; do
+    ours=${pair%%:*}; theirs=${pair##*:}
+    start "$ours"; pa=$server_pid; request_args; url_a=$url; extra_a=("${extra[@]}")
+    start "$theirs"; pb=$server_pid; request_args; url_b=$url; extra_b=("${extra[@]}")
+    h2a=(taskset -c 0 h2load -t1 -c"$CONNS" -m"$STREAMS" -D "$DUEL_SECS" --warm-up-time 1
+      --tls13-ciphers=TLS_AES_128_GCM_SHA256 "${extra_a[@]}" "$url_a")
+    h2b=(taskset -c 0 h2load -t1 -c"$CONNS" -m"$STREAMS" -D "$DUEL_SECS" --warm-up-time 1
+      --tls13-ciphers=TLS_AES_128_GCM_SHA256 "${extra_b[@]}" "$url_b")
+    for round in $(seq "$DUEL_ROUNDS"); do
+      read -r ta tb <<<"$(duel_round "$pa" "$pb" h2a h2b)"
+      ra=$(duel_succeeded "$out/duel-a.txt"); rb=$(duel_succeeded "$out/duel-b.txt")
+      r=$(python3 -c "print(f'{($ra / max(1, $ta)) / (max(1, $rb) / max(1, $tb)):.3f}')")
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$pair" "$round" "$ra" "$ta" "$rb" "$tb" "$r" >> "$duel_tsv"
+      echo "  duel $pair round $round: $ra requests / $ta ticks vs $rb / $tb: $r" >&2
+    done
+    kill "$pa" "$pb"; wait "$pa" "$pb" 2>/dev/null || true
+  done
+fi
+
 {
   echo "h2load -t1 -c$CONNS -m$STREAMS, $ROUNDS rounds of ${SECS}s (+${WARMUP}s warm-up);" \
     "idle: $IDLE connections, $IDLE_ROUNDS rounds; callgrind: $INSTR_REQUESTS calls"
-  python3 bench/h2/summarize.py "$rounds_tsv" "$idle_tsv" "$instr_tsv"
+  python3 bench/h2/summarize.py "$rounds_tsv" "$idle_tsv" "$instr_tsv" "$duel_tsv"
 } | tee -a "$results"

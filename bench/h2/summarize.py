@@ -1,23 +1,33 @@
 """Summarises bench/h2/run.sh's per-round files: medians, spread and poolserve / peer ratios.
 
-Usage: python3 bench/h2/summarize.py ROUNDS.tsv IDLE.tsv [INSTRUCTIONS.tsv]
+Usage: python3 bench/h2/summarize.py ROUNDS.tsv IDLE.tsv [INSTRUCTIONS.tsv [DUEL.tsv]]
 """
 import csv
 import statistics
 import sys
 
 # (poolserve side, peer, target ratio or None)
+# The targets are against the baselines with poolserve's default keep-alive (`_ka`); the ones
+# with hyper's and tonic's defaults (no PINGs) are reported beside them.
 PAIRS = [
-    ("poolserve", "bare_h2", 0.97),
-    ("poolserve", "bare_h2_ka", None),
+    ("poolserve", "bare_h2_ka", 0.97),
+    ("poolserve", "bare_h2", None),
     ("poolserve", "nginx", None),
-    ("poolserve_tls", "bare_h2_tls", 0.97),
+    ("poolserve_tls", "bare_h2_ka_tls", 0.97),
+    ("poolserve_tls", "bare_h2_tls", None),
     ("poolserve_tls", "nginx_tls", None),
     ("poolserve_tls", "koatty_tls", None),
-    ("poolserve_grpc", "bare_tonic", 0.97),
+    ("poolserve_grpc", "bare_tonic_ka", 0.97),
+    ("poolserve_grpc", "bare_tonic", None),
 ]
 IDLE_PAIRS = [("poolserve", "bare_h2"), ("poolserve_grpc", "bare_tonic")]
-INSTR_PAIRS = IDLE_PAIRS + [("poolserve", "bare_h2_ka"), ("bare_h2_ka", "bare_h2")]
+INSTR_PAIRS = [
+    ("poolserve", "bare_h2_ka"),
+    ("poolserve", "bare_h2"),
+    ("bare_h2_ka", "bare_h2"),
+    ("poolserve_grpc", "bare_tonic_ka"),
+    ("poolserve_grpc", "bare_tonic"),
+]
 
 
 def rows(path):
@@ -114,8 +124,27 @@ def instructions(path):
                   f"({per[ours] - per[peer]:+.0f} instructions per call)")
 
 
+def duel(path):
+    """The shared-core duel: per pair, the median and range of the per-round ratios of
+    requests per CPU-second (poolserve / peer)."""
+    table = rows(path)
+    if not table:
+        return
+    per = {}
+    for r in table:
+        per.setdefault(r["pair"], []).append(float(r["ratio"]))
+    print()
+    print("shared-core duel, requests per CPU-second   median [min-max]   rounds")
+    for pair, ratios in per.items():
+        ours, peer = pair.split(":")
+        print(f"{ours + ' / ' + peer:<31} {statistics.median(ratios):>6.3f} "
+              f"[{min(ratios):.3f}-{max(ratios):.3f}]   " + " ".join(f"{x:.3f}" for x in ratios))
+
+
 if __name__ == "__main__":
     throughput(sys.argv[1])
     idle(sys.argv[2])
     if len(sys.argv) > 3:
         instructions(sys.argv[3])
+    if len(sys.argv) > 4:
+        duel(sys.argv[4])

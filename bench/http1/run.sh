@@ -19,6 +19,9 @@ HOLD=${HOLD:-15}          # seconds the idle connections are held
 PEERS=${PEERS:-"poolserve bare_hyper nginx koatty"}
 MODES=${MODES:-"keepalive close"}  # keepalive: wrk reuses connections; close: `Connection: close`
 IDLE_RUN=${IDLE_RUN:-1}   # 0 skips the idle-connection memory run
+IDLE_ROUNDS=${IDLE_ROUNDS:-3}  # rounds of the idle-connection run
+DUEL_ROUNDS=${DUEL_ROUNDS:-8}  # shared-core duel rounds, poolserve vs bare hyper (0 skips it)
+DUEL_SECS=${DUEL_SECS:-5}      # seconds per duel round
 out=bench/out
 mkdir -p "$out"
 results="$out/http1.txt"
@@ -146,12 +149,46 @@ for mode in $MODES; do
     printf '%-11s %-10s %12s %10s  %s %s\n' "$peer" "$mode" "${med_r[$peer]}" "${med_p[$peer]}" \
       "${rps[$peer-$mode]}" "${errors[$peer-$mode]:-}" | tee -a "$results"
   done
+  # The ratio of the medians, and the median of the ratios within each round (the peers of a
+  # round run back to back, which cancels part of the machine's drift between rounds).
   for peer in $PEERS; do
     [ "$peer" = poolserve ] && continue
-    python3 -c "print(f'$mode: poolserve / $peer = {${med_r[poolserve]} / ${med_r[$peer]}:.3f} x requests/s, p99 {${med_p[poolserve]} / max(1, ${med_p[$peer]}):.3f} x')" \
-      | tee -a "$results"
+    python3 - "${rps[poolserve-$mode]}" "${rps[$peer-$mode]}" "${p99[poolserve-$mode]}" "${p99[$peer-$mode]}" <<PY | tee -a "$results"
+import statistics as st, sys
+a, b, pa, pb = ([float(x) for x in arg.split()] for arg in sys.argv[1:])
+r = [x / y for x, y in zip(a, b) if y]
+q = [x / max(1, y) for x, y in zip(pa, pb)]
+print(f"$mode: poolserve / $peer = {st.median(a) / st.median(b):.3f} x requests/s (per round: median {st.median(r):.3f}, "
+      f"{min(r):.3f}-{max(r):.3f}), p99 {st.median(pa) / max(1, st.median(pb)):.3f} x (per round: median {st.median(q):.3f})")
+PY
   done
 done
+
+# The shared-core duel (bench/lib.sh): poolserve and bare hyper on core 1 at once, each under its
+# own wrk on core 0; requests per CPU-second of each server, compared within every round.
+duel_requests() { awk '/requests in/ {print $1}' "$1"; }
+if [ "$DUEL_ROUNDS" != 0 ]; then
+  for mode in $MODES; do
+    extra=(); [ "$mode" = close ] && extra=(-H "Connection: close")
+    start poolserve; pa=$server_pid; porta=$server_port
+    start bare_hyper; pb=$server_pid; portb=$server_port
+    wrk_a=(taskset -c 0 wrk -t1 -c"$CONNS" -d"${DUEL_SECS}s" "${extra[@]}" "http://127.0.0.1:$porta/")
+    wrk_b=(taskset -c 0 wrk -t1 -c"$CONNS" -d"${DUEL_SECS}s" "${extra[@]}" "http://127.0.0.1:$portb/")
+    taskset -c 0 wrk -t1 -c"$CONNS" -d1s "${extra[@]}" "http://127.0.0.1:$porta/" > /dev/null
+    taskset -c 0 wrk -t1 -c"$CONNS" -d1s "${extra[@]}" "http://127.0.0.1:$portb/" > /dev/null
+    ratios=""
+    for round in $(seq "$DUEL_ROUNDS"); do
+      read -r ta tb <<<"$(duel_round "$pa" "$pb" wrk_a wrk_b)"
+      ra=$(duel_requests "$out/duel-a.txt"); rb=$(duel_requests "$out/duel-b.txt")
+      r=$(python3 -c "print(f'{($ra / max(1, $ta)) / ($rb / max(1, $tb)):.3f}')")
+      ratios+="$r "
+      echo "  duel round $round $mode: poolserve $ra requests / $ta ticks, bare_hyper $rb / $tb ticks: $r" >&2
+    done
+    kill "$pa" "$pb"; wait "$pa" "$pb" 2>/dev/null || true
+    echo "duel $mode: poolserve / bare_hyper requests per CPU-second, median $(median <<<"$ratios") (rounds $ratios)" \
+      | tee -a "$results"
+  done
+fi
 
 idle_run() { # prints "rss_bytes_per_conn open closed"
   local before after fifo
@@ -174,7 +211,7 @@ idle_run() { # prints "rss_bytes_per_conn open closed"
 # RSS moves with the allocator's arenas by a few hundred bytes per connection from run to run,
 # so the idle run is repeated and the medians are compared.
 declare -A rss
-for round in $(seq "$ROUNDS"); do
+for round in $(seq "$IDLE_ROUNDS"); do
   for peer in poolserve bare_hyper; do
     start "$peer"
     read -r r opened closed <<<"$(idle_run)"
