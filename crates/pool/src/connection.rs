@@ -24,9 +24,9 @@ use crate::pool::{PoolCore, PoolInner};
 
 /// Activity shared by a connection's guard, its driver and its protocol code.
 ///
-/// Laid out in declaration order, what a request touches first: with the `Arc`'s counts, those
-/// fields fill the first two cache lines, so a request on one of many connections brings in two
-/// lines of this, not four.
+/// Laid out in declaration order, what a request touches first: those fields sit in the first
+/// 112 bytes of the allocation (the `Arc`'s counts included) and the rest, read at open and
+/// close, after them, so a request on one of many connections brings in fewer cache lines.
 #[derive(Debug)]
 #[repr(C)]
 pub(crate) struct ConnectionShared {

@@ -366,8 +366,8 @@ async fn slow_subscriber_is_told_it_lagged() {
 }
 
 /// Latency sum (seconds) and window average response time (ms) after one request of a kept-alive
-/// connection: the head's first byte comes `head` after the previous request ended, the head
-/// is complete `parse` later, and the response ends `respond` after that.
+/// connection: its head is complete `head_at` after the head's first byte (which comes 7 ms
+/// after the previous request ended), and the response ends `respond` after that.
 async fn time_one_request(sized: bool, head_at: Duration, respond: Duration) -> (f64, f64) {
     let pool = pool(PoolSettings::default());
     let guard = pool.admit(None).unwrap();

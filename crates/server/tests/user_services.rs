@@ -93,3 +93,54 @@ async fn a_grpc_server_takes_grpc_services_and_only_those() {
     .unwrap_err();
     assert!(err.to_string().contains("grpc server"), "{err}");
 }
+
+/// A tower service that is not ready on the first `poll_ready` of each clone (it asks to be
+/// polled again) and counts how often it was called.
+#[derive(Clone, Default)]
+struct SlowToReady {
+    ready: bool,
+    calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl<B> tower::Service<http::Request<B>> for SlowToReady {
+    type Response = http::Response<http_body_util::Full<bytes::Bytes>>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        if self.ready {
+            return std::task::Poll::Ready(Ok(()));
+        }
+        self.ready = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
+
+    fn call(&mut self, _req: http::Request<B>) -> Self::Future {
+        assert!(self.ready, "called before it was ready");
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        std::future::ready(Ok(http::Response::new(http_body_util::Full::new(
+            bytes::Bytes::from_static(b"ready now"),
+        ))))
+    }
+}
+
+#[tokio::test]
+async fn a_service_not_ready_at_once_is_polled_until_it_is() {
+    let registry = PoolRegistry::new();
+    let service = SlowToReady::default();
+    let calls = service.calls.clone();
+    let server = Server::start(&registry, options(Protocol::Http), service)
+        .await
+        .unwrap();
+    let mut c = Client::connect(server.local_addr()).await;
+    for _ in 0..3 {
+        let res = c.get("/").await;
+        assert_eq!(&res.body()[..], b"ready now");
+    }
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert_eq!(server.pool().metrics().requests, 3);
+}
