@@ -106,3 +106,45 @@ async fn peer_vanishing_mid_request_is_not_a_server_error() {
     let health = health(h.admin).await;
     assert_eq!(health["pools"]["web"]["error_rate"], 0.0, "{health}");
 }
+
+#[tokio::test]
+async fn a_sized_response_is_timed_to_its_end_a_streamed_one_to_its_head() {
+    // Streamed: each response's head comes at once, its last chunk 60 ms later.
+    let h = start(PoolSettings::default()).await;
+    let mut c = Client::connect(h.http).await;
+    for _ in 0..10 {
+        let res = c.get("/stream?chunks=2&interval_ms=60").await;
+        assert_eq!(&res.body()[..], b"chunk 1\nchunk 2\n");
+    }
+    let sum = metric(
+        h.admin,
+        "poolserve_request_duration_seconds_sum",
+        "server=\"web\"",
+    )
+    .await;
+    assert!(
+        sum >= 10.0 * 0.06,
+        "each stream is in the histogram for its whole life: {sum}"
+    );
+    let streamed = health(h.admin).await["pools"]["web"]["average_response_time_ms"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        streamed < 30.0,
+        "a stream's response time is its head's: {streamed} ms"
+    );
+
+    // Sized: `/sleep` answers with a body of known length after 40 ms.
+    let h = start(PoolSettings::default()).await;
+    let mut c = Client::connect(h.http).await;
+    for _ in 0..10 {
+        assert_eq!(c.get("/sleep?ms=40").await.status(), 200);
+    }
+    let sized = health(h.admin).await["pools"]["web"]["average_response_time_ms"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        sized >= 40.0,
+        "a sized response is timed to its end: {sized} ms"
+    );
+}
