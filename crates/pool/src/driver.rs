@@ -4,9 +4,9 @@
 //! (1) the pool's control channel — a config change re-arms the timeouts, a drain asks the
 //! connection to close politely, the drain deadline drops it — and (2) one timer armed at the
 //! deadline the protocol policy computes from the connection's activity. Both are polled only
-//! when they woke the task or when the connection's activity changed phase, so a busy
-//! connection pays a few atomic loads per poll for them, and no per-request notification is
-//! needed. There is no sweep over connections anywhere: each connection watches its own state.
+//! when they woke the task (the timer also right after it is re-armed); the deadline is
+//! recomputed when the connection's activity changed phase. A busy connection pays a few atomic
+//! loads per poll for them, and no per-request notification is needed. There is no sweep over connections anywhere: each connection watches its own state.
 
 use std::future::Future;
 use std::pin::{pin, Pin};
@@ -20,7 +20,7 @@ use crate::config::PoolConfig;
 use crate::connection::{ConnectionGuard, ConnectionShared};
 use crate::events::PoolEventKind;
 use crate::metrics::{CloseReason, TimeoutKind};
-use crate::policy::ProtocolPolicy;
+use crate::policy::{Activity, Phase, ProtocolPolicy};
 use crate::pool::Stage;
 
 /// A protocol connection the pool can drive: a future that serves it to the end, plus the
@@ -56,15 +56,20 @@ enum Expiry {
 /// One connection's timer, armed at the deadline its policy computes.
 ///
 /// The deadline is recomputed only when the pool's side woke the driver (the timer fired, the
-/// config changed) or when [`ConnectionShared::deadline_key`] changed: activity that keeps the
-/// key (a new request on a keep-alive connection, a WebSocket message) only moves the deadline
-/// later, and a later deadline is taken up lazily when the armed, earlier one fires.
+/// config changed) or when [`ConnectionShared::deadline_key`] changed. Re-arming a timer earlier
+/// costs a trip through the runtime's timer wheel, so the timer only ever moves earlier when a
+/// deadline does: a deadline that moved later (a new request on a keep-alive connection, a
+/// WebSocket message) or went away (a response being written) leaves the armed timer alone, and
+/// is taken up lazily when that timer fires. A request therefore costs the timer a few loads and
+/// no wheel operation.
 struct PhaseTimer<'a, P> {
     conn: &'a ConnectionShared,
     policy: &'a P,
     config: Arc<PoolConfig>,
     /// Pinned in the driver's own future: no allocation of its own.
     sleep: Pin<&'a mut Sleep>,
+    /// When the timer is set to fire; `None` before it is first set, once it fired, and after a
+    /// config change, so the next deadline arms it afresh.
     armed: Option<Instant>,
     key: Option<u32>,
     /// Whether the connection may still take a shedding claim.
@@ -72,6 +77,19 @@ struct PhaseTimer<'a, P> {
 }
 
 impl<P: ProtocolPolicy> PhaseTimer<'_, P> {
+    /// When to arm the timer for `deadline`. An idle keep-alive connection's next request will
+    /// be bounded by `headers_timeout` from its first byte, which can be sooner than the
+    /// keep-alive deadline: arming no later than that bound from the idle spell's start means
+    /// that request needs no earlier re-arm. A timer that fires early only causes a re-check.
+    fn arm_at(&self, deadline: Instant, a: &Activity) -> Instant {
+        if a.phase == Phase::Idle && a.requests > 0 && !a.multiplexed && !a.upgraded {
+            let next_head = self.config.headers_timeout.min(self.config.request_timeout);
+            deadline.min(a.phase_since + next_head)
+        } else {
+            deadline
+        }
+    }
+
     fn poll_expiry(&mut self, woken: bool, cx: &mut Context<'_>) -> Poll<Expiry> {
         let key = self.conn.deadline_key();
         if !woken && self.key == Some(key) {
@@ -87,15 +105,26 @@ impl<P: ProtocolPolicy> PhaseTimer<'_, P> {
             self.may_shed = false;
             return Poll::Ready(Expiry::Shed);
         }
-        let Some((deadline, kind)) = self.policy.deadline(&self.conn.activity(), &self.config)
-        else {
-            // No deadline in this phase; a stale armed timer only causes a re-check.
-            self.armed = None;
+        let activity = self.conn.activity();
+        let Some((deadline, kind)) = self.policy.deadline(&activity, &self.config) else {
+            // No deadline in this phase: an armed timer stays armed and only causes a re-check.
+            // One that fired is no longer armed, so the next deadline arms it again.
+            if woken && self.armed.is_some() && self.sleep.as_mut().poll(cx).is_ready() {
+                self.armed = None;
+            }
             return Poll::Pending;
         };
+        let mut rearmed = false;
         if self.armed.is_none_or(|armed| deadline < armed) {
-            self.armed = Some(deadline);
-            self.sleep.as_mut().reset(deadline);
+            let at = self.arm_at(deadline, &activity);
+            self.armed = Some(at);
+            self.sleep.as_mut().reset(at);
+            rearmed = true;
+        }
+        // The sleep holds the pool-side waker since it was last polled, and firing wakes the
+        // driver with `woken` set: it needs a poll only then, or when it was just re-armed.
+        if !woken && !rearmed {
+            return Poll::Pending;
         }
         loop {
             match self.sleep.as_mut().poll(cx) {
@@ -104,7 +133,8 @@ impl<P: ProtocolPolicy> PhaseTimer<'_, P> {
                 Poll::Ready(()) if self.armed == Some(deadline) => {
                     return Poll::Ready(Expiry::Timeout(kind));
                 }
-                // An earlier deadline fired after activity moved it out: re-arm.
+                // An earlier arming fired before the deadline (which activity moved out, or
+                // which `arm_at` armed ahead of): re-arm at the deadline itself.
                 Poll::Ready(()) => {
                     self.armed = Some(deadline);
                     self.sleep.as_mut().reset(deadline);

@@ -240,6 +240,67 @@ async fn keep_alive_timeout_counts_from_the_end_of_the_last_response() {
     assert_eq!(pool.metrics().requests, 1);
 }
 
+/// A pool whose keep-alive outlasts the bound on a request head, as behind a load balancer.
+fn long_keep_alive_pool() -> Pool<DefaultPolicy> {
+    pool(PoolSettings {
+        keep_alive_timeout: Some("120s".into()),
+        connection_timeout: Some("300s".into()),
+        headers_timeout: Some("10s".into()),
+        ..Default::default()
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_keep_alive_longer_than_the_headers_timeout_still_closes_at_its_own_time() {
+    let pool = long_keep_alive_pool();
+    let (remote, tracker, served) = open(&pool);
+    for _ in 0..3 {
+        remote.begin(&tracker);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        remote.end();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let ended = Instant::now() - Duration::from_secs(1);
+    let reason = served.await.unwrap();
+    assert_eq!(reason, CloseReason::Timeout(TimeoutKind::KeepAlive));
+    assert_eq!(ended.elapsed(), Duration::from_secs(120));
+}
+
+/// Starts a request head on an idle connection and lets its driver see it.
+fn head_begins(remote: &Remote, tracker: &ConnectionTracker) {
+    tracker.bytes_read(5);
+    remote.wake.notify_one();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_head_soon_after_a_request_is_bounded_by_headers_timeout() {
+    let pool = long_keep_alive_pool();
+    let (remote, tracker, served) = open(&pool);
+    remote.begin(&tracker);
+    remote.end();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let head = Instant::now();
+    head_begins(&remote, &tracker);
+    let reason = served.await.unwrap();
+    assert_eq!(reason, CloseReason::Timeout(TimeoutKind::Headers));
+    assert_eq!(head.elapsed(), Duration::from_secs(10));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_head_after_a_long_idle_spell_is_bounded_by_headers_timeout() {
+    let pool = long_keep_alive_pool();
+    let (remote, tracker, served) = open(&pool);
+    remote.begin(&tracker);
+    remote.end();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(!served.is_finished());
+    let head = Instant::now();
+    head_begins(&remote, &tracker);
+    let reason = served.await.unwrap();
+    assert_eq!(reason, CloseReason::Timeout(TimeoutKind::Headers));
+    assert_eq!(head.elapsed(), Duration::from_secs(10));
+}
+
 #[tokio::test(start_paused = true)]
 async fn lowered_timeouts_apply_to_open_connections() {
     let pool = pool(PoolSettings::default());
