@@ -47,12 +47,10 @@ impl<S> TrackedIo<S> {
     }
 
     /// Fails the call once the pool has closed an upgraded connection.
+    #[inline]
     fn killed(&self, cx: &Context<'_>, read: bool) -> bool {
         match &self.link {
-            Some(link) => {
-                link.register_io(cx.waker(), read);
-                link.is_killed()
-            }
+            Some(link) => link.check_io(cx.waker(), read),
             None => false,
         }
     }

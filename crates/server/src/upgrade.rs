@@ -89,18 +89,27 @@ impl UpgradeLink {
         }
     }
 
-    /// Registers an upgraded I/O's task to hear [`UpgradeLink::kill`]; nothing before the
-    /// upgrade, so plain requests never allocate the wakers.
-    pub fn register_io(&self, waker: &Waker, read: bool) {
-        if self.is(UPGRADED) {
-            self.waiting(|w| {
-                if read {
-                    w.read.register(waker)
-                } else {
-                    w.write.register(waker)
-                }
-            });
+    /// Whether the I/O must fail because the pool closed the connection; an upgraded I/O's
+    /// task is registered to hear [`UpgradeLink::kill`]. Before an upgrade — every read and
+    /// write of a plain request — this is one load, and the wakers are never allocated.
+    #[inline]
+    pub fn check_io(&self, waker: &Waker, read: bool) -> bool {
+        if self.state.load(Ordering::SeqCst) & (UPGRADED | KILLED) == 0 {
+            return false;
         }
+        self.check_upgraded_io(waker, read)
+    }
+
+    #[cold]
+    fn check_upgraded_io(&self, waker: &Waker, read: bool) -> bool {
+        self.waiting(|w| {
+            if read {
+                w.read.register(waker)
+            } else {
+                w.write.register(waker)
+            }
+        });
+        self.is_killed()
     }
 
     /// Registers the connection's task to hear that the I/O was dropped; returns whether it was.
