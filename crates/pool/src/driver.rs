@@ -6,7 +6,8 @@
 //! deadline the protocol policy computes from the connection's activity. Both are polled only
 //! when they woke the task (the timer also right after it is re-armed); the deadline is
 //! recomputed when the connection's activity changed phase. A busy connection pays a few atomic
-//! loads per poll for them, and no per-request notification is needed. There is no sweep over connections anywhere: each connection watches its own state.
+//! loads per poll for them, and no per-request notification is needed. There is no sweep over
+//! connections anywhere: each connection watches its own state.
 
 use std::future::Future;
 use std::pin::{pin, Pin};
