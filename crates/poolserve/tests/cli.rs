@@ -325,3 +325,51 @@ listen = "127.0.0.1:0"
     assert_eq!(send_sigterm(child.id()), 0);
     assert_eq!(wait_exit(child).code(), Some(0));
 }
+
+/// Starts `poolserve --bare-baseline PROTOCOL` on a free port; returns it and its address.
+fn spawn_bare_baseline(protocol: &str) -> (Child, SocketAddr) {
+    let mut child = Command::new(BIN)
+        .args(["--bare-baseline", protocol, "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .parse()
+        .unwrap();
+    (child, addr)
+}
+
+#[test]
+fn the_bare_baseline_serves_the_demo_app_over_http1_and_h2c() {
+    let (mut http, addr) = spawn_bare_baseline("http");
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.ends_with("hello"), "{response}");
+    http.kill().unwrap();
+    http.wait().unwrap();
+
+    let (mut h2, addr) = spawn_bare_baseline("http2");
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    // The client preface and an empty SETTINGS frame: the server answers with its SETTINGS.
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .unwrap();
+    let mut head = [0u8; 9];
+    s.read_exact(&mut head).unwrap();
+    assert_eq!(head[3], 0x4, "first frame type: {head:?}");
+    h2.kill().unwrap();
+    h2.wait().unwrap();
+}
