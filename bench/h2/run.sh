@@ -17,7 +17,10 @@
 # possible. Each round runs every peer once, in turn; medians over rounds are reported, with the
 # spread and the poolserve / peer ratio within each round. The CPU other processes take during a
 # run is measured, and a disturbed run is redone (MAX_OTHER, RETRIES). Extra peer for PEERS or
-# INSTR_PEERS: bare_h2_ka (bare_h2 with hyper's keep-alive PINGs every 30 s, as poolserve).
+# INSTR_PEERS: bare_h2_ka (bare_h2 with hyper's keep-alive PINGs every 30 s, as poolserve), and
+# bare_h2_same (that server built into the poolserve binary, `poolserve --bare-baseline http2`:
+# LTO compiles the same hyper code differently in a small binary, so this baseline differs from
+# poolserve only by the pool). The duel also runs bare_h2_same against bare_h2_ka.
 # Results: bench/out/h2.txt, per round bench/out/h2-rounds.tsv (summarised by summarize.py).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -36,7 +39,7 @@ IDLE_ROUNDS=${IDLE_ROUNDS:-3}
 IDLE_PEERS=${IDLE_PEERS:-"poolserve bare_h2 poolserve_grpc bare_tonic"}
 INSTR_REQUESTS=${INSTR_REQUESTS:-20000}  # calls counted under callgrind per peer; 0 skips it
 INSTR_PEERS=${INSTR_PEERS:-"poolserve bare_h2_ka bare_h2 poolserve_grpc bare_tonic_ka"}
-DUEL_PAIRS=${DUEL_PAIRS:-"poolserve:bare_h2_ka poolserve_tls:bare_h2_ka_tls poolserve_grpc:bare_tonic_ka"}
+DUEL_PAIRS=${DUEL_PAIRS:-"poolserve:bare_h2_ka poolserve:bare_h2_same bare_h2_same:bare_h2_ka poolserve_tls:bare_h2_ka_tls poolserve_grpc:bare_tonic_ka"}
 DUEL_ROUNDS=${DUEL_ROUNDS:-6}  # shared-core duel rounds per pair (0 skips them)
 DUEL_SECS=${DUEL_SECS:-5}
 out=bench/out
@@ -159,6 +162,10 @@ start() { # $1 = peer; sets server_pid, server_url (of `/`) and kind (get|grpc)
       ;;
     bare_h2_ka) # bare_h2 with poolserve's default keep-alive: PINGs every 30 s
       BARE_H2_KEEP_ALIVE_SECS=30 "${wrap[@]}" "$bin/examples/bare_h2" "127.0.0.1:$port" \
+        > "$out/h2-$1.log" 2>&1 &
+      ;;
+    bare_h2_same) # bare_h2_ka's server built into the poolserve binary (its --bare-baseline)
+      "${wrap[@]}" "$bin/poolserve" --bare-baseline http2 --listen "127.0.0.1:$port" \
         > "$out/h2-$1.log" 2>&1 &
       ;;
     bare_h2_tls)

@@ -22,6 +22,10 @@ IDLE_RUN=${IDLE_RUN:-1}   # 0 skips the idle-connection memory run
 IDLE_ROUNDS=${IDLE_ROUNDS:-3}  # rounds of the idle-connection run
 DUEL_ROUNDS=${DUEL_ROUNDS:-8}  # shared-core duel rounds, poolserve vs bare hyper (0 skips it)
 DUEL_SECS=${DUEL_SECS:-5}      # seconds per duel round
+# Baselines poolserve duels against: bare_same is bare_hyper's server built into the poolserve
+# binary (`poolserve --bare-baseline http`), so it differs from poolserve only by the pool;
+# whole-program LTO compiles the same hyper code differently in the small bare_hyper binary.
+DUEL_BASELINES=${DUEL_BASELINES:-"bare_hyper bare_same"}
 out=bench/out
 mkdir -p "$out"
 results="$out/http1.txt"
@@ -70,6 +74,10 @@ TOML
       ;;
     bare_hyper)
       taskset -c 1 "$bin/examples/bare_hyper" "127.0.0.1:$port" > "$out/http1-bare.log" 2>&1 &
+      ;;
+    bare_same) # bare_hyper's server built into the poolserve binary (its --bare-baseline)
+      taskset -c 1 "$bin/poolserve" --bare-baseline http --listen "127.0.0.1:$port" \
+        > "$out/http1-bare-same.log" 2>&1 &
       ;;
     nginx)
       mkdir -p "$out/nginx"
@@ -169,9 +177,10 @@ done
 duel_requests() { awk '/requests in/ {print $1}' "$1"; }
 if [ "$DUEL_ROUNDS" != 0 ]; then
   for mode in $MODES; do
+  for base in $DUEL_BASELINES; do
     extra=(); [ "$mode" = close ] && extra=(-H "Connection: close")
     start poolserve; pa=$server_pid; porta=$server_port
-    start bare_hyper; pb=$server_pid; portb=$server_port
+    start "$base"; pb=$server_pid; portb=$server_port
     wrk_a=(taskset -c 0 wrk -t1 -c"$CONNS" -d"${DUEL_SECS}s" "${extra[@]}" "http://127.0.0.1:$porta/")
     wrk_b=(taskset -c 0 wrk -t1 -c"$CONNS" -d"${DUEL_SECS}s" "${extra[@]}" "http://127.0.0.1:$portb/")
     taskset -c 0 wrk -t1 -c"$CONNS" -d1s "${extra[@]}" "http://127.0.0.1:$porta/" > /dev/null
@@ -182,11 +191,12 @@ if [ "$DUEL_ROUNDS" != 0 ]; then
       ra=$(duel_requests "$out/duel-a.txt"); rb=$(duel_requests "$out/duel-b.txt")
       r=$(python3 -c "print(f'{($ra / max(1, $ta)) / ($rb / max(1, $tb)):.3f}')")
       ratios+="$r "
-      echo "  duel round $round $mode: poolserve $ra requests / $ta ticks, bare_hyper $rb / $tb ticks: $r" >&2
+      echo "  duel round $round $mode: poolserve $ra requests / $ta ticks, $base $rb / $tb ticks: $r" >&2
     done
     kill "$pa" "$pb"; wait "$pa" "$pb" 2>/dev/null || true
-    echo "duel $mode: poolserve / bare_hyper requests per CPU-second, median $(median <<<"$ratios") (rounds $ratios)" \
+    echo "duel $mode: poolserve / $base requests per CPU-second, median $(median <<<"$ratios") (rounds $ratios)" \
       | tee -a "$results"
+  done
   done
 fi
 
