@@ -514,7 +514,7 @@ impl RequestTracker {
         let now = s.now();
         let duration = now.saturating_sub(self.started);
         let core = &s.core;
-        core.counters.requests.fetch_add(1, Ordering::Relaxed);
+        // Also the request total (`MetricsSnapshot::requests` is the histogram's count).
         core.counters.latency.record_nanos(duration);
         if self.error {
             core.counters.errors.fetch_add(1, Ordering::Relaxed);

@@ -37,10 +37,17 @@ impl std::error::Error for RequestTimeout {}
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl Body {
-    /// `timed`: whether this body enforces `request_timeout` itself (a stream of a multiplexed
-    /// connection that is not a gRPC call, whose deadline is its `grpc-timeout`).
-    pub(crate) fn new(inner: Incoming, tracker: &ConnectionTracker, timed: bool) -> Self {
-        if inner.is_end_stream() {
+    /// `ended`: whether `inner` is already at its end (its `is_end_stream`, which for HTTP/2
+    /// takes the connection's stream lock, so the caller's answer is reused). `timed`: whether
+    /// this body enforces `request_timeout` itself (a stream of a multiplexed connection that is
+    /// not a gRPC call, whose deadline is its `grpc-timeout`).
+    pub(crate) fn new(
+        inner: Incoming,
+        tracker: &ConnectionTracker,
+        ended: bool,
+        timed: bool,
+    ) -> Self {
+        if ended {
             tracker.body_received();
             return Body {
                 inner,

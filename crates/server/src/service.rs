@@ -44,13 +44,16 @@ where
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let request = self.tracker.request_started();
-        // A stream of a multiplexed connection times its own body, except a gRPC call's.
-        let timed = self.tracker.is_multiplexed()
+        // A stream of a multiplexed connection times its own body, except a gRPC call's; a
+        // request without a body (most are) needs neither the deadline nor the header lookup.
+        let ended = http_body::Body::is_end_stream(req.body());
+        let timed = !ended
+            && self.tracker.is_multiplexed()
             && !req
                 .headers()
                 .get(http::header::CONTENT_TYPE)
                 .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-        let mut req = req.map(|b| Body::new(b, &self.tracker, timed));
+        let mut req = req.map(|b| Body::new(b, &self.tracker, ended, timed));
         // Only a request that can take the connection over needs the handle; leaving it off the
         // others spares every plain request an extensions map. hyper marks those requests (an
         // `Upgrade` header, `CONNECT`) with its `OnUpgrade`; looking that up in a request's
@@ -69,7 +72,9 @@ where
         // (most are: routers, `service_fn`) is called now and its future stored once, instead of
         // being built inside a `Oneshot` on the first poll and moved into it. A stream of a
         // multiplexed connection is polled in a task of its own: there the call waits for that
-        // task, so a large future (a gRPC router's) is built in place rather than moved into it.
+        // task, so a large future (a gRPC router's) is built in place rather than moved into it
+        // (measured 2026-12-02 under callgrind: calling at once costs a gRPC unary call 733
+        // instructions more, and saves an h2c request 48).
         let inner = if self.tracker.is_multiplexed() {
             Either::Right(service.oneshot(req))
         } else {
