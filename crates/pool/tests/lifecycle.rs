@@ -266,39 +266,33 @@ async fn a_keep_alive_longer_than_the_headers_timeout_still_closes_at_its_own_ti
     assert_eq!(ended.elapsed(), Duration::from_secs(120));
 }
 
-/// Starts a request head on an idle connection and lets its driver see it.
-fn head_begins(remote: &Remote, tracker: &ConnectionTracker) {
+/// Serves one request, idles `idle`, then starts a head that never completes: it must be cut
+/// `headers_timeout` after its first byte, however the idle spell's timer was armed.
+async fn a_head_after(idle: Duration) {
+    let pool = long_keep_alive_pool();
+    let (remote, tracker, served) = open(&pool);
+    remote.begin(&tracker);
+    remote.end();
+    tokio::time::sleep(idle).await;
+    assert!(!served.is_finished());
+    let head = Instant::now();
     tracker.bytes_read(5);
     remote.wake.notify_one();
+    let reason = served.await.unwrap();
+    assert_eq!(reason, CloseReason::Timeout(TimeoutKind::Headers));
+    assert_eq!(head.elapsed(), Duration::from_secs(10));
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_head_soon_after_a_request_is_bounded_by_headers_timeout() {
-    let pool = long_keep_alive_pool();
-    let (remote, tracker, served) = open(&pool);
-    remote.begin(&tracker);
-    remote.end();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let head = Instant::now();
-    head_begins(&remote, &tracker);
-    let reason = served.await.unwrap();
-    assert_eq!(reason, CloseReason::Timeout(TimeoutKind::Headers));
-    assert_eq!(head.elapsed(), Duration::from_secs(10));
+    // Before the idle timer's early arming (at headers_timeout) fires.
+    a_head_after(Duration::from_secs(3)).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_head_after_a_long_idle_spell_is_bounded_by_headers_timeout() {
-    let pool = long_keep_alive_pool();
-    let (remote, tracker, served) = open(&pool);
-    remote.begin(&tracker);
-    remote.end();
-    tokio::time::sleep(Duration::from_secs(60)).await;
-    assert!(!served.is_finished());
-    let head = Instant::now();
-    head_begins(&remote, &tracker);
-    let reason = served.await.unwrap();
-    assert_eq!(reason, CloseReason::Timeout(TimeoutKind::Headers));
-    assert_eq!(head.elapsed(), Duration::from_secs(10));
+    // After it fired and the timer was re-armed at the keep-alive deadline.
+    a_head_after(Duration::from_secs(60)).await;
 }
 
 #[tokio::test(start_paused = true)]

@@ -13,34 +13,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use hyper::server::conn::http2;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use poolserve_server::demo;
+use poolserve_server::baseline::serve_http2;
 use poolserve_server::tls::{PemPair, TlsFiles};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-
-/// poolserve's default `http2.max_concurrent_streams`.
-const MAX_CONCURRENT_STREAMS: u32 = 250;
-
-async fn serve<I>(io: I, keep_alive: Option<Duration>)
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let mut builder = http2::Builder::new(TokioExecutor::new());
-    builder.max_concurrent_streams(MAX_CONCURRENT_STREAMS);
-    if let Some(interval) = keep_alive {
-        builder
-            .timer(TokioTimer::new())
-            .keep_alive_interval(interval)
-            .keep_alive_timeout(Duration::from_secs(10));
-    }
-    let _ = builder
-        .serve_connection(TokioIo::new(io), service_fn(demo::handle))
-        .await;
-}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -69,12 +45,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let _ = stream.set_nodelay(true);
         match tls.clone() {
             None => {
-                tokio::spawn(serve(stream, keep_alive));
+                tokio::spawn(serve_http2(stream, keep_alive));
             }
             Some(acceptor) => {
                 tokio::spawn(async move {
                     if let Ok(stream) = acceptor.accept(stream).await {
-                        serve(stream, keep_alive).await;
+                        serve_http2(stream, keep_alive).await;
                     }
                 });
             }

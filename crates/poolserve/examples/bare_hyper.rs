@@ -1,10 +1,7 @@
 //! Benchmark baseline: a bare hyper HTTP/1.1 server with no pool, answering with the same demo
 //! handler as poolserve's `http` servers. Usage: `bare_hyper 127.0.0.1:PORT`.
 
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use poolserve_server::demo;
+use poolserve_server::baseline::serve_http1;
 use tokio::net::TcpListener;
 
 #[tokio::main]
@@ -17,11 +14,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     loop {
         let (stream, _) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
-        tokio::spawn(async move {
-            let _ = http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), service_fn(demo::handle))
-                .await;
-        });
+        tokio::spawn(serve_http1(stream));
     }
 }

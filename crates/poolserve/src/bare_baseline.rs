@@ -8,10 +8,7 @@
 
 use std::time::Duration;
 
-use hyper::server::conn::{http1, http2};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use poolserve_server::demo;
+use poolserve_server::baseline::{serve_http1, serve_http2};
 use tokio::net::TcpListener;
 
 /// The protocol the baseline serves.
@@ -31,27 +28,9 @@ pub async fn serve(protocol: BareProtocol, addr: &str) -> std::io::Result<()> {
     loop {
         let (stream, _) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
-        let io = TokioIo::new(stream);
         match protocol {
-            BareProtocol::Http => {
-                tokio::spawn(async move {
-                    let _ = http1::Builder::new()
-                        .keep_alive(true)
-                        .serve_connection(io, service_fn(demo::handle))
-                        .await;
-                });
-            }
-            BareProtocol::Http2 => {
-                tokio::spawn(async move {
-                    let mut builder = http2::Builder::new(TokioExecutor::new());
-                    builder
-                        .max_concurrent_streams(250)
-                        .timer(TokioTimer::new())
-                        .keep_alive_interval(Duration::from_secs(30))
-                        .keep_alive_timeout(Duration::from_secs(10));
-                    let _ = builder.serve_connection(io, service_fn(demo::handle)).await;
-                });
-            }
-        }
+            BareProtocol::Http => tokio::spawn(serve_http1(stream)),
+            BareProtocol::Http2 => tokio::spawn(serve_http2(stream, Some(Duration::from_secs(30)))),
+        };
     }
 }

@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod baseline;
 mod body;
 pub mod demo;
 pub mod file_config;
