@@ -138,6 +138,8 @@ median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{v[NR] = $1} END {print v
 # Each round runs every peer once, in turn, so a noisy neighbour on the machine hurts them alike;
 # the medians over the rounds are reported.
 declare -A rps p99 errors
+if [ "$ROUNDS" != 0 ]; then
+declare -A rps p99 errors
 for mode in $MODES; do
   for round in $(seq "$ROUNDS"); do
     for peer in $PEERS; do
@@ -171,6 +173,7 @@ print(f"$mode: poolserve / $peer = {st.median(a) / st.median(b):.3f} x requests/
 PY
   done
 done
+fi
 
 # The shared-core duel (bench/lib.sh): poolserve and bare hyper on core 1 at once, each under its
 # own wrk on core 0; requests per CPU-second of each server, compared within every round.
