@@ -11,10 +11,9 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use tokio::time::Instant;
 
-use futures_util::task::AtomicWaker;
 use std::task::{Wake, Waker};
 
 use crate::events::{ConnectionId, PoolEventKind};
@@ -54,8 +53,9 @@ pub(crate) struct ConnectionShared {
     pool_side_woken: AtomicBool,
     /// The peer broke off a request body; failures that follow are its doing, not ours.
     peer_failed: AtomicBool,
-    /// The task driving the connection, woken on the pool's behalf.
-    driver_task: AtomicWaker,
+    /// The task driving the connection, woken on the pool's behalf. Replaced only when the
+    /// driver's waker changes (a tokio task's never does), so a poll takes no lock.
+    driver_task: Mutex<Option<Waker>>,
     /// Nanoseconds since the pool's origin of the last message either way (message protocols).
     last_message: AtomicU64,
     pub id: ConnectionId,
@@ -87,7 +87,7 @@ impl ConnectionShared {
             peer_failed: AtomicBool::new(false),
             shed_claimed: AtomicBool::new(false),
             pool_side_woken: AtomicBool::new(true),
-            driver_task: AtomicWaker::new(),
+            driver_task: Mutex::new(None),
         }
     }
 
@@ -105,9 +105,13 @@ impl ConnectionShared {
             | u32::from(self.multiplexed.load(Ordering::Relaxed)) << 13
     }
 
-    /// Registers the task driving the connection.
-    pub fn register_driver(&self, waker: &Waker) {
-        self.driver_task.register(waker);
+    /// Registers the task driving the connection; `None` once the driver is done, so a
+    /// tracker that outlives the connection does not keep the finished task's memory alive.
+    pub fn register_driver(&self, waker: Option<Waker>) {
+        *self
+            .driver_task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = waker;
     }
 
     /// Whether the pool's side woke the driver since the last call.
@@ -217,7 +221,15 @@ impl Wake for ConnectionShared {
 
     fn wake_by_ref(self: &Arc<Self>) {
         self.pool_side_woken.store(true, Ordering::Release);
-        self.driver_task.wake();
+        // Cloned out of the lock: waking runs the scheduler, which need not wait on it.
+        let waker = self
+            .driver_task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(w) = waker {
+            w.wake();
+        }
     }
 }
 
@@ -295,7 +307,7 @@ impl ConnectionTracker {
         };
         s.core
             .counters
-            .requests_in_flight
+            .requests_started
             .fetch_add(1, Ordering::Relaxed);
         if s.in_flight.fetch_add(1, Ordering::Relaxed) == 0 {
             s.core.counters.busy.fetch_add(1, Ordering::Relaxed);
@@ -309,7 +321,7 @@ impl ConnectionTracker {
         RequestTracker {
             conn: s.clone(),
             started,
-            response_after: None,
+            response_after: NO_RESPONSE_HEAD,
             error: false,
             finished: false,
         }
@@ -442,14 +454,22 @@ impl ConnectionTracker {
     }
 }
 
+/// `RequestTracker::response_after` before a streamed response's head.
+const NO_RESPONSE_HEAD: u64 = u64::MAX;
+
+// Moved with every response (in its future, then its body): kept small.
+const _: () = assert!(std::mem::size_of::<RequestTracker>() <= 32);
+
 /// One request in flight; finishing or dropping it records its duration and outcome.
 #[derive(Debug)]
 pub struct RequestTracker {
     conn: Arc<ConnectionShared>,
     /// Nanoseconds since the pool's origin.
     started: u64,
-    /// Nanoseconds from the start to the response head, for a streamed response.
-    response_after: Option<u64>,
+    /// Nanoseconds from the start to the response head, for a streamed response;
+    /// `NO_RESPONSE_HEAD` before (a sentinel rather than an `Option`: the tracker is moved with
+    /// every response, and this keeps it at 32 bytes).
+    response_after: u64,
     error: bool,
     finished: bool,
 }
@@ -463,8 +483,8 @@ impl RequestTracker {
     /// The response head is ready; `error` marks a server-side failure (a 5xx). The time to
     /// the head is the request's response time (a streamed body may go on for long).
     pub fn response_started(&mut self, error: bool) {
-        if self.response_after.is_none() {
-            self.response_after = Some(self.conn.now().saturating_sub(self.started));
+        if self.response_after == NO_RESPONSE_HEAD {
+            self.response_after = self.conn.now().saturating_sub(self.started);
         }
         self.error |= error;
     }
@@ -475,6 +495,11 @@ impl RequestTracker {
     /// [`RequestTracker::response_started`].
     pub fn sized_response_started(&mut self, error: bool) {
         self.error |= error;
+    }
+
+    /// Whether the request is a stream of a multiplexed connection (HTTP/2).
+    pub fn is_multiplexed(&self) -> bool {
+        self.conn.is_multiplexed()
     }
 
     /// Whether the connection should close after this response because the pool is over a
@@ -519,13 +544,14 @@ impl RequestTracker {
         if self.error {
             core.counters.errors.fetch_add(1, Ordering::Relaxed);
         }
-        core.window
-            .record_request_nanos(now, self.response_after.unwrap_or(duration), self.error);
+        let response = if self.response_after == NO_RESPONSE_HEAD {
+            duration
+        } else {
+            self.response_after
+        };
+        core.window.record_request_nanos(now, response, self.error);
         s.requests.fetch_add(1, Ordering::Relaxed);
         s.flush_bytes();
-        core.counters
-            .requests_in_flight
-            .fetch_sub(1, Ordering::Relaxed);
         if s.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
             core.counters.busy.fetch_sub(1, Ordering::Relaxed);
             s.set_phase(Phase::Idle, now);
@@ -584,6 +610,7 @@ impl<P: ProtocolPolicy> Drop for ConnectionGuard<P> {
     fn drop(&mut self) {
         let s = &self.shared;
         let core = &self.pool.core;
+        s.register_driver(None);
         s.flush_bytes();
         if s.closing.load(Ordering::Relaxed) {
             core.counters.closing.fetch_sub(1, Ordering::Relaxed);

@@ -194,12 +194,17 @@ impl<P: ProtocolPolicy> ConnectionGuard<P> {
         // polling them only then keeps the per-poll cost of the pool to a few atomic loads.
         let pool_side = Waker::from(shared.clone());
         shared.request_pool_side_check();
+        // The waker last registered. A pool-side wake does not take it out, so a poll whose
+        // waker is the same (a tokio task's always is) has nothing to register and no lock to
+        // take; one that changed is registered before the pool's side is looked at, so a wake
+        // either reaches the new waker or is seen by this poll.
+        let mut registered: Option<Waker> = None;
         loop {
             let event = std::future::poll_fn(|cx| {
-                // Every poll: a pool-side wake takes the registered waker out, and one racing
-                // this poll can take a waker registered in it (futures' `register` skips the
-                // clone when the waker is the same, so this costs two uncontended atomics).
-                shared.register_driver(cx.waker());
+                if !registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    registered = Some(cx.waker().clone());
+                    shared.register_driver(registered.clone());
+                }
                 if let Poll::Ready(result) = conn.as_mut().poll(cx) {
                     return Poll::Ready(Event::Finished(result));
                 }

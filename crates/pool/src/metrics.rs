@@ -146,8 +146,9 @@ pub(crate) struct Counters {
     pub bytes_out: AtomicU64,
     /// Connections with at least one request in flight.
     pub busy: AtomicU64,
-    /// Requests in flight (HTTP/2 streams included).
-    pub requests_in_flight: AtomicU64,
+    /// Requests started (HTTP/2 streams included). Those in flight are the ones started but
+    /// not yet in the latency histogram, so a finishing request updates one counter less.
+    pub requests_started: AtomicU64,
     pub latency: LatencyHistogram,
     pub accepted: AtomicU64,
     pub rejected: AtomicU64,
@@ -277,7 +278,8 @@ impl Counters {
             active,
             idle: active - busy,
             busy,
-            requests_in_flight: load(&self.requests_in_flight),
+            // Loaded after the histogram: whatever it counted as done had started by then.
+            requests_in_flight: load(&self.requests_started).saturating_sub(latency.count),
             closing: load(&self.closing).min(active),
             max_connections,
             accepted: load(&self.accepted),

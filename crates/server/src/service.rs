@@ -116,9 +116,11 @@ where
         };
         Poll::Ready(match out {
             Ok(mut res) => {
-                // A trailers-only gRPC response (an empty body) carries its status in the head.
+                // A trailers-only gRPC response (an empty body) carries its status in the head;
+                // gRPC runs over HTTP/2 only.
                 let failed = res.status().is_server_error()
-                    || (res.body().is_end_stream()
+                    || (request.is_multiplexed()
+                        && res.body().is_end_stream()
                         && crate::grpc::is_server_failure(res.headers()));
                 // A sized body follows its head at once: its request is timed to the end.
                 if res.body().size_hint().exact().is_some() {
