@@ -38,6 +38,9 @@ pub(crate) struct ConnectionShared {
     pending_out: AtomicU64,
     /// Nanoseconds since the pool's origin plus one; 0 = no write blocked.
     write_blocked_since: AtomicU64,
+    /// Nanoseconds since the pool's origin of the last read that brought bytes, on a
+    /// multiplexed connection: when the streams that read decoded arrived.
+    last_read: AtomicU64,
     /// Nanoseconds since the pool's origin plus one of an unanswered heartbeat ping; 0 = none.
     ping_outstanding_since: AtomicU64,
     in_flight: AtomicU32,
@@ -79,6 +82,7 @@ impl ConnectionShared {
             pending_in: AtomicU64::new(0),
             pending_out: AtomicU64::new(0),
             write_blocked_since: AtomicU64::new(0),
+            last_read: AtomicU64::new(since),
             last_message: AtomicU64::new(since),
             ping_outstanding_since: AtomicU64::new(0),
             upgraded: AtomicBool::new(false),
@@ -255,12 +259,18 @@ impl ConnectionTracker {
     pub fn bytes_read(&self, n: usize) {
         let s = &self.shared;
         s.pending_in.fetch_add(n as u64, Ordering::Relaxed);
+        if n == 0 {
+            return;
+        }
         // On a multiplexed connection bytes arrive between streams (pings, window updates):
-        // only a stream starts a request there.
-        if n > 0
-            && s.phase.load(Ordering::Relaxed) == Phase::Idle as u8
+        // only a stream starts a request there, and it starts when the read that carried its
+        // HEADERS came. One clock read per read serves every stream the read brought.
+        if s.multiplexed.load(Ordering::Relaxed) {
+            s.last_read.store(s.now(), Ordering::Relaxed);
+            return;
+        }
+        if s.phase.load(Ordering::Relaxed) == Phase::Idle as u8
             && s.in_flight.load(Ordering::Relaxed) == 0
-            && !s.multiplexed.load(Ordering::Relaxed)
         {
             if s.requests.load(Ordering::Relaxed) == 0 {
                 // A new connection's first head is timed from when it was opened.
@@ -298,9 +308,12 @@ impl ConnectionTracker {
         let s = &self.shared;
         let phase = Phase::from_u8(s.phase.load(Ordering::Relaxed));
         // A later request on a kept-alive connection started when its head's first byte came,
-        // which `bytes_read` stamped: no clock read here. A first request (its head is timed
-        // from the open, not stamped), a pipelined one and a stream read the clock.
-        let started = if phase == Phase::ReadingHead && s.requests.load(Ordering::Relaxed) > 0 {
+        // and a stream when the read that brought it came, both stamped by `bytes_read`: no
+        // clock read here. A first request (its head is timed from the open, not stamped) and
+        // a pipelined one read the clock.
+        let started = if s.multiplexed.load(Ordering::Relaxed) {
+            s.last_read.load(Ordering::Relaxed)
+        } else if phase == Phase::ReadingHead && s.requests.load(Ordering::Relaxed) > 0 {
             s.phase_since.load(Ordering::Relaxed)
         } else {
             s.now()

@@ -468,6 +468,31 @@ async fn a_sized_response_is_timed_to_its_end_a_streamed_one_to_its_head() {
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_stream_is_timed_from_the_read_that_brought_it() {
+    let pool = pool(PoolSettings::default());
+    let guard = pool.admit(None).unwrap();
+    let t = guard.tracker();
+    t.multiplexed();
+    t.bytes_read(100); // preface and settings
+    tokio::time::advance(ms(40)).await;
+    t.bytes_read(60); // two HEADERS frames in one read
+    tokio::time::advance(ms(5)).await; // the connection gets round to the streams
+    let first = t.request_started();
+    let second = t.request_started();
+    assert_eq!(pool.metrics().requests_in_flight, 2);
+    tokio::time::advance(ms(10)).await;
+    first.finish();
+    assert_eq!(pool.metrics().requests_in_flight, 1);
+    tokio::time::advance(ms(20)).await;
+    second.finish();
+    let latency = pool.metrics().latency.sum_seconds;
+    // 15 ms and 35 ms from the second read; the 40 ms before it are not theirs.
+    assert!((latency - 0.050).abs() < 0.0015, "{latency}");
+    assert_eq!(pool.metrics().requests, 2);
+    assert_eq!(pool.metrics().requests_in_flight, 0);
+}
+
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
