@@ -366,3 +366,18 @@ async fn a_stream_whose_body_stalls_is_cut_at_request_timeout_and_the_connection
     assert_eq!((m.accepted, m.errors), (1, 0));
     drop(tx);
 }
+
+#[tokio::test]
+async fn a_stream_is_timed_from_its_arrival_not_from_the_connection_s_last_activity() {
+    let h = start(PoolSettings::default()).await;
+    let pool = h.runtime.server("h2c").unwrap().pool().clone();
+    let (client, _conn) = H2Client::connect(h.h2c).await;
+    let mut c = client.clone();
+    assert_eq!(c.get("/").await.status(), 200);
+    // The connection idles, then a 20 ms request comes: its time is its own, not the idle spell.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let before = pool.metrics().latency.sum_seconds;
+    assert_eq!(c.get("/sleep?ms=20").await.status(), 200);
+    let took = pool.metrics().latency.sum_seconds - before;
+    assert!((0.019..0.3).contains(&took), "{took} s");
+}
