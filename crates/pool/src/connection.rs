@@ -143,7 +143,7 @@ impl ConnectionShared {
 
     /// Now, in nanoseconds since the pool's origin: one clock read.
     fn now(&self) -> u64 {
-        self.core.nanos(Instant::now())
+        self.core.now_nanos()
     }
 
     pub fn activity(&self) -> Activity {
@@ -301,7 +301,7 @@ impl ConnectionTracker {
     pub fn write_blocked(&self) {
         let s = &self.shared;
         if s.write_blocked_since.load(Ordering::Relaxed) == 0 {
-            let at = s.core.nanos(Instant::now());
+            let at = s.core.now_nanos();
             s.write_blocked_since.store(at + 1, Ordering::Relaxed);
         }
     }
@@ -409,16 +409,12 @@ impl ConnectionTracker {
     pub fn upgraded(&self) {
         let s = &self.shared;
         s.upgraded.store(true, Ordering::Relaxed);
-        s.last_message
-            .store(s.core.nanos(Instant::now()), Ordering::Relaxed);
+        s.last_message.store(s.core.now_nanos(), Ordering::Relaxed);
     }
 
-    fn message_activity(&self) -> Instant {
-        let now = Instant::now();
-        self.shared
-            .last_message
-            .store(self.shared.core.nanos(now), Ordering::Relaxed);
-        now
+    fn message_activity(&self) {
+        let s = &self.shared;
+        s.last_message.store(s.core.now_nanos(), Ordering::Relaxed);
     }
 
     /// A whole message arrived from the peer (`bytes` of payload). Any traffic from the peer
@@ -448,7 +444,7 @@ impl ConnectionTracker {
         let s = &self.shared;
         s.core.counters.pings_sent.fetch_add(1, Ordering::Relaxed);
         if s.ping_outstanding_since.load(Ordering::Relaxed) == 0 {
-            let at = s.core.nanos(Instant::now());
+            let at = s.core.now_nanos();
             s.ping_outstanding_since.store(at + 1, Ordering::Relaxed);
         }
     }

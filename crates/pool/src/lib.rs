@@ -26,6 +26,7 @@
 #![warn(missing_docs)]
 
 mod admission;
+mod clock;
 mod config;
 mod connection;
 mod driver;
@@ -40,6 +41,7 @@ mod registry;
 mod window;
 
 pub use admission::{AdmissionCounter, Refusal};
+pub use clock::Clock;
 pub use config::{
     ConfigChange, ConfigErrors, FieldError, GrpcConfig, GrpcSettings, HealthSettings,
     HealthThresholds, Http1Config, Http1Settings, Http2Config, Http2Settings, PoolConfig,

@@ -10,6 +10,7 @@ use serde::Serialize;
 use tokio::sync::{watch, Notify};
 
 use crate::admission::{AdmissionCounter, Refusal};
+use crate::clock::{Clock, Origin};
 use crate::config::{ConfigChange, ConfigErrors, PoolConfig, PoolSettings};
 use crate::connection::{ConnectionGuard, ConnectionShared};
 use crate::events::{now_ms, EventBus, PoolEvent, PoolEventKind, Subscription};
@@ -64,7 +65,7 @@ pub(crate) struct PoolCore {
     per_ip_limit: AtomicU32,
     pub counters: Counters,
     pub window: DecayingWindow,
-    origin: Instant,
+    origin: Origin,
     pub events: EventBus,
     /// What outside watchers (accept loops, health followers) see.
     pub control: watch::Sender<ControlState>,
@@ -97,15 +98,21 @@ fn status_index(s: HealthStatus) -> u8 {
 
 impl PoolCore {
     pub fn nanos(&self, at: Instant) -> u64 {
-        at.saturating_duration_since(self.origin).as_nanos() as u64
+        self.origin.nanos(at)
+    }
+
+    /// Now, in nanoseconds since the pool's origin: one clock read.
+    #[inline]
+    pub fn now_nanos(&self) -> u64 {
+        self.origin.now_nanos()
     }
 
     pub fn instant(&self, nanos: u64) -> Instant {
-        self.origin + Duration::from_nanos(nanos)
+        self.origin.instant(nanos)
     }
 
     pub fn elapsed(&self, now: Instant) -> Duration {
-        now.saturating_duration_since(self.origin)
+        self.origin.elapsed(now)
     }
 
     pub fn config(&self) -> Arc<PoolConfig> {
@@ -300,8 +307,18 @@ impl<P: ProtocolPolicy> Pool<P> {
         Self::with_events(name, policy, config, EventBus::default())
     }
 
+    /// A pool named `name` whose stamps are read on `clock` ([`Clock::Tokio`] for tests that
+    /// pause time).
+    pub fn with_clock(name: &str, policy: P, config: PoolConfig, clock: Clock) -> Self {
+        Self::build(name, policy, config, EventBus::default(), clock)
+    }
+
     /// A pool that publishes on a shared event bus (a registry's).
     pub fn with_events(name: &str, policy: P, config: PoolConfig, events: EventBus) -> Self {
+        Self::build(name, policy, config, events, Clock::System)
+    }
+
+    fn build(name: &str, policy: P, config: PoolConfig, events: EventBus, clock: Clock) -> Self {
         let (control, _) = watch::channel(ControlState {
             config: Arc::new(config.clone()),
             stage: Stage::Serving,
@@ -314,7 +331,7 @@ impl<P: ProtocolPolicy> Pool<P> {
             per_ip_limit: AtomicU32::new(0),
             counters: Counters::default(),
             window: DecayingWindow::new(config.health.window),
-            origin: Instant::now(),
+            origin: Origin::now(clock),
             events,
             control,
             control_changed: Notify::new(),

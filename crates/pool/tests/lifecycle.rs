@@ -9,8 +9,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use poolserve_pool::{
-    CloseReason, ConnectionTracker, DefaultPolicy, EventError, HealthStatus, ManagedConnection,
-    Pool, PoolConfig, PoolEventKind, PoolSettings, Refusal, RequestTracker, TimeoutKind,
+    Clock, CloseReason, ConnectionTracker, DefaultPolicy, EventError, HealthStatus,
+    ManagedConnection, Pool, PoolConfig, PoolEventKind, PoolSettings, Refusal, RequestTracker,
+    TimeoutKind,
 };
 use tokio::sync::futures::OwnedNotified;
 use tokio::sync::Notify;
@@ -94,7 +95,8 @@ type Served = tokio::task::JoinHandle<CloseReason>;
 
 fn pool(settings: PoolSettings) -> Pool<DefaultPolicy> {
     let (config, _) = PoolConfig::default().apply(&settings, "").unwrap();
-    Pool::new("test", DefaultPolicy("http"), config)
+    // Paused-time tests advance tokio's clock, so the pool's stamps are read from it.
+    Pool::with_clock("test", DefaultPolicy("http"), config, Clock::Tokio)
 }
 
 fn open(pool: &Pool<DefaultPolicy>) -> (Arc<Remote>, ConnectionTracker, Served) {
