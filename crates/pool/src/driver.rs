@@ -91,12 +91,21 @@ impl<P: ProtocolPolicy> PhaseTimer<'_, P> {
         }
     }
 
+    /// Polled after every poll of the connection: what it costs a busy connection is the
+    /// check inlined here, a handful of loads.
+    #[inline(always)]
     fn poll_expiry(&mut self, woken: bool, cx: &mut Context<'_>) -> Poll<Expiry> {
         let key = self.conn.deadline_key();
         if !woken && self.key == Some(key) {
             return Poll::Pending;
         }
         self.key = Some(key);
+        self.recheck(woken, cx)
+    }
+
+    /// The deadline may have moved (or the pool's side woke the driver): look again.
+    #[inline(never)]
+    fn recheck(&mut self, woken: bool, cx: &mut Context<'_>) -> Poll<Expiry> {
         // An HTTP/1 connection is shed between requests; a multiplexed one at once, as its
         // polite close (GOAWAY) lets the streams in flight finish.
         if self.may_shed
