@@ -29,15 +29,24 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # comparison is requests per CPU-second of each server, which does not depend on how the core
 # was split. Prints "requests_A cpu_ticks_A requests_B cpu_ticks_B" for the caller to parse the
 # reports in $out/duel-a.txt and $out/duel-b.txt.
+# The load generator started first gets a head start, so rounds take turns: $5 is the round's
+# number, and an even round starts B's load first.
 duel_round() {
   local a=$1 b=$2
   local -n load_a=$3 load_b=$4
-  local ca cb
+  local ca cb la lb
   ca=$(cpu_ticks "$a"); cb=$(cpu_ticks "$b")
-  "${load_a[@]}" > "$out/duel-a.txt" 2>&1 &
-  local la=$!
-  "${load_b[@]}" > "$out/duel-b.txt" 2>&1 &
-  local lb=$!
+  if (( ${5:-1} % 2 )); then
+    "${load_a[@]}" > "$out/duel-a.txt" 2>&1 &
+    la=$!
+    "${load_b[@]}" > "$out/duel-b.txt" 2>&1 &
+    lb=$!
+  else
+    "${load_b[@]}" > "$out/duel-b.txt" 2>&1 &
+    lb=$!
+    "${load_a[@]}" > "$out/duel-a.txt" 2>&1 &
+    la=$!
+  fi
   wait "$la" "$lb"
   echo "$(( $(cpu_ticks "$a") - ca )) $(( $(cpu_ticks "$b") - cb ))"
 }

@@ -371,7 +371,7 @@ if [ "$DUEL_ROUNDS" != 0 ]; then
     h2b=(taskset -c 0 h2load -t1 -c"$CONNS" -m"$STREAMS" -D "$DUEL_SECS" --warm-up-time 1
       --tls13-ciphers=TLS_AES_128_GCM_SHA256 "${extra_b[@]}" "$url_b")
     for round in $(seq "$DUEL_ROUNDS"); do
-      read -r ta tb <<<"$(duel_round "$pa" "$pb" h2a h2b)"
+      read -r ta tb <<<"$(duel_round "$pa" "$pb" h2a h2b "$round")"
       ra=$(duel_succeeded "$out/duel-a.txt"); rb=$(duel_succeeded "$out/duel-b.txt")
       r=$(python3 -c "print(f'{($ra / max(1, $ta)) / (max(1, $rb) / max(1, $tb)):.3f}')")
       printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$pair" "$round" "$ra" "$ta" "$rb" "$tb" "$r" >> "$duel_tsv"

@@ -190,7 +190,7 @@ if [ "$DUEL_ROUNDS" != 0 ]; then
     taskset -c 0 wrk -t1 -c"$CONNS" -d1s "${extra[@]}" "http://127.0.0.1:$portb/" > /dev/null
     ratios=""
     for round in $(seq "$DUEL_ROUNDS"); do
-      read -r ta tb <<<"$(duel_round "$pa" "$pb" wrk_a wrk_b)"
+      read -r ta tb <<<"$(duel_round "$pa" "$pb" wrk_a wrk_b "$round")"
       ra=$(duel_requests "$out/duel-a.txt"); rb=$(duel_requests "$out/duel-b.txt")
       r=$(python3 -c "print(f'{($ra / max(1, $ta)) / ($rb / max(1, $tb)):.3f}')")
       ratios+="$r "
