@@ -5,9 +5,12 @@
 //! on cancellation — releases the slot exactly once, so the open count can never leak. Trackers
 //! may outlive the guard (a spawned stream task, say); they only report into the pool's counters.
 //!
-//! Activity is kept in relaxed atomics owned by the connection: in HTTP/1 every update comes from
-//! the connection's own task, so they never contend; pool-wide counters are touched once per
-//! request and once per connection, never per read or write.
+//! Activity is kept in relaxed atomics owned by the connection. On a connection that is not
+//! multiplexed (HTTP/1) every update comes from the connection's own task, so its counters are
+//! updated with a plain load and store instead of a locked read-modify-write; HTTP/2 streams run
+//! in tasks of their own and update them atomically. Pool-wide counters are touched once per
+//! request and once per connection, and bytes once per flush of the socket, never per read or
+//! write.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
@@ -34,9 +37,6 @@ pub(crate) struct ConnectionShared {
     /// Nanoseconds since the pool's origin.
     phase_since: AtomicU64,
     requests: AtomicU64,
-    /// Bytes not yet added to the pool's totals.
-    pending_in: AtomicU64,
-    pending_out: AtomicU64,
     /// Nanoseconds since the pool's origin plus one; 0 = no write blocked.
     write_blocked_since: AtomicU64,
     /// Nanoseconds since the pool's origin of the last read that brought bytes, on a
@@ -83,8 +83,6 @@ impl ConnectionShared {
             phase_since: AtomicU64::new(since),
             in_flight: AtomicU32::new(0),
             requests: AtomicU64::new(0),
-            pending_in: AtomicU64::new(0),
-            pending_out: AtomicU64::new(0),
             write_blocked_since: AtomicU64::new(0),
             last_read: AtomicU64::new(since),
             last_message: AtomicU64::new(since),
@@ -206,16 +204,41 @@ impl ConnectionShared {
         }
     }
 
-    /// Adds this connection's unreported bytes to the pool's totals.
-    fn flush_bytes(&self) {
-        let c = &self.core.counters;
-        let bytes_in = self.pending_in.swap(0, Ordering::Relaxed);
-        if bytes_in > 0 {
-            c.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
+    /// Whether only the connection's own task updates its counters: true unless it is
+    /// multiplexed (HTTP/2 streams run in tasks of their own). Such a counter is updated with a
+    /// plain load and store, which costs a fraction of a locked read-modify-write; a request
+    /// makes three of these.
+    #[inline]
+    fn single_writer(&self) -> bool {
+        !self.multiplexed.load(Ordering::Relaxed)
+    }
+
+    /// Adds one request to those in flight (`up`) or takes one away; returns the count before.
+    #[inline]
+    fn adjust_in_flight(&self, up: bool) -> u32 {
+        let c = &self.in_flight;
+        if self.single_writer() {
+            let old = c.load(Ordering::Relaxed);
+            c.store(
+                if up { old + 1 } else { old.wrapping_sub(1) },
+                Ordering::Relaxed,
+            );
+            old
+        } else if up {
+            c.fetch_add(1, Ordering::Relaxed)
+        } else {
+            c.fetch_sub(1, Ordering::Relaxed)
         }
-        let bytes_out = self.pending_out.swap(0, Ordering::Relaxed);
-        if bytes_out > 0 {
-            c.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
+    }
+
+    /// One more request served.
+    #[inline]
+    fn count_request(&self) {
+        if self.single_writer() {
+            let n = self.requests.load(Ordering::Relaxed);
+            self.requests.store(n + 1, Ordering::Relaxed);
+        } else {
+            self.requests.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -259,10 +282,11 @@ impl ConnectionTracker {
     }
 
     /// Bytes arrived from the peer. The first byte after an idle spell starts a request head.
+    /// This tells the connection's phase only: the bytes are added to the pool's totals by
+    /// [`ConnectionTracker::report_bytes`], which the socket's owner calls in batches.
     #[inline]
     pub fn bytes_read(&self, n: usize) {
         let s = &self.shared;
-        s.pending_in.fetch_add(n as u64, Ordering::Relaxed);
         if n == 0 {
             return;
         }
@@ -286,13 +310,27 @@ impl ConnectionTracker {
         }
     }
 
-    /// Bytes were sent to the peer; any blocked write made progress.
+    /// Bytes were sent to the peer: any blocked write made progress. Like
+    /// [`ConnectionTracker::bytes_read`], this does not count them.
     #[inline]
-    pub fn bytes_written(&self, n: usize) {
+    pub fn bytes_written(&self) {
         let s = &self.shared;
-        s.pending_out.fetch_add(n as u64, Ordering::Relaxed);
         if s.write_blocked_since.load(Ordering::Relaxed) != 0 {
             s.write_blocked_since.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Adds bytes moved on this connection to the pool's totals. A socket wrapper tallies its
+    /// reads and writes itself and reports them when it flushes or waits, so a request costs
+    /// the pool-wide counters one update each rather than every read and write an update of
+    /// the connection's.
+    pub fn report_bytes(&self, read: u64, written: u64) {
+        let c = &self.shared.core.counters;
+        if read > 0 {
+            c.bytes_in.fetch_add(read, Ordering::Relaxed);
+        }
+        if written > 0 {
+            c.bytes_out.fetch_add(written, Ordering::Relaxed);
         }
     }
 
@@ -326,7 +364,7 @@ impl ConnectionTracker {
             .counters
             .requests_started
             .fetch_add(1, Ordering::Relaxed);
-        if s.in_flight.fetch_add(1, Ordering::Relaxed) == 0 {
+        if s.adjust_in_flight(true) == 0 {
             s.core.counters.busy.fetch_add(1, Ordering::Relaxed);
             // The body is timed from the head's start, which `bytes_read` recorded.
             if phase == Phase::ReadingHead {
@@ -563,9 +601,8 @@ impl RequestTracker {
             self.response_after
         };
         core.window.record_request_nanos(now, response, self.error);
-        s.requests.fetch_add(1, Ordering::Relaxed);
-        s.flush_bytes();
-        if s.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+        s.count_request();
+        if s.adjust_in_flight(false) == 1 {
             core.counters.busy.fetch_sub(1, Ordering::Relaxed);
             s.set_phase(Phase::Idle, now);
         }
@@ -624,7 +661,6 @@ impl<P: ProtocolPolicy> Drop for ConnectionGuard<P> {
         let s = &self.shared;
         let core = &self.pool.core;
         s.register_driver(None);
-        s.flush_bytes();
         if s.closing.load(Ordering::Relaxed) {
             core.counters.closing.fetch_sub(1, Ordering::Relaxed);
         }

@@ -1,7 +1,9 @@
 //! A socket wrapper that reports traffic to the pool's connection tracker.
 //!
-//! Reads and writes are forwarded unchanged; the tracker learns how many bytes moved, when a
-//! request's first byte arrived, and when a write is stuck because the peer stopped reading.
+//! Reads and writes are forwarded unchanged; the tracker learns when a request's first byte
+//! arrived and when a write is stuck because the peer stopped reading. The wrapper tallies the
+//! bytes itself and adds them to the pool's totals when it flushes, when a read or write has to
+//! wait, and when it is dropped: about once per request, never per read or write.
 //! Linked to an [`UpgradeLink`], it also fails every read and write once the pool has closed an
 //! upgraded connection, and reports its own drop.
 
@@ -21,6 +23,9 @@ pub struct TrackedIo<S> {
     inner: S,
     tracker: ConnectionTracker,
     link: Option<Arc<UpgradeLink>>,
+    /// Bytes read and written since they were last reported to the pool.
+    unreported_read: u64,
+    unreported_written: u64,
 }
 
 impl<S> TrackedIo<S> {
@@ -30,6 +35,8 @@ impl<S> TrackedIo<S> {
             inner,
             tracker,
             link: None,
+            unreported_read: 0,
+            unreported_written: 0,
         }
     }
 
@@ -38,12 +45,43 @@ impl<S> TrackedIo<S> {
             inner,
             tracker,
             link: Some(link),
+            unreported_read: 0,
+            unreported_written: 0,
         }
     }
 
     /// The wrapped stream.
     pub fn get_ref(&self) -> &S {
         &self.inner
+    }
+
+    /// Adds the bytes tallied since the last report to the pool's totals.
+    #[inline]
+    fn report_bytes(&mut self) {
+        if self.unreported_read | self.unreported_written != 0 {
+            self.tracker
+                .report_bytes(self.unreported_read, self.unreported_written);
+            self.unreported_read = 0;
+            self.unreported_written = 0;
+        }
+    }
+
+    /// Tallies a write's result: progress clears a blocked write, waiting marks one (and is a
+    /// moment to report, as the connection has nothing else to do).
+    #[inline]
+    fn track_write(&mut self, r: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        match &r {
+            Poll::Ready(Ok(n)) => {
+                self.unreported_written += *n as u64;
+                self.tracker.bytes_written();
+            }
+            Poll::Pending => {
+                self.tracker.write_blocked();
+                self.report_bytes();
+            }
+            Poll::Ready(Err(_)) => {}
+        }
+        r
     }
 
     /// Fails the call once the pool has closed an upgraded connection.
@@ -58,6 +96,7 @@ impl<S> TrackedIo<S> {
 
 impl<S> Drop for TrackedIo<S> {
     fn drop(&mut self) {
+        self.report_bytes();
         if let Some(link) = &self.link {
             link.io_dropped();
         }
@@ -69,15 +108,6 @@ fn closed_by_pool<T>() -> Poll<io::Result<T>> {
         io::ErrorKind::BrokenPipe,
         "connection closed by the pool",
     )))
-}
-
-fn track_write(tracker: &ConnectionTracker, r: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
-    match &r {
-        Poll::Ready(Ok(n)) => tracker.bytes_written(*n),
-        Poll::Pending => tracker.write_blocked(),
-        Poll::Ready(Err(_)) => {}
-    }
-    r
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for TrackedIo<S> {
@@ -92,8 +122,15 @@ impl<S: AsyncRead + Unpin> AsyncRead for TrackedIo<S> {
         }
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = r {
-            this.tracker.bytes_read(buf.filled().len() - before);
+        match r {
+            Poll::Ready(Ok(())) => {
+                let n = buf.filled().len() - before;
+                this.unreported_read += n as u64;
+                this.tracker.bytes_read(n);
+            }
+            // Waiting for the peer: what this connection moved so far goes to the pool.
+            Poll::Pending => this.report_bytes(),
+            Poll::Ready(Err(_)) => {}
         }
         r
     }
@@ -109,7 +146,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for TrackedIo<S> {
         if this.killed(cx, false) {
             return closed_by_pool();
         }
-        track_write(&this.tracker, Pin::new(&mut this.inner).poll_write(cx, buf))
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.track_write(r)
     }
 
     fn poll_write_vectored(
@@ -121,10 +159,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for TrackedIo<S> {
         if this.killed(cx, false) {
             return closed_by_pool();
         }
-        track_write(
-            &this.tracker,
-            Pin::new(&mut this.inner).poll_write_vectored(cx, bufs),
-        )
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.track_write(r)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -140,6 +176,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for TrackedIo<S> {
         if r.is_pending() {
             this.tracker.write_blocked();
         }
+        // A flush ends a response, or a part of one: report what moved so far.
+        this.report_bytes();
         r
     }
 

@@ -4,7 +4,7 @@ mod support;
 
 use poolserve_pool::PoolSettings;
 use support::*;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 #[tokio::test]
@@ -35,6 +35,47 @@ async fn demo_routes_over_one_kept_alive_connection() {
         .await,
         6.0
     );
+}
+
+#[tokio::test]
+async fn bytes_are_counted_exactly_and_reported_while_the_connection_is_open() {
+    let h = start(PoolSettings::default()).await;
+    let server = h.runtime.server("web").unwrap();
+    let counted = || {
+        let m = server.pool().metrics();
+        (m.bytes_in, m.bytes_out)
+    };
+    let mut s = TcpStream::connect(h.http).await.unwrap();
+    let first = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n";
+    s.write_all(first).await.unwrap();
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !reply.ends_with(b"hello") {
+        let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+            .await
+            .expect("a response")
+            .unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&reply));
+        reply.extend_from_slice(&buf[..n]);
+    }
+    // The socket wrapper reports its tally when the response is flushed: the connection is
+    // still open and kept alive.
+    let want = (first.len() as u64, reply.len() as u64);
+    wait_until("the first exchange counted", || counted() == want).await;
+
+    let second =
+        b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\nconnection: close\r\n\r\nping";
+    s.write_all(second).await.unwrap();
+    let rest = read_to_close(&mut s).await;
+    assert!(rest.ends_with("ping"), "{rest}");
+    let want = (
+        (first.len() + second.len()) as u64,
+        (reply.len() + rest.len()) as u64,
+    );
+    wait_until("both exchanges counted", || counted() == want).await;
+    let m = server.pool().metrics();
+    assert_eq!(m.requests, 2);
+    assert_eq!(m.requests_in_flight, 0);
 }
 
 #[tokio::test]
