@@ -357,27 +357,34 @@ if [ "$INSTR_REQUESTS" != 0 ]; then
 fi
 
 # The shared-core duel: both servers of a pair at once on core 1, each under its own h2load on
-# core 0 with half the connections, so each side gets the same offered load as the other.
+# core 0 with half the connections, so each side gets the same offered load as the other. Every
+# round starts both servers afresh, taking turns at which starts first (see bench/http1/run.sh:
+# a pair of processes keeps a placement advantage for as long as it runs).
 duel_succeeded() { awk '/^requests:/ {print $8}' "$1"; }
 duel_tsv="$out/h2-duel.tsv"
 printf 'pair\tround\tours_requests\tours_ticks\tpeer_requests\tpeer_ticks\tratio\n' > "$duel_tsv"
 if [ "$DUEL_ROUNDS" != 0 ]; then
   for pair in $DUEL_PAIRS; do
     ours=${pair%%:*}; theirs=${pair##*:}
-    start "$ours"; pa=$server_pid; request_args; url_a=$url; extra_a=("${extra[@]}")
-    start "$theirs"; pb=$server_pid; request_args; url_b=$url; extra_b=("${extra[@]}")
-    h2a=(taskset -c 0 h2load -t1 -c"$CONNS" -m"$STREAMS" -D "$DUEL_SECS" --warm-up-time 1
-      --tls13-ciphers=TLS_AES_128_GCM_SHA256 "${extra_a[@]}" "$url_a")
-    h2b=(taskset -c 0 h2load -t1 -c"$CONNS" -m"$STREAMS" -D "$DUEL_SECS" --warm-up-time 1
-      --tls13-ciphers=TLS_AES_128_GCM_SHA256 "${extra_b[@]}" "$url_b")
     for round in $(seq "$DUEL_ROUNDS"); do
-      read -r ta tb <<<"$(duel_round "$pa" "$pb" h2a h2b "$round")"
+      if (( round % 2 )); then
+        start "$ours"; pa=$server_pid; request_args; url_a=$url; extra_a=("${extra[@]}")
+        start "$theirs"; pb=$server_pid; request_args; url_b=$url; extra_b=("${extra[@]}")
+      else
+        start "$theirs"; pb=$server_pid; request_args; url_b=$url; extra_b=("${extra[@]}")
+        start "$ours"; pa=$server_pid; request_args; url_a=$url; extra_a=("${extra[@]}")
+      fi
+      h2a=(taskset -c 0 h2load -t1 -c"$CONNS" -m"$STREAMS" -D "$DUEL_SECS" --warm-up-time 1
+        --tls13-ciphers=TLS_AES_128_GCM_SHA256 "${extra_a[@]}" "$url_a")
+      h2b=(taskset -c 0 h2load -t1 -c"$CONNS" -m"$STREAMS" -D "$DUEL_SECS" --warm-up-time 1
+        --tls13-ciphers=TLS_AES_128_GCM_SHA256 "${extra_b[@]}" "$url_b")
+      read -r ta tb <<<"$(duel_round "$pa" "$pb" h2a h2b "$((round / 2))")"
+      kill "$pa" "$pb"; wait "$pa" "$pb" 2>/dev/null || true
       ra=$(duel_succeeded "$out/duel-a.txt"); rb=$(duel_succeeded "$out/duel-b.txt")
       r=$(python3 -c "print(f'{($ra / max(1, $ta)) / (max(1, $rb) / max(1, $tb)):.3f}')")
       printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$pair" "$round" "$ra" "$ta" "$rb" "$tb" "$r" >> "$duel_tsv"
       echo "  duel $pair round $round: $ra requests / $ta ticks vs $rb / $tb: $r" >&2
     done
-    kill "$pa" "$pb"; wait "$pa" "$pb" 2>/dev/null || true
   done
 fi
 

@@ -176,28 +176,37 @@ done
 fi
 
 # The shared-core duel (bench/lib.sh): poolserve and bare hyper on core 1 at once, each under its
-# own wrk on core 0; requests per CPU-second of each server, compared within every round.
+# own wrk on core 0; requests per CPU-second of each server, compared within every round. Every
+# round starts both servers afresh, taking turns at which starts first: a pair of processes keeps
+# whatever advantage its memory placement gave one of them for as long as it runs (measured
+# 2026-12-02: one build against a copy of itself, 1.042 over six rounds of one pair of processes;
+# 1.006 over ten rounds of fresh ones).
 duel_requests() { awk '/requests in/ {print $1}' "$1"; }
 if [ "$DUEL_ROUNDS" != 0 ]; then
   for mode in $MODES; do
   for base in $DUEL_BASELINES; do
     extra=(); [ "$mode" = close ] && extra=(-H "Connection: close")
-    start poolserve; pa=$server_pid; porta=$server_port
-    start "$base"; pb=$server_pid; portb=$server_port
-    wrk_a=(taskset -c 0 wrk -t1 -c"$CONNS" -d"${DUEL_SECS}s" "${extra[@]}" "http://127.0.0.1:$porta/")
-    wrk_b=(taskset -c 0 wrk -t1 -c"$CONNS" -d"${DUEL_SECS}s" "${extra[@]}" "http://127.0.0.1:$portb/")
-    taskset -c 0 wrk -t1 -c"$CONNS" -d1s "${extra[@]}" "http://127.0.0.1:$porta/" > /dev/null
-    taskset -c 0 wrk -t1 -c"$CONNS" -d1s "${extra[@]}" "http://127.0.0.1:$portb/" > /dev/null
     ratios=""
     for round in $(seq "$DUEL_ROUNDS"); do
-      read -r ta tb <<<"$(duel_round "$pa" "$pb" wrk_a wrk_b "$round")"
+      if (( round % 2 )); then
+        start poolserve; pa=$server_pid; porta=$server_port
+        start "$base"; pb=$server_pid; portb=$server_port
+      else
+        start "$base"; pb=$server_pid; portb=$server_port
+        start poolserve; pa=$server_pid; porta=$server_port
+      fi
+      wrk_a=(taskset -c 0 wrk -t1 -c"$CONNS" -d"${DUEL_SECS}s" "${extra[@]}" "http://127.0.0.1:$porta/")
+      wrk_b=(taskset -c 0 wrk -t1 -c"$CONNS" -d"${DUEL_SECS}s" "${extra[@]}" "http://127.0.0.1:$portb/")
+      taskset -c 0 wrk -t1 -c"$CONNS" -d1s "${extra[@]}" "http://127.0.0.1:$porta/" > /dev/null
+      taskset -c 0 wrk -t1 -c"$CONNS" -d1s "${extra[@]}" "http://127.0.0.1:$portb/" > /dev/null
+      read -r ta tb <<<"$(duel_round "$pa" "$pb" wrk_a wrk_b "$((round / 2))")"
+      kill "$pa" "$pb"; wait "$pa" "$pb" 2>/dev/null || true
       ra=$(duel_requests "$out/duel-a.txt"); rb=$(duel_requests "$out/duel-b.txt")
       r=$(python3 -c "print(f'{($ra / max(1, $ta)) / ($rb / max(1, $tb)):.3f}')")
       ratios+="$r "
       echo "  duel round $round $mode: poolserve $ra requests / $ta ticks, $base $rb / $tb ticks: $r" >&2
     done
-    kill "$pa" "$pb"; wait "$pa" "$pb" 2>/dev/null || true
-    echo "duel $mode: poolserve / $base requests per CPU-second, median $(median <<<"$ratios") (rounds $ratios)" \
+    echo "duel $mode: poolserve / $base requests per CPU-second, median $(median <<<"$ratios"), geometric mean $(python3 -c "import math, sys; r = [float(x) for x in sys.argv[1:]]; print(f'{math.exp(sum(map(math.log, r)) / len(r)):.3f}')" $ratios) (rounds $ratios)" \
       | tee -a "$results"
   done
   done
