@@ -383,6 +383,10 @@ impl Applier<'_> {
 /// The largest `max_connections` a pool accepts (the admission counter holds 32 bits).
 pub const MAX_CONNECTIONS_LIMIT: u32 = 1 << 30;
 
+/// Smallest send buffer an HTTP/2 stream gets out of `http2.max_session_memory`, so a large
+/// stream limit cannot starve every stream to a trickle; it caps the streams a budget allows.
+pub const MIN_STREAM_SEND_BUFFER: usize = 16 * 1024;
+
 fn quoted(s: &str) -> String {
     format!("{s:?}")
 }
@@ -451,10 +455,11 @@ impl PoolConfig {
             );
         }
         if let Some(h2) = &s.http2 {
+            // Half of it is the receive window, which HTTP/2 never lets go below 65,535 bytes.
             a.count(
                 "http2.max_session_memory",
                 h2.max_session_memory,
-                65_536,
+                131_072,
                 1 << 32,
                 &mut next.http2.max_session_memory,
             );
@@ -572,6 +577,24 @@ impl PoolConfig {
                     "must be at least 1s",
                 );
             }
+        }
+        // Each of the streams gets its own send buffer out of half the session memory, and
+        // none may get less than `MIN_STREAM_SEND_BUFFER`: past that many streams the memory
+        // bound could not hold.
+        let h2 = &next.http2;
+        let stream_room = h2.max_session_memory / 2 / MIN_STREAM_SEND_BUFFER;
+        if h2.max_concurrent_streams as usize > stream_room {
+            a.error(
+                "http2.max_concurrent_streams",
+                h2.max_concurrent_streams,
+                format!(
+                    "each stream needs {} KiB of send buffer out of half of \
+                     http2.max_session_memory ({} bytes), which leaves room for {stream_room}; \
+                     raise http2.max_session_memory or lower http2.max_concurrent_streams",
+                    MIN_STREAM_SEND_BUFFER / 1024,
+                    h2.max_session_memory,
+                ),
+            );
         }
         let h = &next.health;
         if h.degraded_utilization > h.overloaded_utilization {
@@ -717,5 +740,44 @@ mod tests {
         };
         let err = PoolConfig::default().apply(&s, "").unwrap_err();
         assert_eq!(err.0[0].field, "health.degraded_utilization");
+    }
+
+    #[test]
+    fn streams_must_fit_the_session_memory() {
+        let h2 = |memory: Option<i64>, streams: Option<i64>| PoolSettings {
+            http2: Some(Http2Settings {
+                max_session_memory: memory,
+                max_concurrent_streams: streams,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        // The default 10 MiB leaves 5 MiB of send buffers: room for 320 streams of 16 KiB.
+        assert!(PoolConfig::default()
+            .apply(&h2(None, Some(320)), "")
+            .is_ok());
+        let err = PoolConfig::default()
+            .apply(&h2(None, Some(321)), "pool.")
+            .unwrap_err();
+        assert_eq!(err.0.len(), 1);
+        assert_eq!(err.0[0].field, "pool.http2.max_concurrent_streams");
+        assert!(
+            err.0[0].reason.contains("room for 320"),
+            "{}",
+            err.0[0].reason
+        );
+        // Lowering the memory under what the configured streams need is refused the same way.
+        let err = PoolConfig::default()
+            .apply(&h2(Some(1 << 20), None), "")
+            .unwrap_err();
+        assert_eq!(err.0[0].field, "http2.max_concurrent_streams");
+        assert!(PoolConfig::default()
+            .apply(&h2(Some(1 << 20), Some(32)), "")
+            .is_ok());
+        // Half of the memory is a receive window, which HTTP/2 keeps at 65,535 bytes or more.
+        let err = PoolConfig::default()
+            .apply(&h2(Some(100_000), Some(1)), "")
+            .unwrap_err();
+        assert_eq!(err.0[0].field, "http2.max_session_memory");
     }
 }

@@ -46,6 +46,7 @@ pub use config::{
     ConfigChange, ConfigErrors, FieldError, GrpcConfig, GrpcSettings, HealthSettings,
     HealthThresholds, Http1Config, Http1Settings, Http2Config, Http2Settings, PoolConfig,
     PoolSettings, WebSocketConfig, WebSocketSettings, MAX_CONNECTIONS_LIMIT,
+    MIN_STREAM_SEND_BUFFER,
 };
 pub use connection::{ConnectionGuard, ConnectionTracker, RequestTracker};
 pub use driver::ManagedConnection;

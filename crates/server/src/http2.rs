@@ -28,9 +28,6 @@ use crate::upgrade::UpgradeLink;
 
 /// Largest HTTP/2 flow-control window (RFC 9113 §6.9.1).
 const MAX_WINDOW: usize = (1 << 31) - 1;
-/// Smallest per-stream share of the session memory, so a huge stream limit cannot starve
-/// every stream to nothing.
-const MIN_STREAM_SHARE: usize = 16 * 1024;
 
 /// How `http2.max_session_memory` is split: the bytes a peer may send before we read them
 /// (flow-control windows) and the bytes we buffer towards it (send buffers).
@@ -49,11 +46,15 @@ pub(crate) struct SessionBudget {
 impl SessionBudget {
     /// Half the session memory for received data (the connection's window, which any stream
     /// may fill), half for data being sent, shared by `max_concurrent_streams` streams (each
-    /// stream's send buffer is its own, so that half is divided).
+    /// stream's send buffer is its own, so that half is divided). A validated config leaves
+    /// each stream at least [`poolserve_pool::MIN_STREAM_SEND_BUFFER`]; the shares are never raised above the
+    /// budget, so the bound holds for any config.
     pub fn new(max_session_memory: usize, max_concurrent_streams: u32) -> Self {
+        // HTTP/2 never lets a receive window go below 65,535 bytes: validation keeps the
+        // budget's half at least that.
         let half = (max_session_memory / 2).clamp(65_535, MAX_WINDOW);
         let streams = (max_concurrent_streams as usize).max(1);
-        let share = (half / streams).max(MIN_STREAM_SHARE);
+        let share = (half / streams).max(1);
         SessionBudget {
             connection_window: half as u32,
             stream_window: half as u32,
@@ -167,6 +168,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use poolserve_pool::MIN_STREAM_SEND_BUFFER;
 
     #[test]
     fn session_memory_is_split_between_receiving_and_sending() {
@@ -180,10 +182,24 @@ mod tests {
     }
 
     #[test]
-    fn tiny_budgets_keep_protocol_minimums() {
-        let b = SessionBudget::new(65_536, 10_000);
-        assert_eq!(b.connection_window, 65_535);
-        assert_eq!(b.stream_window, 65_535);
-        assert_eq!(b.send_buffer, MIN_STREAM_SHARE);
+    fn the_smallest_valid_budget_keeps_the_protocols_window_and_the_streams_share() {
+        let smallest = 131_072;
+        let streams = (smallest / 2 / MIN_STREAM_SEND_BUFFER) as u32;
+        let b = SessionBudget::new(smallest, streams);
+        assert_eq!(b.connection_window, 65_536);
+        assert_eq!(b.stream_window, 65_536);
+        assert_eq!(b.send_buffer, MIN_STREAM_SEND_BUFFER);
+        assert!(b.send_buffer * streams as usize <= smallest / 2);
+    }
+
+    #[test]
+    fn send_buffers_together_never_exceed_their_half() {
+        for (memory, streams) in [(10 << 20, 250), (10 << 20, 320), (1 << 20, 7), (131_072, 1)] {
+            let b = SessionBudget::new(memory, streams);
+            assert!(
+                b.send_buffer * streams as usize <= memory / 2,
+                "{memory} bytes, {streams} streams: {b:?}"
+            );
+        }
     }
 }
