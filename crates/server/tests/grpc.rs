@@ -456,3 +456,54 @@ async fn a_lowered_message_limit_applies_from_the_next_call() {
         "the same connection, no reconnect"
     );
 }
+
+#[tokio::test]
+async fn a_drain_tells_health_watchers_not_serving_and_ends_their_streams() {
+    let drain = Duration::from_secs(5);
+    let h = start_with(PoolSettings::default(), drain).await;
+    let mut health = HealthClient::new(grpc_channel(h.grpc).await);
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: "poolserve.demo.Echo".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.next().await.unwrap().unwrap();
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+    // A service the server does not have is SERVICE_UNKNOWN, and that call stays open too.
+    let mut unknown = health
+        .watch(HealthCheckRequest {
+            service: "no.such.Service".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let status = unknown.next().await.unwrap().unwrap().status;
+    assert_eq!(status, ServingStatus::ServiceUnknown as i32);
+    let started = std::time::Instant::now();
+    let shutdown = tokio::spawn(async move { h.runtime.shutdown().await });
+    let next = tokio::time::timeout(WAIT, watch.next())
+        .await
+        .expect("the watcher hears of the drain")
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.status, ServingStatus::NotServing as i32);
+    // The watch then ends, so it does not hold the drain to its deadline.
+    let end = tokio::time::timeout(WAIT, watch.next())
+        .await
+        .expect("the watch ends");
+    assert!(end.is_none(), "{end:?}");
+    let end = tokio::time::timeout(WAIT, unknown.next())
+        .await
+        .expect("the unknown service's watch ends");
+    assert!(end.is_none(), "{end:?}");
+    let reports = tokio::time::timeout(WAIT, shutdown).await.unwrap().unwrap();
+    let report = &reports.iter().find(|(n, _)| n == "rpc").unwrap().1;
+    assert_eq!((report.closed_politely, report.forced), (1, 0));
+    assert!(
+        started.elapsed() < drain,
+        "drained in {:?}",
+        started.elapsed()
+    );
+}

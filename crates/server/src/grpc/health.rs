@@ -2,9 +2,17 @@
 //! NOT_SERVING when it is overloaded, unavailable or draining, for the server (`""`) and each
 //! service alike.
 
+use std::collections::HashSet;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::Stream;
 use poolserve_pool::{HealthStatus, Pool, Stage, HEALTH_INTERVAL};
-use tonic_health::server::HealthReporter;
-use tonic_health::ServingStatus;
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_server::{Health, HealthServer};
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
 use crate::policy::ServerPolicy;
 
@@ -17,43 +25,120 @@ pub(crate) fn serving_status(health: HealthStatus, stage: Stage) -> ServingStatu
     }
 }
 
-/// Sets every service's status from the pool's health now and whenever it changes, until the
-/// pool stops serving (then NOT_SERVING stays).
-pub(crate) fn spawn_health_follower(
-    pool: Pool<ServerPolicy>,
-    reporter: HealthReporter,
-    services: Vec<String>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut control = pool.control();
-        let mut tick = tokio::time::interval(HEALTH_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut current = None;
-        loop {
-            let stage = control.borrow_and_update().stage;
-            let status = serving_status(pool.health().status, stage);
-            if current != Some(status) {
-                current = Some(status);
-                for name in std::iter::once("").chain(services.iter().map(String::as_str)) {
-                    reporter.set_service_status(name, status).await;
+/// `grpc.health.v1.Health` for one pool's server: every service it names has the pool's status.
+///
+/// A `Watch` ends once the pool drains, right after it reports NOT_SERVING: a watcher would
+/// otherwise hold the drain until its deadline and then be cut off.
+#[derive(Debug, Clone)]
+pub(crate) struct PoolHealth {
+    status: watch::Receiver<ServingStatus>,
+    /// The services a status is kept for, the server's own (`""`) among them.
+    services: Arc<HashSet<String>>,
+}
+
+impl PoolHealth {
+    /// The health service for `pool`'s server, whose services are `services`; it follows the
+    /// pool's health until the pool stops serving.
+    pub fn start(pool: Pool<ServerPolicy>, services: &[String]) -> HealthServer<PoolHealth> {
+        let stage = pool.control().borrow().stage;
+        let (tx, status) = watch::channel(serving_status(pool.health().status, stage));
+        tokio::spawn(follow(pool, tx));
+        let services = std::iter::once(String::new())
+            .chain(services.iter().cloned())
+            .collect();
+        HealthServer::new(PoolHealth {
+            status,
+            services: Arc::new(services),
+        })
+    }
+
+    fn reply(status: ServingStatus) -> HealthCheckResponse {
+        HealthCheckResponse {
+            status: status as i32,
+        }
+    }
+}
+
+/// A `Watch` call's replies.
+pub(crate) type WatchReplies =
+    Pin<Box<dyn Stream<Item = Result<HealthCheckResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Health for PoolHealth {
+    async fn check(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<HealthCheckResponse>, Status> {
+        if !self.services.contains(&request.get_ref().service) {
+            return Err(Status::not_found("service not registered"));
+        }
+        Ok(Response::new(Self::reply(*self.status.borrow())))
+    }
+
+    type WatchStream = WatchReplies;
+
+    /// The status now and at each change; an unknown service gets SERVICE_UNKNOWN and the call
+    /// stays open, as the protocol asks. Every watch ends when the pool drains.
+    async fn watch(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let known = self.services.contains(&request.get_ref().service);
+        let replies = futures_util::stream::unfold(
+            (self.status.clone(), true),
+            move |(mut status, first)| async move {
+                if first {
+                    let now = *status.borrow_and_update();
+                    let reply = if known {
+                        now
+                    } else {
+                        ServingStatus::ServiceUnknown
+                    };
+                    return Some((Ok(Self::reply(reply)), (status, false)));
                 }
-                tracing::debug!(pool = pool.name(), ?status, "gRPC health status set");
-            }
-            if stage != Stage::Serving {
-                return;
-            }
-            // The pool re-assesses its health on the same interval; a stage change (drain) is
-            // taken at once.
-            tokio::select! {
-                _ = tick.tick() => {}
-                changed = control.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
+                if !known {
+                    // An unknown service's status never changes: the call waits for the end.
+                    while status.changed().await.is_ok() {}
+                    return None;
+                }
+                // A change made just before the follower let go is still delivered: `changed`
+                // fails only once the last value was seen.
+                status.changed().await.ok()?;
+                let now = *status.borrow_and_update();
+                Some((Ok(Self::reply(now)), (status, false)))
+            },
+        );
+        Ok(Response::new(Box::pin(replies)))
+    }
+}
+
+/// Sets the status from the pool's health now and whenever it changes; once the pool stops
+/// serving it sets NOT_SERVING and lets go, which ends every watch.
+async fn follow(pool: Pool<ServerPolicy>, status: watch::Sender<ServingStatus>) {
+    let mut control = pool.control();
+    let mut tick = tokio::time::interval(HEALTH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let stage = control.borrow_and_update().stage;
+        let now = serving_status(pool.health().status, stage);
+        if status.send_if_modified(|s| std::mem::replace(s, now) != now) {
+            tracing::debug!(pool = pool.name(), ?now, "gRPC health status set");
+        }
+        if stage != Stage::Serving {
+            return;
+        }
+        // The pool re-assesses its health on the same interval; a stage change (drain) is
+        // taken at once.
+        tokio::select! {
+            _ = tick.tick() => {}
+            changed = control.changed() => {
+                if changed.is_err() {
+                    status.send_replace(ServingStatus::NotServing);
+                    return;
                 }
             }
         }
-    })
+    }
 }
 
 #[cfg(test)]

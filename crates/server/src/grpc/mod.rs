@@ -100,8 +100,7 @@ impl GrpcServices {
     /// The routes to serve, with health following `pool` and reflection over every
     /// registered descriptor set.
     pub(crate) fn into_routes(self, pool: &Pool<ServerPolicy>) -> Result<Routes, String> {
-        let (reporter, health_service) = tonic_health::server::health_reporter();
-        health::spawn_health_follower(pool.clone(), reporter, self.names.clone());
+        let health_service = health::PoolHealth::start(pool.clone(), &self.names);
         // Each reflection version also describes the other, so a client listing services
         // sees both whichever it speaks.
         let mut v1 = tonic_reflection::server::Builder::configure()
