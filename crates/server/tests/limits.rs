@@ -23,6 +23,7 @@ async fn http_limit_is_exact_and_refusals_get_a_503_without_parsing() {
         assert_eq!(c.get("/").await.status(), 200);
         held.push(c);
     }
+    let mut events = h.runtime.registry().subscribe();
     // Two more: refused with a fixed 503, before a byte of the request is read.
     for _ in 0..2 {
         let mut s = TcpStream::connect(h.http).await.unwrap();
@@ -31,6 +32,24 @@ async fn http_limit_is_exact_and_refusals_get_a_503_without_parsing() {
         let lower = reply.to_ascii_lowercase();
         assert!(lower.contains("connection: close"), "{reply}");
         assert!(lower.contains("retry-after: 1"), "{reply}");
+    }
+    let refused = wait_events(&mut events, 2, |k| {
+        matches!(k, PoolEventKind::PoolLimitReached { .. })
+    })
+    .await;
+    for event in &refused {
+        assert!(
+            matches!(
+                event,
+                PoolEventKind::PoolLimitReached {
+                    limit: "max_connections",
+                    active: 3,
+                    max: Some(3),
+                    ..
+                }
+            ),
+            "{event:?}"
+        );
     }
     // The held connections are still served.
     for c in &mut held {
@@ -126,6 +145,46 @@ async fn tls_refusal_closes_before_the_handshake() {
     let m = h.runtime.server("web-tls").unwrap().pool().metrics();
     assert_eq!(m.accepted, 1);
     assert!(m.rejected >= 1);
+}
+
+#[tokio::test]
+async fn http2_and_grpc_over_tls_refuse_before_the_handshake() {
+    let h = start(PoolSettings {
+        max_connections: Some(1),
+        ..Default::default()
+    })
+    .await;
+    for (server, addr) in [("h2", h.h2), ("rpc-tls", h.grpc_tls)] {
+        let pool = h.runtime.server(server).unwrap().pool().clone();
+        let (mut first, _conn) = H2Client::connect_tls(addr, &h.pem).await;
+        assert_eq!(first.get("/").await.version(), http::Version::HTTP_2);
+        // The refused peer gets neither a ServerHello nor any HTTP/2 frame.
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let mut buf = Vec::new();
+        tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
+            .await
+            .unwrap()
+            .ok();
+        assert!(
+            buf.is_empty(),
+            "{server}: {} bytes before admission",
+            buf.len()
+        );
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let handshake = tls_connector_alpn(&h.pem, &[b"h2"])
+            .connect(name, stream)
+            .await;
+        assert!(
+            handshake.is_err(),
+            "{server}: a refused handshake succeeded"
+        );
+        // The admitted connection goes on.
+        assert_eq!(first.get("/").await.version(), http::Version::HTTP_2);
+        let m = pool.metrics();
+        assert_eq!((m.accepted, m.active), (1, 1), "{server}");
+        assert!(m.rejected >= 2, "{server}: {} rejected", m.rejected);
+    }
 }
 
 #[tokio::test]
