@@ -130,8 +130,17 @@ fn wait_for_log(rx: &mpsc::Receiver<serde_json::Value>, message: &str) {
 
 #[test]
 fn sigterm_drains_in_flight_requests_and_exits_0() {
+    a_signal_drains_in_flight_requests_and_exits_0("TERM");
+}
+
+#[test]
+fn sigint_drains_in_flight_requests_and_exits_0() {
+    a_signal_drains_in_flight_requests_and_exits_0("INT");
+}
+
+fn a_signal_drains_in_flight_requests_and_exits_0(signal: &str) {
     let path = write_config(
-        "run.toml",
+        &format!("run-{signal}.toml"),
         r#"
 drain_timeout = "10s"
 [admin]
@@ -167,7 +176,7 @@ listen = "127.0.0.1:0"
             added += 1;
         }
     }
-    assert_eq!(send_sigterm(child.id()), 0);
+    assert_eq!(send_signal(signal, child.id()), 0);
     wait_for_log(&logs, "draining");
     for _ in 0..5 {
         let reply = done_rx.recv_timeout(WAIT).expect("the request completes");
@@ -182,10 +191,10 @@ listen = "127.0.0.1:0"
     assert_eq!(status.code(), Some(0));
 }
 
-fn send_sigterm(pid: u32) -> i32 {
+fn send_signal(signal: &str, pid: u32) -> i32 {
     // The kill(1) utility keeps this test free of unsafe code.
     Command::new("kill")
-        .arg("-TERM")
+        .arg(format!("-{signal}"))
         .arg(pid.to_string())
         .status()
         .map(|s| s.code().unwrap_or(1))
@@ -322,7 +331,7 @@ listen = "127.0.0.1:0"
     };
     assert_eq!(reloaded["why"], "SIGHUP");
     assert_eq!(web_pool(&admin_get(admin, "/config"))["max_connections"], 5);
-    assert_eq!(send_sigterm(child.id()), 0);
+    assert_eq!(send_signal("TERM", child.id()), 0);
     assert_eq!(wait_exit(child).code(), Some(0));
 }
 
