@@ -34,6 +34,12 @@ async fn h2c_serves_concurrent_streams_on_one_pooled_connection() {
     .await;
     assert_eq!(pool.metrics().active, 1);
     assert_eq!(pool.metrics().busy, 1);
+    // The admin endpoint shows the connection's active streams as requests in flight.
+    let labels = "server=\"h2c\",protocol=\"http2\"";
+    assert_eq!(
+        metric(h.admin, "poolserve_requests_in_flight", labels).await,
+        20.0
+    );
     for s in streams {
         let res = s.await.unwrap();
         assert_eq!(res.status(), 200);

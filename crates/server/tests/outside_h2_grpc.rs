@@ -75,7 +75,13 @@ async fn python_health_watch_sees_not_serving_when_the_pool_is_full() {
         .unwrap();
     let mut third = TcpStream::connect(h.grpc).await.unwrap();
     let mut byte = [0u8; 1];
-    let _ = tokio::time::timeout(WAIT, third.read(&mut byte)).await;
+    let read = tokio::time::timeout(WAIT, third.read(&mut byte))
+        .await
+        .expect("the third connection is closed");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "the refused connection got a byte: {read:?}"
+    );
     let status = tokio::time::timeout(WAIT, watcher.wait())
         .await
         .expect("grpcio's Watch sees NOT_SERVING")
