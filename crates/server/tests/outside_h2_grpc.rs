@@ -94,6 +94,39 @@ async fn python_health_watch_sees_not_serving_when_the_pool_is_full() {
 }
 
 #[tokio::test]
+async fn grpcio_streams_in_flight_finish_through_a_goaway_drain() {
+    let h = start_with(PoolSettings::default(), std::time::Duration::from_secs(10)).await;
+    let pool = h.runtime.server("rpc").unwrap().pool().clone();
+    let mut client = Command::new(venv_bin("python"))
+        .arg(client_script("grpc_client.py"))
+        .arg(h.grpc.to_string())
+        .args(["--streams-through-drain", "4"])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(client.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .expect("grpcio's streams get their first replies")
+        .unwrap();
+    assert_eq!(first.as_deref(), Some("streaming"));
+    assert_eq!(pool.metrics().requests_in_flight, 4);
+    let reports = h.runtime.shutdown().await;
+    let status = tokio::time::timeout(WAIT, client.wait())
+        .await
+        .expect("grpcio's streams end")
+        .unwrap();
+    assert!(status.success(), "a stream was lost in the drain");
+    assert_eq!(
+        lines.next_line().await.unwrap().as_deref(),
+        Some("drained ok")
+    );
+    let report = &reports.iter().find(|(n, _)| n == "rpc").unwrap().1;
+    assert_eq!((report.closed_politely, report.forced), (1, 0));
+}
+
+#[tokio::test]
 async fn grpcurl_1_8_lists_describes_and_calls_over_reflection_v1alpha() {
     let h = start(PoolSettings::default()).await;
     let dir = TempDir::new();

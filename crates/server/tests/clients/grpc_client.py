@@ -8,6 +8,10 @@ and checks grpc.health.v1 (grpcio-health-checking). Exits non-zero on any mismat
     grpc_client.py HOST:PORT --watch-until-not-serving
         prints "watching SERVING" once Health.Watch says SERVING, then exits 0 when it says
         NOT_SERVING (the test fills the pool meanwhile).
+    grpc_client.py HOST:PORT --streams-through-drain N
+        opens N Echo.Stream calls of 8 replies 100 ms apart, prints "streaming" once each has
+        its first reply, then exits 0 if every call gets all 8 and ends OK (the test shuts the
+        server down meanwhile).
 """
 
 import argparse
@@ -52,18 +56,8 @@ def watch_until_not_serving(channel):
     check(False, "the Watch stream ended before NOT_SERVING")
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("target")
-    parser.add_argument("--cafile")
-    parser.add_argument("--watch-until-not-serving", action="store_true")
-    args = parser.parse_args()
-    channel = channel_for(args)
-    grpc.channel_ready_future(channel).result(timeout=TIMEOUT)
-    if args.watch_until_not_serving:
-        watch_until_not_serving(channel)
-        return
-
+def echo_calls(channel):
+    """Echo.Unary and Echo.Stream, with their messages learned from reflection."""
     reflection = ProtoReflectionDescriptorDatabase(channel)
     services = reflection.get_services()
     for name in ("poolserve.demo.Echo", "grpc.health.v1.Health"):
@@ -87,6 +81,42 @@ def main():
         request_serializer=StreamRequest.SerializeToString,
         response_deserializer=EchoReply.FromString,
     )
+    return EchoRequest, StreamRequest, unary, stream
+
+
+def streams_through_drain(channel, n):
+    _, StreamRequest, _, stream = echo_calls(channel)
+    calls = [
+        stream(StreamRequest(message=f"d{i}", count=8, interval_ms=100), timeout=TIMEOUT)
+        for i in range(n)
+    ]
+    firsts = [next(call).message for call in calls]
+    check(firsts == [f"d{i}" for i in range(n)], f"first replies: {firsts}")
+    print("streaming", flush=True)
+    for i, call in enumerate(calls):
+        rest = [r.message for r in call]
+        check(rest == [f"d{i}"] * 7, f"stream {i} after the drain began: {rest}")
+        check(call.code() == grpc.StatusCode.OK, f"stream {i} ended with {call.code()}")
+    print("drained ok", flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("target")
+    parser.add_argument("--cafile")
+    parser.add_argument("--watch-until-not-serving", action="store_true")
+    parser.add_argument("--streams-through-drain", type=int, metavar="N")
+    args = parser.parse_args()
+    channel = channel_for(args)
+    grpc.channel_ready_future(channel).result(timeout=TIMEOUT)
+    if args.watch_until_not_serving:
+        watch_until_not_serving(channel)
+        return
+    if args.streams_through_drain:
+        streams_through_drain(channel, args.streams_through_drain)
+        return
+
+    EchoRequest, StreamRequest, unary, stream = echo_calls(channel)
 
     reply = unary(EchoRequest(message="from grpcio"), timeout=TIMEOUT)
     check(reply.message == "from grpcio", f"unary echo: {reply}")
