@@ -79,6 +79,10 @@ async fn http_limit_is_exact_and_refusals_get_a_503_without_parsing() {
     let health = health(h.admin).await;
     let web = &health["pools"]["web"];
     assert_eq!(web["status"], "overloaded", "{health}");
+    // The human message says why, naming both causes.
+    let message = web["message"].as_str().unwrap_or_default();
+    assert!(message.contains("utilisation 100% ≥ 95%"), "{message}");
+    assert!(message.contains("2 connection(s) refused"), "{message}");
     assert_eq!(web["active_connections"], 3);
     assert_eq!(web["max_connections"], 3);
     assert_eq!(web["rejected_connections"], 2);
