@@ -1,4 +1,4 @@
-//! The `poolserve` binary as users run it: `--check`, and SIGTERM draining in-flight requests.
+//! The `poolserve` binary as users run it: `--check`, and SIGTERM or SIGINT draining in-flight requests.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -161,20 +161,25 @@ listen = "127.0.0.1:0"
         std::thread::spawn(move || {
             let mut s = TcpStream::connect(addr).unwrap();
             s.set_read_timeout(Some(WAIT)).unwrap();
-            s.write_all(b"GET /sleep?ms=700 HTTP/1.1\r\nhost: x\r\n\r\n")
+            s.write_all(b"GET /sleep?ms=1500 HTTP/1.1\r\nhost: x\r\n\r\n")
                 .unwrap();
             let mut reply = String::new();
             let _ = s.read_to_string(&mut reply);
             done_tx.send(reply).unwrap();
         });
     }
-    // Five connections admitted, then the signal.
-    let mut added = 0;
-    while added < 5 {
-        let line = logs.recv_timeout(WAIT).expect("connection logs");
-        if line["message"] == "connection added" {
-            added += 1;
+    // The signal goes once all five requests are being handled: a connection whose request
+    // was not read yet is closed at once by a drain, as it has nothing in flight.
+    let admin = loop {
+        let line = logs.recv_timeout(WAIT).expect("the start-up log");
+        if line["message"] == "poolserve is up" {
+            break line["admin"].as_str().unwrap().parse().unwrap();
         }
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    while requests_in_flight(admin) < 5.0 {
+        assert!(std::time::Instant::now() < deadline, "5 requests in flight");
+        std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(send_signal(signal, child.id()), 0);
     wait_for_log(&logs, "draining");
@@ -189,6 +194,21 @@ listen = "127.0.0.1:0"
     }
     let status = wait_exit(child);
     assert_eq!(status.code(), Some(0));
+}
+
+/// `poolserve_requests_in_flight` of the `web` server, from the admin endpoint.
+fn requests_in_flight(admin: SocketAddr) -> f64 {
+    let mut s = TcpStream::connect(admin).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    reply
+        .lines()
+        .find(|l| l.starts_with("poolserve_requests_in_flight{") && l.contains("server=\"web\""))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no in-flight gauge for web in:\n{reply}"))
 }
 
 fn send_signal(signal: &str, pid: u32) -> i32 {

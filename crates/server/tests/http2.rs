@@ -26,7 +26,8 @@ async fn h2c_serves_concurrent_streams_on_one_pooled_connection() {
     let mut streams = Vec::new();
     for _ in 0..20 {
         let mut c = client.clone();
-        streams.push(tokio::spawn(async move { c.get("/sleep?ms=300").await }));
+        // Long enough for the metrics below to be read while all are in flight.
+        streams.push(tokio::spawn(async move { c.get("/sleep?ms=1000").await }));
     }
     wait_until("20 streams in flight", || {
         pool.metrics().requests_in_flight == 20
