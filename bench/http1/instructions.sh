@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# User-space instructions per keep-alive request, poolserve `http` vs the bare hyper server, under
-# valgrind's callgrind: unlike requests/s on a shared machine, the count repeats run to run, so it
-# shows what the pool costs per request. Usage: bench/http1/instructions.sh [REQUESTS]
+# User-space instructions per keep-alive request, poolserve `http` vs the bare hyper server (the
+# example and the same server built into the poolserve binary), under valgrind's callgrind:
+# unlike requests/s on a shared machine, the count repeats run to run, so it shows what the pool
+# costs per request. Then where poolserve's extra instructions over the same-binary baseline are,
+# by source file (bench/callgrind_by_file.py). Usage: bench/http1/instructions.sh [REQUESTS]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 N=${1:-20000}
@@ -44,5 +46,12 @@ TOML
 pool=$(count poolserve "$port" target/release/poolserve --config "$out/instructions-poolserve.toml")
 port=$(free_port)
 bare=$(count bare_hyper "$port" target/release/examples/bare_hyper "127.0.0.1:$port")
-echo "instructions per keep-alive request: poolserve $pool, bare hyper $bare" | tee "$out/instructions.txt"
-python3 -c "print(f'ratio {$pool / $bare:.3f}')" | tee -a "$out/instructions.txt"
+port=$(free_port)
+same=$(count bare_same "$port" target/release/poolserve --bare-baseline http --listen "127.0.0.1:$port")
+echo "instructions per keep-alive request: poolserve $pool, bare hyper $bare, bare_same $same" \
+  | tee "$out/instructions.txt"
+python3 -c "print(f'ratio to bare hyper {$pool / $bare:.3f}, to bare_same {$pool / $same:.3f}')" \
+  | tee -a "$out/instructions.txt"
+dump() { ls -t "$out/callgrind.$1".*.1 | head -1; }
+python3 bench/callgrind_by_file.py "$(dump poolserve)" "$(dump bare_same)" "$N" \
+  | tee -a "$out/instructions.txt"
