@@ -47,8 +47,8 @@ impl SessionBudget {
     /// Half the session memory for received data (the connection's window, which any stream
     /// may fill), half for data being sent, shared by `max_concurrent_streams` streams (each
     /// stream's send buffer is its own, so that half is divided). A validated config leaves
-    /// each stream at least [`poolserve_pool::MIN_STREAM_SEND_BUFFER`]; the shares are never raised above the
-    /// budget, so the bound holds for any config.
+    /// each stream at least [`poolserve_pool::MIN_STREAM_SEND_BUFFER`]; the send shares are
+    /// never raised to meet it, so they stay within the budget whatever the config.
     pub fn new(max_session_memory: usize, max_concurrent_streams: u32) -> Self {
         // HTTP/2 never lets a receive window go below 65,535 bytes: validation keeps the
         // budget's half at least that.
