@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use poolserve_server::config::{LogConfig, RunConfig};
 use poolserve_server::demo;
-use poolserve_server::file_config::{LogConfig, RunConfig};
 use poolserve_server::Runtime;
 use tracing_subscriber::EnvFilter;
 

@@ -2,37 +2,48 @@
 //! every connection runs under a [`poolserve_pool::Pool`], the admin endpoint, the config file
 //! and graceful shutdown.
 //!
-//! Handlers are tower [`Service`](tower::Service)s over `Request<`[`Body`]`>`, so an axum
-//! `Router` plugs in unchanged.
+//! Handlers are tower [`Service`](tower::Service)s over `Request<`[`Body`]`>` (the [`Handler`]
+//! bound), so an axum `Router` plugs in unchanged.
+//!
+//! # Layers
+//!
+//! Each layer imports only the layers below it:
+//!
+//! ```text
+//! runtime, admin, config   a whole process: servers, the admin endpoint, the file, reload
+//! server                   Server::start and the single dispatch (the one match on the wire)
+//! proto/{http1,http2,ws,grpc}  each protocol's serve, polite close and bounds; never each other
+//! http                     the request cycle every HTTP protocol shares
+//! transport                bind, accept, admit or refuse, TLS handshake, the counting socket
+//! protocol                 what each protocol is, as a table of facts (imports nothing)
+//! ```
+//!
+//! Only `server` names the protocols' code; `http` knows no protocol above HTTP. The
+//! `layers` test checks the rule on every file.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod admin;
 pub mod baseline;
-mod body;
+pub mod config;
 pub mod demo;
-pub mod file_config;
-pub mod grpc;
-mod http1;
-mod http2;
-mod io;
-mod listener;
-mod policy;
-mod reject;
-mod reload;
+mod http;
+mod proto;
+pub mod protocol;
 mod runtime;
-mod service;
-pub mod tls;
-mod upgrade;
-mod ws;
+mod server;
+mod transport;
 
-pub use body::{Body, RequestTimeout, TrackedBody};
-pub use http1::Http1Connection;
-pub use http2::Http2Connection;
-pub use io::TrackedIo;
-pub use listener::{Protocol, Server, ServerError, ServerOptions};
-pub use policy::ServerPolicy;
-pub use reject::REFUSAL_503;
-pub use reload::{ReloadError, ReloadReport};
+pub use config::{ReloadError, ReloadReport};
+pub use http::{
+    Body, BoxError, Handler, PlainHttp, PooledConnection, RequestRules, RequestTimeout,
+    ResponseBody, TrackedBody,
+};
+pub use proto::grpc;
+pub use protocol::Protocol;
 pub use runtime::{Runtime, StartError};
-pub use upgrade::PooledConnection;
+pub use server::{Server, ServerError, ServerOptions};
+pub use transport::io::{IoGate, TrackedIo};
+pub use transport::policy::ServerPolicy;
+pub use transport::refusal::REFUSAL_503;
+pub use transport::tls;

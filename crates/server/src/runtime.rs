@@ -5,17 +5,15 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
-use bytes::Bytes;
-use http::{Request, Response};
 use poolserve_pool::{CloseReport, PoolRegistry};
 
 use crate::admin::{AdminServer, AdminState};
-use crate::body::Body;
-use crate::file_config::{RunConfig, ServerSpec};
-use crate::grpc::GrpcServices;
-use crate::listener::{Protocol, Server, ServerError, ServerOptions};
-use crate::reload::{ReloadError, ReloadReport};
-use crate::tls::PemPair;
+use crate::config::{ReloadError, ReloadReport, RunConfig, ServerSpec};
+use crate::http::{Handler, ResponseBody};
+use crate::proto::grpc::GrpcServices;
+use crate::protocol::Protocol;
+use crate::server::{Server, ServerError, ServerOptions};
+use crate::transport::tls::PemPair;
 
 type StartFuture = Pin<Box<dyn Future<Output = Result<Server, ServerError>> + Send>>;
 
@@ -60,11 +58,8 @@ impl Runtime {
     /// before this returns.
     pub async fn start<S, B>(config: &RunConfig, service: S) -> Result<Runtime, StartError>
     where
-        S: tower::Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-        B: http_body::Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        S: Handler<B>,
+        B: ResponseBody,
     {
         Runtime::start_with_grpc(config, service, GrpcServices::demo()).await
     }
@@ -76,11 +71,8 @@ impl Runtime {
         grpc: GrpcServices,
     ) -> Result<Runtime, StartError>
     where
-        S: tower::Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-        B: http_body::Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        S: Handler<B>,
+        B: ResponseBody,
     {
         let registry = Arc::new(PoolRegistry::new());
         // A Mutex makes the service shareable without asking it to be `Sync`.
@@ -140,7 +132,7 @@ impl Runtime {
     pub async fn reload(&self, next: &RunConfig) -> Result<ReloadReport, ReloadError> {
         let servers = self.servers();
         let (mut report, changes) =
-            crate::reload::apply(&self.registry, &servers, &self.config, next)?;
+            crate::config::apply_reload(&self.registry, &servers, &self.config, next)?;
         for (spec, tls) in changes.add {
             match (self.starter)(self.registry.clone(), options(&spec, tls)).await {
                 Ok(server) => {

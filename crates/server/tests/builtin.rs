@@ -7,7 +7,7 @@ mod support;
 use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
-use poolserve_server::file_config::RunConfig;
+use poolserve_server::config::RunConfig;
 use poolserve_server::grpc::proto::echo_client::EchoClient;
 use poolserve_server::grpc::proto::EchoRequest;
 use poolserve_server::{demo, Protocol, Runtime};

@@ -9,7 +9,7 @@ use axum::Json;
 use poolserve_pool::{ConfigChange, FieldError, PoolSettings};
 use serde::Serialize;
 
-use super::AdminState;
+use super::state::AdminState;
 
 /// The `/config` document: the config file's shape, in JSON, with each pool's settings as in
 /// force now (after any live change).
@@ -67,45 +67,43 @@ pub struct TlsDocument {
     pub key: String,
 }
 
-impl AdminState {
-    /// The `/config` document as of now.
-    pub fn config_document(&self) -> ConfigDocument {
-        let run = self.config.read().unwrap_or_else(|p| p.into_inner());
-        let servers = run
-            .servers
-            .iter()
-            .map(|s| ServerDocument {
-                name: s.name.clone(),
-                protocol: s.protocol.as_str(),
-                listen: s.listen.to_string(),
-                tls: s.tls.as_ref().map(|t| TlsDocument {
-                    cert: t.cert.display().to_string(),
-                    key: t.key.display().to_string(),
-                }),
-                pool: self
-                    .registry
-                    .get(&s.name)
-                    .map(|p| p.config().to_settings())
-                    .unwrap_or_else(|| s.pool.to_settings()),
-            })
-            .collect();
-        ConfigDocument {
-            drain_timeout: humantime::format_duration(run.drain_timeout).to_string(),
-            admin: AdminDocument {
-                listen: run.admin_listen.to_string(),
-                token_required: self.token.is_some(),
-            },
-            log: LogDocument {
-                level: run.log.level.clone(),
-                format: if run.log.json { "json" } else { "text" },
-            },
-            servers,
-        }
+/// The `/config` document of `state` as of now.
+pub fn config_document(state: &AdminState) -> ConfigDocument {
+    let run = state.config.read().unwrap_or_else(|p| p.into_inner());
+    let servers = run
+        .servers
+        .iter()
+        .map(|s| ServerDocument {
+            name: s.name.clone(),
+            protocol: s.protocol.as_str(),
+            listen: s.listen.to_string(),
+            tls: s.tls.as_ref().map(|t| TlsDocument {
+                cert: t.cert.display().to_string(),
+                key: t.key.display().to_string(),
+            }),
+            pool: state
+                .registry
+                .get(&s.name)
+                .map(|p| p.config().to_settings())
+                .unwrap_or_else(|| s.pool.to_settings()),
+        })
+        .collect();
+    ConfigDocument {
+        drain_timeout: humantime::format_duration(run.drain_timeout).to_string(),
+        admin: AdminDocument {
+            listen: run.admin_listen.to_string(),
+            token_required: state.token.is_some(),
+        },
+        log: LogDocument {
+            level: run.log.level.clone(),
+            format: if run.log.json { "json" } else { "text" },
+        },
+        servers,
     }
 }
 
 pub(super) async fn get_config(State(state): State<AdminState>) -> Json<ConfigDocument> {
-    Json(state.config_document())
+    Json(config_document(&state))
 }
 
 /// A successful `PATCH`: what changed.

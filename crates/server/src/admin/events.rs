@@ -11,7 +11,7 @@ use futures_util::Stream;
 use poolserve_pool::EventError;
 use tokio::sync::watch;
 
-use super::AdminState;
+use super::state::AdminState;
 
 /// Ends the admin endpoint's open event streams when it shuts down.
 #[derive(Debug, Clone)]

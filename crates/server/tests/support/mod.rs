@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use poolserve_pool::{PoolConfig, PoolEventKind, PoolSettings, Subscription};
-use poolserve_server::file_config::{LogConfig, RunConfig, ServerSpec};
+use poolserve_server::config::{LogConfig, RunConfig, ServerSpec};
 use poolserve_server::tls::{PemPair, TlsFiles};
 use poolserve_server::{demo, Protocol, Runtime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -9,9 +9,9 @@ use std::sync::{Arc, RwLock};
 
 use poolserve_pool::{ConfigChange, FieldError, PoolRegistry};
 
-use crate::file_config::{RunConfig, ServerSpec};
-use crate::listener::Server;
-use crate::tls::{PemPair, ServerCert};
+use super::file::{RunConfig, ServerSpec};
+use crate::server::Server;
+use crate::transport::tls::{PemPair, ServerCert};
 
 /// What a reload did.
 #[derive(Debug, Default)]

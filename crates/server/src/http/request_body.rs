@@ -1,4 +1,4 @@
-//! Request and response bodies that tell the pool when a request was received and finished.
+//! The request body handlers receive: it tells the pool when a request was received.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -7,14 +7,17 @@ use std::task::{ready, Context, Poll};
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
-use poolserve_pool::{ConnectionTracker, RequestTracker};
+use poolserve_pool::ConnectionTracker;
 use tokio::time::{Instant, Sleep};
 
 /// The request body handlers receive: hyper's body, reporting to the pool when it is fully
 /// received so the request timeout stops applying. On a multiplexed connection (HTTP/2), where
 /// the connection's timer leaves streams alone, the body itself enforces `request_timeout`: a
-/// body not received in time fails with [`RequestTimeout`]. gRPC calls are bounded by their
-/// `grpc-timeout` instead, since a client stream may rightly last long.
+/// body not received in time fails with [`RequestTimeout`]. A protocol whose calls carry their
+/// own deadline opts out (see [`RequestRules::times_body`]), since a client stream may rightly
+/// last long.
+///
+/// [`RequestRules::times_body`]: crate::http::RequestRules::times_body
 #[derive(Debug)]
 pub struct Body {
     inner: Incoming,
@@ -34,13 +37,13 @@ impl std::fmt::Display for RequestTimeout {
 
 impl std::error::Error for RequestTimeout {}
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use super::errors::BoxError;
 
 impl Body {
     /// `ended`: whether `inner` is already at its end (its `is_end_stream`, which for HTTP/2
     /// takes the connection's stream lock, so the caller's answer is reused). `timed`: whether
-    /// this body enforces `request_timeout` itself (a stream of a multiplexed connection that is
-    /// not a gRPC call, whose deadline is its `grpc-timeout`).
+    /// this body enforces `request_timeout` itself (a stream of a multiplexed connection whose
+    /// protocol does not bound it otherwise).
     pub(crate) fn new(
         inner: Incoming,
         tracker: &ConnectionTracker,
@@ -117,67 +120,6 @@ impl HttpBody for Body {
             }
         }
         Poll::Ready(frame.map(|f| f.map_err(Into::into)))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A response body that finishes its request's record when it ends, fails or is dropped.
-    #[derive(Debug)]
-    pub struct TrackedBody<B> {
-        #[pin]
-        inner: B,
-        request: Option<RequestTracker>,
-    }
-}
-
-impl<B> TrackedBody<B> {
-    pub(crate) fn new(inner: B, request: RequestTracker) -> Self {
-        TrackedBody {
-            inner,
-            request: Some(request),
-        }
-    }
-}
-
-impl<B: HttpBody> HttpBody for TrackedBody<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        let this = self.project();
-        let frame = ready!(this.inner.poll_frame(cx));
-        match &frame {
-            None => {
-                if let Some(r) = this.request.take() {
-                    r.finish();
-                }
-            }
-            Some(Err(_)) => {
-                if let Some(mut r) = this.request.take() {
-                    r.fail();
-                }
-            }
-            Some(Ok(f)) => {
-                // Trailers carry a gRPC call's outcome.
-                if let (Some(trailers), Some(r)) = (f.trailers_ref(), this.request.as_mut()) {
-                    if crate::grpc::is_server_failure(trailers) {
-                        r.fail();
-                    }
-                }
-            }
-        }
-        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {

@@ -11,20 +11,17 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Request, Response};
 use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use poolserve_pool::{CloseReason, ConnectionGuard, ManagedConnection, PoolConfig, TimeoutKind};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::body::Body;
-use crate::io::TrackedIo;
-use crate::listener::Protocol;
-use crate::policy::ServerPolicy;
-use crate::service::TrackedService;
-use crate::upgrade::UpgradeLink;
+use crate::http::upgrade::UpgradeLink;
+use crate::http::{is_peer_fault, Handler, RequestRules, ResponseBody, TrackedService};
+use crate::transport::io::TrackedIo;
+use crate::transport::policy::ServerPolicy;
 
 /// Largest HTTP/2 flow-control window (RFC 9113 §6.9.1).
 const MAX_WINDOW: usize = (1 << 31) - 1;
@@ -109,7 +106,7 @@ where
     }
 
     fn is_peer_fault(e: &hyper::Error) -> bool {
-        crate::http1::is_peer_fault(e)
+        is_peer_fault(e)
     }
 
     fn timeout_kind(e: &hyper::Error) -> Option<TimeoutKind> {
@@ -118,33 +115,33 @@ where
     }
 }
 
-/// Serves one admitted HTTP/2 connection to its end.
-pub(crate) async fn serve<IO, S, B>(
+/// The interval of an `http2` server's keep-alive pings: `http2.keep_alive_interval`.
+pub(crate) fn keep_alive_interval(config: &PoolConfig) -> Duration {
+    config.http2.keep_alive_interval
+}
+
+/// Serves one admitted HTTP/2 connection to its end, pinging the peer every
+/// `keep_alive_interval`.
+pub(crate) async fn serve<IO, S, B, R>(
     guard: ConnectionGuard<ServerPolicy>,
     io: IO,
     service: S,
     config: &PoolConfig,
+    keep_alive_interval: Duration,
 ) -> CloseReason
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: tower::Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: Handler<B>,
+    B: ResponseBody,
+    R: RequestRules,
 {
     let tracker = guard.tracker();
     tracker.multiplexed();
     // HTTP/2 has no upgrades; the link only satisfies the shared request wrapper.
     let link = Arc::new(UpgradeLink::default());
     let io = TokioIo::new(TrackedIo::new(io, tracker.clone()));
-    let service = TrackedService::new(service, tracker, link);
+    let service = TrackedService::<_, R>::new(service, tracker, link);
     let h2 = &config.http2;
-    let keep_alive_interval = if guard.policy().protocol == Protocol::Grpc {
-        config.grpc.keep_alive_time
-    } else {
-        h2.keep_alive_interval
-    };
     let budget = SessionBudget::new(h2.max_session_memory, h2.max_concurrent_streams);
     // The builder lives in this block only, so it takes no room in the connection's task.
     let conn = {

@@ -14,7 +14,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
-use crate::policy::ServerPolicy;
+use crate::transport::policy::ServerPolicy;
 
 /// The gRPC serving status for a pool's health.
 pub(crate) fn serving_status(health: HealthStatus, stage: Stage) -> ServingStatus {

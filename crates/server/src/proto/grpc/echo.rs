@@ -6,8 +6,18 @@ use std::time::Duration;
 use futures_util::Stream;
 use tonic::{Request, Response, Status};
 
-use super::proto::echo_server::{Echo, EchoServer};
-use super::proto::{EchoReply, EchoRequest, StreamRequest};
+use proto::echo_server::{Echo, EchoServer};
+use proto::{EchoReply, EchoRequest, StreamRequest};
+
+/// The demo service's generated messages, server and client (`poolserve.demo`).
+pub mod proto {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("poolserve.demo");
+}
+
+/// The encoded protobuf descriptors of `poolserve.demo`, for reflection.
+pub const DEMO_FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/poolserve_demo_descriptor.bin"));
 
 /// Most replies one `Stream` call may ask for.
 pub const MAX_STREAM_COUNT: u32 = 1_000_000;

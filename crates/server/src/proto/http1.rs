@@ -1,14 +1,10 @@
 //! HTTP/1.1 (and HTTP/1.1 over TLS) connections under the pool.
 
-use std::error::Error as _;
 use std::future::Future;
-use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use bytes::Bytes;
-use http::{Request, Response};
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use poolserve_pool::{
@@ -16,11 +12,10 @@ use poolserve_pool::{
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::body::Body;
-use crate::io::TrackedIo;
-use crate::policy::ServerPolicy;
-use crate::service::TrackedService;
-use crate::upgrade::UpgradeLink;
+use crate::http::upgrade::UpgradeLink;
+use crate::http::{is_peer_fault, Handler, RequestRules, ResponseBody, TrackedService};
+use crate::transport::io::TrackedIo;
+use crate::transport::policy::ServerPolicy;
 
 type Hyper<I, S> = http1::UpgradeableConnection<I, S>;
 
@@ -95,7 +90,7 @@ where
     /// Sends `Connection: close` on the response in flight (or closes an idle connection); an
     /// upgraded connection's handler is told through [`PooledConnection::closing`].
     ///
-    /// [`PooledConnection::closing`]: crate::PooledConnection::closing
+    /// [`PooledConnection::closing`]: crate::http::PooledConnection::closing
     fn close_politely(mut self: Pin<&mut Self>) {
         match self.serving.as_mut() {
             Some(conn) => conn.as_mut().graceful_shutdown(),
@@ -108,34 +103,8 @@ where
     }
 }
 
-/// Whether a hyper error (HTTP/1 or HTTP/2) is the client's doing rather than this server's:
-/// a malformed request, an HTTP/2 protocol violation we detected, a GOAWAY or reset it sent, or
-/// a vanished socket.
-pub(crate) fn is_peer_fault(e: &hyper::Error) -> bool {
-    if e.is_parse() || e.is_parse_too_large() || e.is_incomplete_message() || e.is_canceled() {
-        return true;
-    }
-    let mut source = e.source();
-    while let Some(s) = source {
-        if let Some(h2) = s.downcast_ref::<h2::Error>() {
-            return h2.is_remote() || h2.is_library() || h2.is_go_away() || h2.is_io();
-        }
-        if let Some(io) = s.downcast_ref::<io::Error>() {
-            return matches!(
-                io.kind(),
-                io::ErrorKind::ConnectionReset
-                    | io::ErrorKind::ConnectionAborted
-                    | io::ErrorKind::BrokenPipe
-                    | io::ErrorKind::UnexpectedEof
-            );
-        }
-        source = s.source();
-    }
-    false
-}
-
 /// Serves one admitted HTTP/1.1 connection to its end.
-pub(crate) async fn serve<IO, S, B>(
+pub(crate) async fn serve<IO, S, B, R>(
     guard: ConnectionGuard<ServerPolicy>,
     io: IO,
     service: S,
@@ -143,16 +112,14 @@ pub(crate) async fn serve<IO, S, B>(
 ) -> CloseReason
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: tower::Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: Handler<B>,
+    B: ResponseBody,
+    R: RequestRules,
 {
     let tracker = guard.tracker();
     let link = Arc::new(UpgradeLink::default());
-    let io = TokioIo::new(TrackedIo::linked(io, tracker.clone(), link.clone()));
-    let service = TrackedService::new(service, tracker.clone(), link.clone());
+    let io = TokioIo::new(TrackedIo::gated(io, tracker.clone(), link.clone()));
+    let service = TrackedService::<_, R>::new(service, tracker.clone(), link.clone());
     // The builder is dropped before the await, so it takes no room in the connection's task.
     let serving = http1::Builder::new()
         .keep_alive(true)

@@ -5,7 +5,7 @@ use poolserve_pool::{
 };
 use tokio::time::Instant;
 
-use crate::listener::Protocol;
+use crate::protocol::Protocol;
 
 /// The pool policy of one server: the HTTP/2 rules on HTTP/2 connections; otherwise HTTP/1
 /// request-cycle bounds until a connection upgrades, then

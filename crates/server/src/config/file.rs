@@ -9,8 +9,8 @@ use std::time::Duration;
 use poolserve_pool::{FieldError, PoolConfig, PoolSettings};
 use serde::{Deserialize, Serialize};
 
-use crate::listener::Protocol;
-use crate::tls::TlsFiles;
+use crate::protocol::Protocol;
+use crate::transport::tls::TlsFiles;
 
 /// The admin endpoint's default address.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
@@ -58,7 +58,7 @@ pub struct LogSection {
 pub struct ServerSection {
     /// Unique name.
     pub name: String,
-    /// `http`, `https`, `ws` or `wss`.
+    /// `http`, `https`, `http2`, `grpc`, `ws` or `wss`.
     pub protocol: String,
     /// Address to listen on.
     pub listen: String,
@@ -272,22 +272,15 @@ impl FileConfig {
                     "another server has this name",
                 ));
             }
-            let protocol = match s.protocol.as_str() {
-                "http" => Some(Protocol::Http),
-                "https" => Some(Protocol::Https),
-                "ws" => Some(Protocol::Ws),
-                "wss" => Some(Protocol::Wss),
-                "http2" => Some(Protocol::Http2),
-                "grpc" => Some(Protocol::Grpc),
-                other => {
-                    errors.push(field_error(
-                        format!("{at}.protocol"),
-                        format!("{other:?}"),
-                        "must be one of http, https, http2, grpc, ws, wss",
-                    ));
-                    None
-                }
-            };
+            let protocol = Protocol::from_name(&s.protocol);
+            if protocol.is_none() {
+                let names: Vec<&str> = Protocol::ALL.iter().map(|p| p.as_str()).collect();
+                errors.push(field_error(
+                    format!("{at}.protocol"),
+                    format!("{:?}", s.protocol),
+                    format!("must be one of {}", names.join(", ")),
+                ));
+            }
             let listen = match s.listen.parse::<SocketAddr>() {
                 Ok(a) => {
                     if a.port() != 0 && !addrs.insert(a) {

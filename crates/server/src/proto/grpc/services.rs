@@ -1,40 +1,22 @@
-//! gRPC servers: tonic services on the pool's HTTP/2 connections, with the standard health
-//! service following the pool's health and server reflection.
-//!
-//! A gRPC connection is one HTTP/2 connection in the pool, never one entry per call; its calls
-//! are its streams. On top of the HTTP/2 rules, every call gets the pool's gRPC message limits
-//! (`RESOURCE_EXHAUSTED`) and its `grpc-timeout` deadline.
-
-mod call;
-mod echo;
-mod frames;
-mod health;
-mod status;
-mod timeout;
+//! The services a `grpc` server answers: the user's, plus health and reflection.
 
 use std::convert::Infallible;
+use std::time::Duration;
 
 use http::Request;
+use poolserve_pool::{Pool, PoolConfig};
 use tonic::body::Body as TonicBody;
 use tonic::server::NamedService;
 use tonic::service::Routes;
 
-pub(crate) use call::GrpcCall;
-pub use echo::{EchoService, MAX_STREAM_COUNT, MAX_STREAM_INTERVAL_MS};
-pub(crate) use status::is_server_failure;
+use super::echo::{EchoService, DEMO_FILE_DESCRIPTOR_SET};
+use super::health;
+use crate::transport::policy::ServerPolicy;
 
-use crate::policy::ServerPolicy;
-use poolserve_pool::Pool;
-
-/// The demo service's generated messages, server and client (`poolserve.demo`).
-pub mod proto {
-    #![allow(missing_docs, clippy::all)]
-    tonic::include_proto!("poolserve.demo");
+/// The interval of a gRPC connection's keep-alive pings: `grpc.keep_alive_time`.
+pub(crate) fn keep_alive_interval(config: &PoolConfig) -> Duration {
+    config.grpc.keep_alive_time
 }
-
-/// The encoded protobuf descriptors of `poolserve.demo`, for reflection.
-pub const DEMO_FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/poolserve_demo_descriptor.bin"));
 
 /// The gRPC services a `grpc` server answers: the user's tonic services and axum routes, plus
 /// `grpc.health.v1.Health` and server reflection (`grpc.reflection.v1` and `v1alpha`), which

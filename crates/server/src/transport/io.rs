@@ -4,25 +4,42 @@
 //! arrived and when a write is stuck because the peer stopped reading. The wrapper tallies the
 //! bytes itself and adds them to the pool's totals when it flushes, when a read or write has to
 //! wait, and when it is dropped: about once per request, never per read or write.
-//! Linked to an [`UpgradeLink`], it also fails every read and write once the pool has closed an
-//! upgraded connection, and reports its own drop.
+//! Its [`IoGate`] lets the connection's owner make every further read and write fail (the pool
+//! closed a connection a handler took over) and hear of the wrapper's drop.
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use poolserve_pool::ConnectionTracker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::upgrade::UpgradeLink;
+/// What a [`TrackedIo`] consults before each read and write, and tells when it is dropped: the
+/// way its owner can make an I/O that was handed on (an upgrade) fail.
+pub trait IoGate {
+    /// Whether the call must fail; `waker` (the calling task's) is to be woken when that
+    /// changes, `read` tells a read from a write.
+    fn closed(&self, waker: &Waker, read: bool) -> bool;
+    /// The I/O was dropped.
+    fn io_dropped(&self);
+}
+
+/// The gate of an I/O nobody else can close: always open, and costs nothing.
+impl IoGate for () {
+    #[inline(always)]
+    fn closed(&self, _: &Waker, _: bool) -> bool {
+        false
+    }
+    #[inline(always)]
+    fn io_dropped(&self) {}
+}
 
 /// An I/O stream whose traffic is reported to a [`ConnectionTracker`].
 #[derive(Debug)]
-pub struct TrackedIo<S> {
+pub struct TrackedIo<S, G: IoGate = ()> {
     inner: S,
     tracker: ConnectionTracker,
-    link: Option<Arc<UpgradeLink>>,
+    gate: G,
     /// Bytes read and written since they were last reported to the pool.
     unreported_read: u64,
     unreported_written: u64,
@@ -31,20 +48,17 @@ pub struct TrackedIo<S> {
 impl<S> TrackedIo<S> {
     /// Wraps `inner`.
     pub fn new(inner: S, tracker: ConnectionTracker) -> Self {
-        TrackedIo {
-            inner,
-            tracker,
-            link: None,
-            unreported_read: 0,
-            unreported_written: 0,
-        }
+        TrackedIo::gated(inner, tracker, ())
     }
+}
 
-    pub(crate) fn linked(inner: S, tracker: ConnectionTracker, link: Arc<UpgradeLink>) -> Self {
+impl<S, G: IoGate> TrackedIo<S, G> {
+    /// Wraps `inner`, consulting `gate` before each read and write.
+    pub fn gated(inner: S, tracker: ConnectionTracker, gate: G) -> Self {
         TrackedIo {
             inner,
             tracker,
-            link: Some(link),
+            gate,
             unreported_read: 0,
             unreported_written: 0,
         }
@@ -84,22 +98,17 @@ impl<S> TrackedIo<S> {
         r
     }
 
-    /// Fails the call once the pool has closed an upgraded connection.
+    /// Whether the gate fails the call.
     #[inline]
     fn killed(&self, cx: &Context<'_>, read: bool) -> bool {
-        match &self.link {
-            Some(link) => link.check_io(cx.waker(), read),
-            None => false,
-        }
+        self.gate.closed(cx.waker(), read)
     }
 }
 
-impl<S> Drop for TrackedIo<S> {
+impl<S, G: IoGate> Drop for TrackedIo<S, G> {
     fn drop(&mut self) {
         self.report_bytes();
-        if let Some(link) = &self.link {
-            link.io_dropped();
-        }
+        self.gate.io_dropped();
     }
 }
 
@@ -110,7 +119,7 @@ fn closed_by_pool<T>() -> Poll<io::Result<T>> {
     )))
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for TrackedIo<S> {
+impl<S: AsyncRead + Unpin, G: IoGate + Unpin> AsyncRead for TrackedIo<S, G> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -136,7 +145,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for TrackedIo<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for TrackedIo<S> {
+impl<S: AsyncWrite + Unpin, G: IoGate + Unpin> AsyncWrite for TrackedIo<S, G> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -1,175 +1,32 @@
-//! WebSocket (RFC 6455) connections under the pool: the HTTP/1.1 upgrade through hyper, then an
-//! echo session on tungstenite with a per-connection heartbeat.
-//!
-//! Pool rules: admission happens at accept, so an over-limit client gets a 503 before any
-//! upgrade. Until the upgrade the HTTP/1 bounds apply; after it, the pool closes a peer that
-//! leaves a ping unanswered for `pong_timeout` (and, only when configured, one that exchanges no
-//! message for `websocket.idle_timeout`). The heartbeat is this connection's own timer, armed at
-//! its last message plus `ping_interval`, so a chatty client is never pinged. A polite close sends
-//! close 1001 and then waits for the peer's close until the pool's deadline.
+//! The WebSocket session of a `ws`/`wss` server: the HTTP/1.1 upgrade through hyper under the
+//! HTTP/1 bounds, then an echo of every message with a per-connection heartbeat, close codes as
+//! RFC 6455 gives them, and close 1001 when the pool asks.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http::Request;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use poolserve_pool::{
-    CloseReason, ConnectionGuard, ConnectionTracker, ManagedConnection, PoolConfig,
-};
+use poolserve_pool::{ConnectionTracker, PoolConfig};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsProtocolError};
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use crate::io::TrackedIo;
-use crate::policy::ServerPolicy;
+use super::error::WsError;
+use super::handshake::handshake;
+use crate::http::is_peer_fault;
+use crate::transport::io::TrackedIo;
 
-/// Why a WebSocket connection ended badly.
-#[derive(Debug)]
-pub struct WsError {
-    message: String,
-    peer_fault: bool,
-}
-
-impl std::fmt::Display for WsError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl WsError {
-    fn peer(message: impl Into<String>) -> Self {
-        WsError {
-            message: message.into(),
-            peer_fault: true,
-        }
-    }
-}
-
-/// One WebSocket connection from its HTTP request to its close.
-struct WsConnection {
-    session: Pin<Box<dyn Future<Output = Result<(), WsError>> + Send>>,
-    close: watch::Sender<bool>,
-}
-
-impl Future for WsConnection {
-    type Output = Result<(), WsError>;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.session.as_mut().poll(cx)
-    }
-}
-
-impl ManagedConnection for WsConnection {
-    type Error = WsError;
-
-    /// Before the upgrade: `Connection: close`; after it: close frame 1001.
-    fn close_politely(self: Pin<&mut Self>) {
-        self.close.send_replace(true);
-    }
-
-    fn is_peer_fault(e: &WsError) -> bool {
-        e.peer_fault
-    }
-}
-
-/// Serves one admitted WebSocket connection to its end.
-pub(crate) async fn serve<IO>(
-    guard: ConnectionGuard<ServerPolicy>,
-    io: IO,
-    config: Arc<PoolConfig>,
-) -> CloseReason
-where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let tracker = guard.tracker();
-    let (close, closed) = watch::channel(false);
-    let io = TrackedIo::new(io, tracker.clone());
-    let conn = WsConnection {
-        session: Box::pin(session(io, tracker, config, closed)),
-        close,
-    };
-    guard.serve(conn).await
-}
-
-fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
-}
-
-fn reply(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut res = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-    *res.status_mut() = status;
-    res
-}
-
-/// Answers the upgrade request: 101 with the accept key, or why not.
-fn handshake(req: &mut Request<Incoming>) -> (Response<Full<Bytes>>, Option<OnUpgrade>) {
-    let h = req.headers();
-    if req.method() != Method::GET
-        || !header_has_token(h, header::CONNECTION, "upgrade")
-        || !header_has_token(h, header::UPGRADE, "websocket")
-    {
-        let mut res = reply(
-            StatusCode::UPGRADE_REQUIRED,
-            "this is a WebSocket endpoint: send a GET with Upgrade: websocket\n",
-        );
-        res.headers_mut()
-            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        res.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        return (res, None);
-    }
-    if h.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
-        let mut res = reply(
-            StatusCode::UPGRADE_REQUIRED,
-            "unsupported Sec-WebSocket-Version\n",
-        );
-        res.headers_mut().insert(
-            header::SEC_WEBSOCKET_VERSION,
-            HeaderValue::from_static("13"),
-        );
-        return (res, None);
-    }
-    // A valid key is 16 random bytes in base64: 24 characters ending in "==".
-    let key = match h.get(header::SEC_WEBSOCKET_KEY) {
-        Some(k) if k.len() == 24 && k.as_bytes().ends_with(b"==") => k.as_bytes().to_vec(),
-        _ => {
-            return (
-                reply(StatusCode::BAD_REQUEST, "bad Sec-WebSocket-Key\n"),
-                None,
-            )
-        }
-    };
-    let accept = derive_accept_key(&key);
-    let mut res = Response::new(Full::new(Bytes::new()));
-    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let hs = res.headers_mut();
-    hs.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    hs.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    if let Ok(v) = HeaderValue::from_str(&accept) {
-        hs.insert(header::SEC_WEBSOCKET_ACCEPT, v);
-    }
-    (res, Some(hyper::upgrade::on(req)))
-}
-
-async fn session<IO>(
+pub(super) async fn run<IO>(
     io: TrackedIo<IO>,
     tracker: ConnectionTracker,
     config: Arc<PoolConfig>,
@@ -210,7 +67,7 @@ where
         tokio::select! {
             biased;
             done = conn.as_mut() => {
-                done.map_err(|e| WsError { peer_fault: crate::http1::is_peer_fault(&e), message: e.to_string() })?;
+                done.map_err(|e| WsError::new(e.to_string(), is_peer_fault(&e)))?;
                 break;
             }
             changed = close.changed(), if !asked_to_close => {

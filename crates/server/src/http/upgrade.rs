@@ -14,6 +14,8 @@ use std::task::Waker;
 use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
 
+use crate::transport::io::IoGate;
+
 const UPGRADED: u8 = 1;
 const KILLED: u8 = 2;
 const IO_DROPPED: u8 = 4;
@@ -89,17 +91,6 @@ impl UpgradeLink {
         }
     }
 
-    /// Whether the I/O must fail because the pool closed the connection; an upgraded I/O's
-    /// task is registered to hear [`UpgradeLink::kill`]. Before an upgrade — every read and
-    /// write of a plain request — this is one load, and the wakers are never allocated.
-    #[inline]
-    pub fn check_io(&self, waker: &Waker, read: bool) -> bool {
-        if self.state.load(Ordering::SeqCst) & (UPGRADED | KILLED) == 0 {
-            return false;
-        }
-        self.check_upgraded_io(waker, read)
-    }
-
     #[cold]
     fn check_upgraded_io(&self, waker: &Waker, read: bool) -> bool {
         self.waiting(|w| {
@@ -116,6 +107,25 @@ impl UpgradeLink {
     pub fn register_drop(&self, waker: &Waker) -> bool {
         self.waiting(|w| w.dropped.register(waker));
         self.is_io_dropped()
+    }
+}
+
+/// The connection's I/O consults its link: it fails once the pool closed the connection under
+/// a handler that took it over.
+impl IoGate for Arc<UpgradeLink> {
+    /// Whether the I/O must fail because the pool closed the connection; an upgraded I/O's
+    /// task is registered to hear [`UpgradeLink::kill`]. Before an upgrade — every read and
+    /// write of a plain request — this is one load, and the wakers are never allocated.
+    #[inline]
+    fn closed(&self, waker: &Waker, read: bool) -> bool {
+        if self.state.load(Ordering::SeqCst) & (UPGRADED | KILLED) == 0 {
+            return false;
+        }
+        self.check_upgraded_io(waker, read)
+    }
+
+    fn io_dropped(&self) {
+        UpgradeLink::io_dropped(self)
     }
 }
 

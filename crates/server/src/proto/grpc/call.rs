@@ -16,8 +16,8 @@ use tonic::Status;
 
 use super::frames::MessageScanner;
 use super::timeout::parse_grpc_timeout;
-use crate::body::Body;
-use crate::policy::ServerPolicy;
+use crate::http::Body;
+use crate::transport::policy::ServerPolicy;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

@@ -1,6 +1,7 @@
 //! Adapts a user's tower `Service` to hyper, recording each request in the pool.
 
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -12,47 +13,49 @@ use poolserve_pool::{ConnectionTracker, RequestTracker};
 use tower::util::Oneshot;
 use tower::{Service, ServiceExt};
 
-use crate::body::{Body, TrackedBody};
-use crate::upgrade::{PooledConnection, UpgradeLink};
+use super::request_body::Body;
+use super::response_body::TrackedBody;
+use super::rules::RequestRules;
+use super::upgrade::{PooledConnection, UpgradeLink};
 
-/// A hyper service that wraps each request of one connection in the pool's tracking.
-#[derive(Debug, Clone)]
-pub(crate) struct TrackedService<S> {
+/// A hyper service that wraps each request of one connection in the pool's tracking, under the
+/// server's [`RequestRules`] `R`.
+#[derive(Debug)]
+pub(crate) struct TrackedService<S, R> {
     inner: S,
     tracker: ConnectionTracker,
     link: Arc<UpgradeLink>,
+    rules: PhantomData<fn() -> R>,
 }
 
-impl<S> TrackedService<S> {
+impl<S, R> TrackedService<S, R> {
     pub fn new(inner: S, tracker: ConnectionTracker, link: Arc<UpgradeLink>) -> Self {
         TrackedService {
             inner,
             tracker,
             link,
+            rules: PhantomData,
         }
     }
 }
 
-impl<S, B> hyper::service::Service<Request<Incoming>> for TrackedService<S>
+impl<S, B, R> hyper::service::Service<Request<Incoming>> for TrackedService<S, R>
 where
     S: Service<Request<Body>, Response = Response<B>> + Clone,
     B: http_body::Body,
+    R: RequestRules,
 {
-    type Response = Response<TrackedBody<B>>;
+    type Response = Response<TrackedBody<B, R>>;
     type Error = S::Error;
-    type Future = ResponseFuture<Either<S::Future, Oneshot<S, Request<Body>>>>;
+    type Future = ResponseFuture<Either<S::Future, Oneshot<S, Request<Body>>>, R>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let request = self.tracker.request_started();
-        // A stream of a multiplexed connection times its own body, except a gRPC call's; a
-        // request without a body (most are) needs neither the deadline nor the header lookup.
+        // A stream of a multiplexed connection times its own body unless its protocol bounds
+        // it otherwise; a request without a body (most are) needs neither the deadline nor the
+        // rules' look.
         let ended = http_body::Body::is_end_stream(req.body());
-        let timed = !ended
-            && self.tracker.is_multiplexed()
-            && !req
-                .headers()
-                .get(http::header::CONTENT_TYPE)
-                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let timed = !ended && self.tracker.is_multiplexed() && R::times_body(&req);
         let mut req = req.map(|b| Body::new(b, &self.tracker, ended, timed));
         // Only a request that can take the connection over needs the handle; leaving it off the
         // others spares every plain request an extensions map. hyper marks those requests (an
@@ -72,9 +75,8 @@ where
         // (most are: routers, `service_fn`) is called now and its future stored once, instead of
         // being built inside a `Oneshot` on the first poll and moved into it. A stream of a
         // multiplexed connection is polled in a task of its own: there the call waits for that
-        // task, so a large future (a gRPC router's) is built in place rather than moved into it
-        // (measured 2026-12-02 under callgrind: calling at once costs a gRPC unary call 733
-        // instructions more, and saves an h2c request 48).
+        // task, so a large future (a router's) is built in place rather than moved into it
+        // (see docs/design.md, "Request timing").
         let inner = if self.tracker.is_multiplexed() {
             Either::Right(service.oneshot(req))
         } else {
@@ -87,25 +89,28 @@ where
         ResponseFuture {
             inner,
             request: Some(request),
+            rules: PhantomData,
         }
     }
 }
 
 pin_project_lite::pin_project! {
     /// The response future: marks the response start and hands the request record to the body.
-    pub(crate) struct ResponseFuture<F> {
+    pub(crate) struct ResponseFuture<F, R> {
         #[pin]
         inner: F,
         request: Option<RequestTracker>,
+        rules: PhantomData<fn() -> R>,
     }
 }
 
-impl<F, B, E> Future for ResponseFuture<F>
+impl<F, B, E, R> Future for ResponseFuture<F, R>
 where
     F: Future<Output = Result<Response<B>, E>>,
     B: http_body::Body,
+    R: RequestRules,
 {
-    type Output = Result<Response<TrackedBody<B>>, E>;
+    type Output = Result<Response<TrackedBody<B, R>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
@@ -116,12 +121,7 @@ where
         };
         Poll::Ready(match out {
             Ok(mut res) => {
-                // A trailers-only gRPC response (an empty body) carries its status in the head;
-                // gRPC runs over HTTP/2 only.
-                let failed = res.status().is_server_error()
-                    || (request.is_multiplexed()
-                        && res.body().is_end_stream()
-                        && crate::grpc::is_server_failure(res.headers()));
+                let failed = R::response_failed(&res);
                 // A sized body follows its head at once: its request is timed to the end.
                 if res.body().size_hint().exact().is_some() {
                     request.sized_response_started(failed);

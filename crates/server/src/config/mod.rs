@@ -1,0 +1,11 @@
+//! The config file (SPEC C) and applying a new one to a running process.
+
+mod file;
+mod reload;
+
+pub use file::{
+    AdminSection, ConfigFileError, FileConfig, LogConfig, LogSection, RunConfig, ServerSection,
+    ServerSpec, DEFAULT_ADMIN_LISTEN, DEFAULT_DRAIN_TIMEOUT,
+};
+pub(crate) use reload::apply as apply_reload;
+pub use reload::{ReloadError, ReloadReport};

@@ -1,0 +1,22 @@
+//! The HTTP request cycle shared by every protocol that runs on HTTP (HTTP/1.1, HTTP/2, the
+//! WebSocket upgrade and what runs on them): the [`Handler`] bound, the adapter that records
+//! each request in the pool, the request and response bodies that tell it when a request was
+//! received and finished, the rules a protocol adds to them ([`RequestRules`]), keeping an
+//! upgraded connection pooled, and which errors are the peer's. It knows no protocol above HTTP.
+
+mod errors;
+mod handler;
+mod request_body;
+mod response_body;
+mod rules;
+mod service;
+pub(crate) mod upgrade;
+
+pub(crate) use errors::is_peer_fault;
+pub use errors::BoxError;
+pub use handler::{Handler, ResponseBody};
+pub use request_body::{Body, RequestTimeout};
+pub use response_body::TrackedBody;
+pub use rules::{PlainHttp, RequestRules};
+pub(crate) use service::TrackedService;
+pub use upgrade::PooledConnection;

@@ -1,0 +1,34 @@
+//! What a protocol on top of HTTP adds to the request cycle: whether a request's body times
+//! itself, and which responses are this server's failures. Plain HTTP judges by the status
+//! code; a protocol that reports its outcome elsewhere (a status of its own in the trailers)
+//! brings its own.
+
+use http::{HeaderMap, Request, Response};
+
+/// Per-request rules of the protocol a server runs over HTTP. Its functions are called for
+/// every request, so they take no `self`: a server's rules are a type, chosen when it starts.
+pub trait RequestRules: Send + Sync + 'static {
+    /// Whether a stream of a multiplexed connection bounds its own body by `request_timeout`
+    /// (the connection's timer leaves streams alone). A protocol whose calls carry their own
+    /// deadline says no.
+    fn times_body<B>(_request: &Request<B>) -> bool {
+        true
+    }
+
+    /// Whether a response head makes its request a server failure.
+    fn response_failed<B: http_body::Body>(response: &Response<B>) -> bool {
+        response.status().is_server_error()
+    }
+
+    /// Whether a response's trailers make its request a server failure.
+    #[inline(always)]
+    fn trailers_failed(_trailers: &HeaderMap) -> bool {
+        false
+    }
+}
+
+/// The rules of plain HTTP: a 5xx status is a failure.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PlainHttp;
+
+impl RequestRules for PlainHttp {}

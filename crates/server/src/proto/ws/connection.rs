@@ -1,0 +1,61 @@
+//! One WebSocket connection under the pool: its session as a future the pool drives, and close
+//! 1001 as its polite close.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use poolserve_pool::{CloseReason, ConnectionGuard, ManagedConnection, PoolConfig};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+
+use super::error::WsError;
+use super::session;
+use crate::transport::io::TrackedIo;
+use crate::transport::policy::ServerPolicy;
+
+/// One WebSocket connection from its HTTP request to its close.
+struct WsConnection {
+    session: Pin<Box<dyn Future<Output = Result<(), WsError>> + Send>>,
+    close: watch::Sender<bool>,
+}
+
+impl Future for WsConnection {
+    type Output = Result<(), WsError>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.session.as_mut().poll(cx)
+    }
+}
+
+impl ManagedConnection for WsConnection {
+    type Error = WsError;
+
+    /// Before the upgrade: `Connection: close`; after it: close frame 1001.
+    fn close_politely(self: Pin<&mut Self>) {
+        self.close.send_replace(true);
+    }
+
+    fn is_peer_fault(e: &WsError) -> bool {
+        e.is_peer_fault()
+    }
+}
+
+/// Serves one admitted WebSocket connection to its end.
+pub(crate) async fn serve<IO>(
+    guard: ConnectionGuard<ServerPolicy>,
+    io: IO,
+    config: Arc<PoolConfig>,
+) -> CloseReason
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let tracker = guard.tracker();
+    let (close, closed) = watch::channel(false);
+    let io = TrackedIo::new(io, tracker.clone());
+    let conn = WsConnection {
+        session: Box::pin(session::run(io, tracker, config, closed)),
+        close,
+    };
+    guard.serve(conn).await
+}

@@ -1,0 +1,185 @@
+//! The listening socket and its accept loop.
+//!
+//! Data flows one way: accept → admit (or refuse before any handshake) → TLS handshake → the
+//! server's [`ServeConnection`] → the guard's drop. The loop stops when the pool starts draining,
+//! closing the listening socket so new connections go to other instances instead of queueing
+//! here.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use poolserve_pool::{CloseReason, ConnectionGuard, Pool, PoolConfig, Stage};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use super::policy::ServerPolicy;
+use super::refusal::Refuser;
+use crate::protocol::RefusalReply;
+
+/// An I/O a connection can be served on: a TCP stream, or a TLS stream over one.
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+/// Where the future serving one connection runs.
+pub(crate) trait Launch {
+    /// What launching gives back.
+    type Launched;
+    /// Runs `serving`.
+    fn launch<F>(self, serving: F) -> Self::Launched
+    where
+        F: Future<Output = CloseReason> + Send + 'static;
+}
+
+/// In a task of its own, of exactly the serving future's type: a plain HTTP connection's task
+/// has no room for a TLS session or a WebSocket.
+pub(crate) struct Spawn;
+
+impl Launch for Spawn {
+    type Launched = ();
+    fn launch<F>(self, serving: F)
+    where
+        F: Future<Output = CloseReason> + Send + 'static,
+    {
+        tokio::spawn(serving);
+    }
+}
+
+/// Boxed, for the task that did the TLS handshake to await: the task holds a pointer, not
+/// room for whichever protocol the handshake chose.
+pub(crate) struct Boxed;
+
+impl Launch for Boxed {
+    type Launched = Pin<Box<dyn Future<Output = CloseReason> + Send>>;
+    fn launch<F>(self, serving: F) -> Self::Launched
+    where
+        F: Future<Output = CloseReason> + Send + 'static,
+    {
+        Box::pin(serving)
+    }
+}
+
+/// What a connection's TLS handshake settled.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Negotiated<'a> {
+    /// The ALPN identifier agreed on, if the client offered one we have.
+    pub alpn: Option<&'a [u8]>,
+}
+
+/// Serves admitted connections: the server's single dispatch, given each connection's I/O and,
+/// over TLS, what the handshake negotiated.
+pub(crate) trait ServeConnection: Clone + Send + 'static {
+    /// Serves one connection: `tls` is `None` in the clear; `config` is the pool's config in
+    /// force at accept.
+    fn serve<IO: Io, L: Launch>(
+        self,
+        guard: ConnectionGuard<ServerPolicy>,
+        io: IO,
+        tls: Option<Negotiated<'_>>,
+        config: Arc<PoolConfig>,
+        launch: L,
+    ) -> L::Launched;
+}
+
+/// Binds `addr` for listening.
+pub(crate) async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// Accepts until the pool stops serving: each connection is admitted (or refused as
+/// `refusal` says, before any TLS), handshaken when `tls` is set, then served by `serve`.
+pub(crate) async fn accept_loop<H: ServeConnection>(
+    listener: TcpListener,
+    pool: Pool<ServerPolicy>,
+    tls: Option<TlsAcceptor>,
+    refusal: RefusalReply,
+    serve: H,
+    name: String,
+) {
+    let refuser = Refuser::default();
+    let mut control = pool.control();
+    loop {
+        let (stream, peer) = tokio::select! {
+            biased;
+            changed = control.changed() => {
+                if changed.is_err() || control.borrow_and_update().stage != Stage::Serving {
+                    break;
+                }
+                continue;
+            }
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    if is_per_connection_error(&e) {
+                        continue;
+                    }
+                    // Out of file descriptors and the like: back off instead of spinning, the
+                    // way hyper's and tokio's accept loops do.
+                    tracing::error!(server = %name, error = %e, "accept failed; backing off");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let guard = match pool.admit(Some(peer)) {
+            Ok(guard) => guard,
+            Err(_) => {
+                if refusal == RefusalReply::Http503 {
+                    refuser.refuse_http(stream);
+                }
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let config = pool.config();
+        match &tls {
+            None => serve.clone().serve(guard, stream, None, config, Spawn),
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                let serve = serve.clone();
+                tokio::spawn(async move {
+                    let mut guard = guard;
+                    // Bytes are counted as the application sees them, after decryption, so the
+                    // handshake is not wrapped.
+                    match guard.opening(acceptor.accept(stream)).await {
+                        Some(Ok(stream)) => {
+                            let alpn = stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+                            let tls = Negotiated {
+                                alpn: alpn.as_deref(),
+                            };
+                            serve.serve(guard, stream, Some(tls), config, Boxed).await;
+                        }
+                        Some(Err(e)) => {
+                            guard
+                                .tracker()
+                                .peer_fault(&format!("TLS handshake failed: {e}"));
+                            guard.set_reason(CloseReason::ProtocolError);
+                        }
+                        None => {}
+                    }
+                });
+            }
+        }
+    }
+    tracing::info!(server = %name, "stopped accepting");
+}
+
+fn is_per_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}

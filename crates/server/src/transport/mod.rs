@@ -1,0 +1,9 @@
+//! Sockets: binding and the accept loop, admission before any protocol work, refusals, the TLS
+//! handshake and the counting socket wrapper. What comes out is an admitted connection's I/O and
+//! the ALPN it negotiated, handed to a [`listener::ServeConnection`]; nothing here knows HTTP.
+
+pub(crate) mod io;
+pub(crate) mod listener;
+pub(crate) mod policy;
+pub(crate) mod refusal;
+pub mod tls;
