@@ -1,9 +1,9 @@
-//! One admitted connection: the RAII [`ConnectionGuard`], the [`ConnectionTracker`] the protocol
-//! code reports activity through, and the per-request [`RequestTracker`].
+//! One admitted connection's activity: the state its guard, its driver and its protocol code
+//! share, the [`ConnectionTracker`] the protocol code reports through, and the per-request
+//! [`RequestTracker`].
 //!
-//! Contract: the guard is the connection's slot in the pool. Dropping it — normally, on panic or
-//! on cancellation — releases the slot exactly once, so the open count can never leak. Trackers
-//! may outlive the guard (a spawned stream task, say); they only report into the pool's counters.
+//! Contract: trackers may outlive the connection's guard (a spawned stream task, say); they only
+//! report into the pool's counters.
 //!
 //! Activity is kept in relaxed atomics owned by the connection. On a connection that is not
 //! multiplexed (HTTP/1) every update comes from the connection's own task, so its counters are
@@ -19,10 +19,10 @@ use tokio::time::Instant;
 
 use std::task::{Wake, Waker};
 
+use crate::activity::{Activity, Phase};
+use crate::core::PoolCore;
 use crate::events::{ConnectionId, PoolEventKind};
-use crate::metrics::{CloseReason, TimeoutKind};
-use crate::policy::{Activity, Phase, ProtocolPolicy};
-use crate::pool::{PoolCore, PoolInner};
+use crate::metrics::TimeoutKind;
 
 /// Activity shared by a connection's guard, its driver and its protocol code.
 ///
@@ -198,6 +198,16 @@ impl ConnectionShared {
         self.shed_claimed.load(Ordering::Relaxed)
     }
 
+    /// Whether the connection was asked to close.
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Relaxed)
+    }
+
+    /// Requests finished on this connection.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
     pub fn mark_closing(&self) {
         if !self.closing.swap(true, Ordering::Relaxed) {
             self.core.counters.closing.fetch_add(1, Ordering::Relaxed);
@@ -267,10 +277,14 @@ impl Wake for ConnectionShared {
 /// A handle protocol code reports a connection's activity through; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct ConnectionTracker {
-    pub(crate) shared: Arc<ConnectionShared>,
+    shared: Arc<ConnectionShared>,
 }
 
 impl ConnectionTracker {
+    pub(crate) fn new(shared: Arc<ConnectionShared>) -> Self {
+        ConnectionTracker { shared }
+    }
+
     /// The connection's id, unique within its pool.
     pub fn id(&self) -> ConnectionId {
         self.shared.id
@@ -612,80 +626,5 @@ impl RequestTracker {
 impl Drop for RequestTracker {
     fn drop(&mut self) {
         self.record();
-    }
-}
-
-/// An admitted connection's slot in its pool (the design's `addConnection` result); dropping it
-/// removes the connection (`removeConnection`) with the reason set by then.
-#[derive(Debug)]
-pub struct ConnectionGuard<P: ProtocolPolicy> {
-    pub(crate) shared: Arc<ConnectionShared>,
-    pub(crate) pool: Arc<PoolInner<P>>,
-    pub(crate) reason: CloseReason,
-    pub(crate) per_ip: bool,
-}
-
-impl<P: ProtocolPolicy> ConnectionGuard<P> {
-    /// The connection's id, unique within its pool.
-    pub fn id(&self) -> ConnectionId {
-        self.shared.id
-    }
-
-    /// A tracker for the protocol code to report activity through.
-    pub fn tracker(&self) -> ConnectionTracker {
-        ConnectionTracker {
-            shared: self.shared.clone(),
-        }
-    }
-
-    /// The pool's protocol policy.
-    pub fn policy(&self) -> &P {
-        &self.pool.policy
-    }
-
-    /// Sets the reason the connection will be removed with.
-    pub fn set_reason(&mut self, reason: CloseReason) {
-        self.reason = reason;
-    }
-
-    /// Whether the connection is in good shape, per the protocol policy (`isConnectionHealthy`).
-    pub fn is_healthy(&self) -> bool {
-        self.pool
-            .policy
-            .is_healthy(&self.shared.activity(), &self.pool.core.config())
-    }
-}
-
-impl<P: ProtocolPolicy> Drop for ConnectionGuard<P> {
-    fn drop(&mut self) {
-        let s = &self.shared;
-        let core = &self.pool.core;
-        s.register_driver(None);
-        if s.closing.load(Ordering::Relaxed) {
-            core.counters.closing.fetch_sub(1, Ordering::Relaxed);
-        }
-        let requests = s.requests.load(Ordering::Relaxed);
-        core.counters.count_close(self.reason, requests);
-        if self.per_ip {
-            if let Some(peer) = s.peer {
-                core.per_ip.release(peer.ip());
-            }
-        }
-        let open = core.admission.release(s.shed_claimed());
-        // Reading the clock costs as much as the rest of the release: only when it is reported.
-        if tracing::enabled!(tracing::Level::DEBUG) || core.events.has_subscribers() {
-            let duration_ms = s.opened_at.elapsed().as_millis() as u64;
-            tracing::debug!(
-                pool = %core.name, id = s.id, reason = %self.reason, requests, duration_ms,
-                "connection removed"
-            );
-            core.publish(|| PoolEventKind::ConnectionRemoved {
-                id: s.id,
-                reason: self.reason,
-                duration_ms,
-                requests,
-            });
-        }
-        core.after_release(open);
     }
 }

@@ -1,15 +1,17 @@
 //! Drives one admitted connection to its end under the pool's rules.
 //!
-//! Contract: [`ConnectionGuard::serve`] polls the protocol's connection future together with
-//! (1) the pool's control channel — a config change re-arms the timeouts, a drain asks the
-//! connection to close politely, the drain deadline drops it — and (2) one timer armed at the
-//! deadline the protocol policy computes from the connection's activity. Both are polled only
+//! Contract: [`ConnectionGuard::serve`](crate::ConnectionGuard::serve) polls the protocol's
+//! connection future together with (1) the pool's control channel — a config change re-arms
+//! the timeouts, a drain asks the connection to close politely, the drain deadline drops it —
+//! and (2) one timer armed at the deadline the connection's own rule
+//! ([`ManagedConnection::deadline`]) computes from its activity. Both are polled only
 //! when they woke the task (the timer also right after it is re-armed); the deadline is
 //! recomputed when the connection's activity changed phase. A busy connection pays a few atomic
 //! loads per poll for them, and no per-request notification is needed. There is no sweep over
 //! connections anywhere: each connection watches its own state.
 
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -17,12 +19,12 @@ use tokio::time::Instant;
 
 use tokio::time::Sleep;
 
+use crate::activity::{idle_deadline, Activity};
 use crate::config::PoolConfig;
-use crate::connection::{ConnectionGuard, ConnectionShared};
+use crate::connection::{ConnectionShared, ConnectionTracker};
+use crate::core::{PoolCore, Stage};
 use crate::events::PoolEventKind;
 use crate::metrics::{CloseReason, TimeoutKind};
-use crate::policy::{Activity, Phase, ProtocolPolicy};
-use crate::pool::Stage;
 
 /// A protocol connection the pool can drive: a future that serves it to the end, plus the
 /// protocol's polite close (`cleanupConnection`: HTTP/1 `Connection: close` after the current
@@ -45,6 +47,23 @@ pub trait ManagedConnection: Future<Output = Result<(), Self::Error>> {
     fn timeout_kind(_error: &Self::Error) -> Option<TimeoutKind> {
         None
     }
+
+    /// The next instant the connection must have moved on by, and the timeout it overruns
+    /// then, from its activity and the config in force; `None` when no bound applies in the
+    /// current phase (a response being produced or streamed). This is the protocol's timeout
+    /// rule. The default is protocol-neutral: [`idle_deadline`].
+    fn deadline(activity: &Activity, config: &PoolConfig) -> Option<(Instant, TimeoutKind)> {
+        idle_deadline(activity, config)
+    }
+
+    /// When to arm the connection's timer for `deadline`: never later than it. A protocol
+    /// whose next deadline may come sooner without its phase visibly changing arms earlier, so
+    /// that change costs no re-arm; a timer that fires early only causes a re-check. The
+    /// default is the deadline itself.
+    #[inline]
+    fn timer_at(deadline: Instant, _activity: &Activity, _config: &PoolConfig) -> Instant {
+        deadline
+    }
 }
 
 /// Why the pool's side ended or interrupted the connection.
@@ -54,7 +73,7 @@ enum Expiry {
     Shed,
 }
 
-/// One connection's timer, armed at the deadline its policy computes.
+/// One connection's timer, armed at the deadline its rule computes.
 ///
 /// The deadline is recomputed only when the pool's side woke the driver (the timer fired, the
 /// config changed) or when [`ConnectionShared::deadline_key`] changed. Re-arming a timer earlier
@@ -63,9 +82,10 @@ enum Expiry {
 /// WebSocket message) or went away (a response being written) leaves the armed timer alone, and
 /// is taken up lazily when that timer fires. A request therefore costs the timer a few loads and
 /// no wheel operation.
-struct PhaseTimer<'a, P> {
+struct PhaseTimer<'a, C> {
     conn: &'a ConnectionShared,
-    policy: &'a P,
+    /// The connection type whose rule is applied.
+    rule: PhantomData<fn() -> C>,
     config: Arc<PoolConfig>,
     /// Pinned in the driver's own future: no allocation of its own.
     sleep: Pin<&'a mut Sleep>,
@@ -77,20 +97,7 @@ struct PhaseTimer<'a, P> {
     may_shed: bool,
 }
 
-impl<P: ProtocolPolicy> PhaseTimer<'_, P> {
-    /// When to arm the timer for `deadline`. An idle keep-alive connection's next request will
-    /// be bounded by `headers_timeout` from its first byte, which can be sooner than the
-    /// keep-alive deadline: arming no later than that bound from the idle spell's start means
-    /// that request needs no earlier re-arm. A timer that fires early only causes a re-check.
-    fn arm_at(&self, deadline: Instant, a: &Activity) -> Instant {
-        if a.phase == Phase::Idle && a.requests > 0 && !a.multiplexed && !a.upgraded {
-            let next_head = self.config.headers_timeout.min(self.config.request_timeout);
-            deadline.min(a.phase_since + next_head)
-        } else {
-            deadline
-        }
-    }
-
+impl<C: ManagedConnection> PhaseTimer<'_, C> {
     /// Polled after every poll of the connection: what it costs a busy connection is the
     /// check inlined here, a handful of loads.
     #[inline(always)]
@@ -116,7 +123,7 @@ impl<P: ProtocolPolicy> PhaseTimer<'_, P> {
             return Poll::Ready(Expiry::Shed);
         }
         let activity = self.conn.activity();
-        let Some((deadline, kind)) = self.policy.deadline(&activity, &self.config) else {
+        let Some((deadline, kind)) = C::deadline(&activity, &self.config) else {
             // No deadline in this phase: an armed timer stays armed and only causes a re-check.
             // One that fired is no longer armed, so the next deadline arms it again.
             if woken && self.armed.is_some() && self.sleep.as_mut().poll(cx).is_ready() {
@@ -126,7 +133,7 @@ impl<P: ProtocolPolicy> PhaseTimer<'_, P> {
         };
         let mut rearmed = false;
         if self.armed.is_none_or(|armed| deadline < armed) {
-            let at = self.arm_at(deadline, &activity);
+            let at = C::timer_at(deadline, &activity, &self.config).min(deadline);
             self.armed = Some(at);
             self.sleep.as_mut().reset(at);
             rearmed = true;
@@ -144,7 +151,7 @@ impl<P: ProtocolPolicy> PhaseTimer<'_, P> {
                     return Poll::Ready(Expiry::Timeout(kind));
                 }
                 // An earlier arming fired before the deadline (which activity moved out, or
-                // which `arm_at` armed ahead of): re-arm at the deadline itself.
+                // which `timer_at` armed ahead of): re-arm at the deadline itself.
                 Poll::Ready(()) => {
                     self.armed = Some(deadline);
                     self.sleep.as_mut().reset(deadline);
@@ -161,171 +168,136 @@ enum Event<E> {
     Expired(Expiry),
 }
 
-impl<P: ProtocolPolicy> ConnectionGuard<P> {
-    /// Drives `conn` to its end under the pool's rules (timeouts, drain, live limit changes)
-    /// and returns why it closed. The guard, dropped afterwards, removes it from the pool.
-    pub async fn serve<C: ManagedConnection>(mut self, conn: C) -> CloseReason {
-        let reason = self.drive(conn).await;
-        self.reason = reason;
-        reason
-    }
-
-    async fn drive<C: ManagedConnection>(&mut self, conn: C) -> CloseReason {
-        let pool = self.pool.clone();
-        let core = &*pool.core;
-        let shared = self.shared.clone();
-        let mut conn = pin!(conn);
-        // Enabled before the state is read, so a change made after the read wakes this driver.
-        let mut changed = pin!(core.control_changed.notified());
-        changed.as_mut().enable();
-        let (mut generation, state) = core.control_snapshot();
-        let stage = state.stage;
-        let sleep = pin!(tokio::time::sleep_until(Instant::now()));
-        let mut timer = PhaseTimer {
-            conn: &shared,
-            policy: &pool.policy,
-            config: state.config,
-            sleep,
-            armed: None,
-            key: None,
-            may_shed: true,
-        };
-        let mut closing: Option<CloseReason> = None;
-        match stage {
-            Stage::Serving => {}
-            Stage::Draining => {
-                self.close_politely(conn.as_mut(), &mut closing, CloseReason::Shutdown);
-                timer.may_shed = false;
-            }
-            Stage::Forced => return CloseReason::ForcedShutdown,
+/// Drives `conn` to its end under the pool's rules (timeouts, drain, live limit changes) and
+/// returns why it closed.
+pub(crate) async fn drive<C: ManagedConnection>(
+    shared: Arc<ConnectionShared>,
+    core: &PoolCore,
+    conn: C,
+) -> CloseReason {
+    let mut conn = pin!(conn);
+    // Enabled before the state is read, so a change made after the read wakes this driver.
+    let mut changed = pin!(core.control_changed.notified());
+    changed.as_mut().enable();
+    let (mut generation, state) = core.control_snapshot();
+    let stage = state.stage;
+    let sleep = pin!(tokio::time::sleep_until(Instant::now()));
+    let mut timer = PhaseTimer::<C> {
+        conn: &shared,
+        rule: PhantomData,
+        config: state.config,
+        sleep,
+        armed: None,
+        key: None,
+        may_shed: true,
+    };
+    let mut closing: Option<CloseReason> = None;
+    match stage {
+        Stage::Serving => {}
+        Stage::Draining => {
+            close_politely(&shared, conn.as_mut(), &mut closing, CloseReason::Shutdown);
+            timer.may_shed = false;
         }
-        // The control waiter and the timer wake this waker, which flags the pool's side as due:
-        // polling them only then keeps the per-poll cost of the pool to a few atomic loads.
-        let pool_side = Waker::from(shared.clone());
+        Stage::Forced => return CloseReason::ForcedShutdown,
+    }
+    // The control waiter and the timer wake this waker, which flags the pool's side as due:
+    // polling them only then keeps the per-poll cost of the pool to a few atomic loads.
+    let pool_side = Waker::from(shared.clone());
+    shared.request_pool_side_check();
+    // The waker last registered. A pool-side wake does not take it out, so a poll whose
+    // waker is the same (a tokio task's always is) has nothing to register and no lock to
+    // take; one that changed is registered before the pool's side is looked at, so a wake
+    // either reaches the new waker or is seen by this poll.
+    let mut registered: Option<Waker> = None;
+    loop {
+        let event = std::future::poll_fn(|cx| {
+            if !registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                registered = Some(cx.waker().clone());
+                shared.register_driver(registered.clone());
+            }
+            if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+                return Poll::Ready(Event::Finished(result));
+            }
+            let woken = shared.take_pool_side_wake();
+            let mut pool_cx = Context::from_waker(&pool_side);
+            // Polling the waiter also registers the pool-side waker with it.
+            if woken
+                && (changed.as_mut().poll(&mut pool_cx).is_ready()
+                    || core.control_changed_since(generation))
+            {
+                return Poll::Ready(Event::Control);
+            }
+            timer.poll_expiry(woken, &mut pool_cx).map(Event::Expired)
+        })
+        .await;
+        // Whatever happened, look at the pool's side again on the next poll.
         shared.request_pool_side_check();
-        // The waker last registered. A pool-side wake does not take it out, so a poll whose
-        // waker is the same (a tokio task's always is) has nothing to register and no lock to
-        // take; one that changed is registered before the pool's side is looked at, so a wake
-        // either reaches the new waker or is seen by this poll.
-        let mut registered: Option<Waker> = None;
-        loop {
-            let event = std::future::poll_fn(|cx| {
-                if !registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                    registered = Some(cx.waker().clone());
-                    shared.register_driver(registered.clone());
-                }
-                if let Poll::Ready(result) = conn.as_mut().poll(cx) {
-                    return Poll::Ready(Event::Finished(result));
-                }
-                let woken = shared.take_pool_side_wake();
-                let mut pool_cx = Context::from_waker(&pool_side);
-                // Polling the waiter also registers the pool-side waker with it.
-                if woken
-                    && (changed.as_mut().poll(&mut pool_cx).is_ready()
-                        || core.control_changed_since(generation))
-                {
-                    return Poll::Ready(Event::Control);
-                }
-                timer.poll_expiry(woken, &mut pool_cx).map(Event::Expired)
-            })
-            .await;
-            // Whatever happened, look at the pool's side again on the next poll.
-            shared.request_pool_side_check();
-            match event {
-                Event::Finished(result) => {
-                    return match result {
-                        Ok(()) if shared.shed_claimed() => CloseReason::LimitLowered,
-                        Ok(()) => closing.unwrap_or(CloseReason::Completed),
-                        Err(e) if C::timeout_kind(&e).is_some() => {
-                            let kind = C::timeout_kind(&e).unwrap_or(TimeoutKind::Idle);
-                            let id = shared.id;
-                            tracing::debug!(pool = %core.name, id, kind = kind.as_str(), error = %e, "connection timed out");
-                            core.publish(|| PoolEventKind::ConnectionTimeout { id, kind });
-                            CloseReason::Timeout(kind)
-                        }
-                        Err(e) if C::is_peer_fault(&e) => {
-                            self.tracker().peer_fault(&e);
-                            closing.unwrap_or(CloseReason::ProtocolError)
-                        }
-                        Err(e) => {
-                            self.tracker().error(&e);
-                            closing.unwrap_or(CloseReason::Error)
-                        }
-                    };
-                }
-                Event::Control => {
-                    changed.set(core.control_changed.notified());
-                    changed.as_mut().enable();
-                    let state;
-                    (generation, state) = core.control_snapshot();
-                    timer.config = state.config;
-                    timer.armed = None;
-                    match state.stage {
-                        Stage::Forced => return CloseReason::ForcedShutdown,
-                        Stage::Draining => {
-                            timer.may_shed = false;
-                            self.close_politely(conn.as_mut(), &mut closing, CloseReason::Shutdown);
-                        }
-                        Stage::Serving => {}
+        match event {
+            Event::Finished(result) => {
+                return match result {
+                    Ok(()) if shared.shed_claimed() => CloseReason::LimitLowered,
+                    Ok(()) => closing.unwrap_or(CloseReason::Completed),
+                    Err(e) if C::timeout_kind(&e).is_some() => {
+                        let kind = C::timeout_kind(&e).unwrap_or(TimeoutKind::Idle);
+                        let id = shared.id;
+                        tracing::debug!(pool = %core.name, id, kind = kind.as_str(), error = %e, "connection timed out");
+                        core.publish(|| PoolEventKind::ConnectionTimeout { id, kind });
+                        CloseReason::Timeout(kind)
                     }
+                    Err(e) if C::is_peer_fault(&e) => {
+                        ConnectionTracker::new(shared.clone()).peer_fault(&e);
+                        closing.unwrap_or(CloseReason::ProtocolError)
+                    }
+                    Err(e) => {
+                        ConnectionTracker::new(shared.clone()).error(&e);
+                        closing.unwrap_or(CloseReason::Error)
+                    }
+                };
+            }
+            Event::Control => {
+                changed.set(core.control_changed.notified());
+                changed.as_mut().enable();
+                let state;
+                (generation, state) = core.control_snapshot();
+                timer.config = state.config;
+                timer.armed = None;
+                match state.stage {
+                    Stage::Forced => return CloseReason::ForcedShutdown,
+                    Stage::Draining => {
+                        timer.may_shed = false;
+                        close_politely(&shared, conn.as_mut(), &mut closing, CloseReason::Shutdown);
+                    }
+                    Stage::Serving => {}
                 }
-                Event::Expired(Expiry::Timeout(kind)) => {
-                    let id = shared.id;
-                    tracing::debug!(pool = %core.name, id, kind = kind.as_str(), "connection timed out");
-                    core.publish(|| PoolEventKind::ConnectionTimeout { id, kind });
-                    return CloseReason::Timeout(kind);
-                }
-                Event::Expired(Expiry::Shed) => {
-                    self.close_politely(conn.as_mut(), &mut closing, CloseReason::LimitLowered);
-                }
+            }
+            Event::Expired(Expiry::Timeout(kind)) => {
+                let id = shared.id;
+                tracing::debug!(pool = %core.name, id, kind = kind.as_str(), "connection timed out");
+                core.publish(|| PoolEventKind::ConnectionTimeout { id, kind });
+                return CloseReason::Timeout(kind);
+            }
+            Event::Expired(Expiry::Shed) => {
+                close_politely(
+                    &shared,
+                    conn.as_mut(),
+                    &mut closing,
+                    CloseReason::LimitLowered,
+                );
             }
         }
     }
+}
 
-    fn close_politely<C: ManagedConnection>(
-        &self,
-        conn: Pin<&mut C>,
-        closing: &mut Option<CloseReason>,
-        reason: CloseReason,
-    ) {
-        if closing.is_none() {
-            *closing = Some(reason);
-            self.shared.mark_closing();
-            conn.close_politely();
-        }
-    }
-
-    /// Runs a connection's opening step (a TLS handshake, say) bounded by `headers_timeout` and
-    /// abandoned when the pool drains. `None` means it did not finish; the guard's reason says why.
-    pub async fn opening<F: Future>(&mut self, step: F) -> Option<F::Output> {
-        let core = self.pool.core.clone();
-        let mut control = core.control.subscribe();
-        let state = control.borrow_and_update().clone();
-        if state.stage != Stage::Serving {
-            self.reason = CloseReason::Shutdown;
-            return None;
-        }
-        let deadline = self.shared.opened_at + state.config.headers_timeout;
-        let mut step = pin!(step);
-        loop {
-            tokio::select! {
-                biased;
-                out = step.as_mut() => return Some(out),
-                changed = control.changed() => {
-                    if changed.is_err() || control.borrow_and_update().stage != Stage::Serving {
-                        self.reason = CloseReason::Shutdown;
-                        return None;
-                    }
-                }
-                () = tokio::time::sleep_until(deadline) => {
-                    let id = self.shared.id;
-                    let kind = TimeoutKind::Handshake;
-                    tracing::debug!(pool = %core.name, id, kind = kind.as_str(), "connection timed out");
-                    core.publish(|| PoolEventKind::ConnectionTimeout { id, kind });
-                    self.reason = CloseReason::Timeout(kind);
-                    return None;
-                }
-            }
-        }
+/// Asks `conn` to close politely, once, recording why.
+fn close_politely<C: ManagedConnection>(
+    shared: &ConnectionShared,
+    conn: Pin<&mut C>,
+    closing: &mut Option<CloseReason>,
+    reason: CloseReason,
+) {
+    if closing.is_none() {
+        *closing = Some(reason);
+        shared.mark_closing();
+        conn.close_politely();
     }
 }

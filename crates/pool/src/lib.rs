@@ -2,9 +2,13 @@
 //! timed out, health-scored, measured, announced and drained through one [`Pool`].
 //!
 //! The pool knows nothing about sockets or protocols. A protocol plugs in through a
-//! [`ProtocolPolicy`] (validation, health and timeout rules) and a [`ManagedConnection`] (its
-//! polite close), and reports activity through the [`ConnectionTracker`] of each admitted
-//! connection.
+//! [`ProtocolPolicy`] (who may connect, what a healthy connection is) and a
+//! [`ManagedConnection`] (its timeout rule over the connection's [`Activity`], and its polite
+//! close), and reports activity through the [`ConnectionTracker`] of each admitted connection.
+//!
+//! Files import one way, with no cycle: `activity`, `config`, `metrics`, `events` and the other
+//! leaves ← `core` (a pool's shared state) ← `connection` (one connection's activity) ←
+//! `driver` ← `guard` ← `pool` ← `registry`.
 //!
 //! # The design's vocabulary in Rust
 //!
@@ -25,12 +29,15 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+mod activity;
 mod admission;
 mod clock;
 mod config;
 mod connection;
+mod core;
 mod driver;
 mod events;
+mod guard;
 mod health;
 mod histogram;
 mod metrics;
@@ -40,6 +47,7 @@ mod pool;
 mod registry;
 mod window;
 
+pub use activity::{earliest, idle_deadline, stall_deadline, Activity, Phase};
 pub use admission::{AdmissionCounter, Refusal};
 pub use clock::Clock;
 pub use config::{
@@ -48,19 +56,18 @@ pub use config::{
     PoolSettings, WebSocketConfig, WebSocketSettings, MAX_CONNECTIONS_LIMIT,
     MIN_STREAM_SEND_BUFFER,
 };
-pub use connection::{ConnectionGuard, ConnectionTracker, RequestTracker};
+pub use connection::{ConnectionTracker, RequestTracker};
+pub use core::{ControlState, Stage, HEALTH_INTERVAL};
 pub use driver::ManagedConnection;
 pub use events::{
     ConnectionId, EventBus, EventError, PoolEvent, PoolEventKind, Subscription, EVENT_BUFFER,
 };
+pub use guard::ConnectionGuard;
 pub use health::{assess, utilization, Health, HealthInputs, HealthStatus, MIN_REQUESTS_FOR_RATES};
 pub use histogram::{HistogramSnapshot, LatencyHistogram, BOUNDS_MICROS};
 pub use metrics::{CloseReason, MetricsSnapshot, TimeoutKind, CLOSE_CODES};
 pub use per_ip::PerIpLimiter;
-pub use policy::{
-    earliest, http1_deadline, http2_deadline, websocket_deadline, Activity, DefaultPolicy, Phase,
-    ProtocolPolicy,
-};
-pub use pool::{CloseReport, ControlState, Pool, Stage, HEALTH_INTERVAL};
+pub use policy::{DefaultPolicy, ProtocolPolicy};
+pub use pool::{CloseReport, Pool};
 pub use registry::{PoolHandle, PoolRegistry, RegistryError};
 pub use window::{DecayingWindow, WindowStats, BUCKETS};

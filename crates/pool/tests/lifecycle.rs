@@ -1,5 +1,6 @@
 //! Pool lifecycle tests: admission, timeouts, live limit changes, close-all and events, driven
-//! through `ConnectionGuard::serve` with an in-memory connection (the pool has no sockets).
+//! through `ConnectionGuard::serve` with an in-memory connection (the pool has no sockets) whose
+//! timeout rule is the test's own, shaped like an HTTP/1.1 request cycle.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -9,9 +10,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use poolserve_pool::{
-    Clock, CloseReason, ConnectionTracker, DefaultPolicy, EventError, HealthStatus,
-    ManagedConnection, Pool, PoolConfig, PoolEventKind, PoolSettings, Refusal, RequestTracker,
-    TimeoutKind,
+    earliest, stall_deadline, Activity, Clock, CloseReason, ConnectionTracker, DefaultPolicy,
+    EventError, HealthStatus, ManagedConnection, Phase, Pool, PoolConfig, PoolEventKind,
+    PoolSettings, Refusal, RequestTracker, TimeoutKind,
 };
 use tokio::sync::futures::OwnedNotified;
 use tokio::sync::Notify;
@@ -88,6 +89,38 @@ impl ManagedConnection for MemoryConnection {
     fn close_politely(mut self: Pin<&mut Self>) {
         self.polite = true;
         self.remote.politely_asked.store(true, Ordering::SeqCst);
+    }
+
+    /// The test protocol's rule: the first request within `headers_timeout` of the open; a head
+    /// within `headers_timeout` of its first byte and a body within `request_timeout`;
+    /// `keep_alive_timeout` between requests, never past `connection_timeout`; a response is
+    /// never cut.
+    fn deadline(a: &Activity, c: &PoolConfig) -> Option<(Instant, TimeoutKind)> {
+        let after = |d, kind| Some((a.phase_since + d, kind));
+        let bound = match (a.phase, a.requests) {
+            (Phase::Idle, 0) => after(c.headers_timeout, TimeoutKind::Headers),
+            (Phase::Idle, _) => earliest(
+                after(c.keep_alive_timeout, TimeoutKind::KeepAlive),
+                after(c.connection_timeout, TimeoutKind::Idle),
+            ),
+            (Phase::ReadingHead, _) => earliest(
+                after(c.headers_timeout, TimeoutKind::Headers),
+                after(c.request_timeout, TimeoutKind::Request),
+            ),
+            (Phase::ReadingBody, _) => after(c.request_timeout, TimeoutKind::Request),
+            (Phase::Responding, _) => None,
+        };
+        earliest(bound, stall_deadline(a, c))
+    }
+
+    /// While idle between requests, the timer arms by the next head's bound, so a head that
+    /// starts soon needs no earlier re-arm.
+    fn timer_at(deadline: Instant, a: &Activity, c: &PoolConfig) -> Instant {
+        if a.phase == Phase::Idle && a.requests > 0 {
+            deadline.min(a.phase_since + c.headers_timeout)
+        } else {
+            deadline
+        }
     }
 }
 
@@ -222,6 +255,50 @@ async fn silent_connection_closes_at_headers_timeout_exactly() {
             ..
         }
     )));
+}
+
+/// A connection that brings no timeout rule of its own.
+struct RulelessConnection(MemoryConnection);
+
+impl Future for RulelessConnection {
+    type Output = Result<(), &'static str>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl ManagedConnection for RulelessConnection {
+    type Error = &'static str;
+    fn close_politely(mut self: Pin<&mut Self>) {
+        Pin::new(&mut self.0).close_politely();
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_rule_of_its_own_a_connection_is_bounded_only_when_idle_or_stalled() {
+    let pool = pool(PoolSettings {
+        headers_timeout: Some("1s".into()),
+        connection_timeout: Some("7s".into()),
+        ..Default::default()
+    });
+    // Silent from the start: no head bound, only the idle one.
+    let start = Instant::now();
+    let guard = pool.admit(None).unwrap();
+    let remote = Arc::new(Remote::default());
+    let tracker = guard.tracker();
+    let served =
+        tokio::spawn(guard.serve(RulelessConnection(MemoryConnection::new(remote.clone()))));
+    // A request in flight is never cut, however long it takes.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    remote.begin(&tracker);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(!served.is_finished());
+    remote.end();
+    let ended = Instant::now();
+    let reason = served.await.unwrap();
+    assert_eq!(reason, CloseReason::Timeout(TimeoutKind::Idle));
+    assert_eq!(ended.elapsed(), Duration::from_secs(7));
+    assert!(start.elapsed() > Duration::from_secs(63));
 }
 
 #[tokio::test(start_paused = true)]

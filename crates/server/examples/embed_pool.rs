@@ -2,8 +2,8 @@
 //!
 //! Run it with `cargo run -p poolserve-server --example embed_pool -- 127.0.0.1:8080`, then
 //! `curl localhost:8080/`. The pool limits the server to 100 connections (the 101st is closed
-//! at accept, before any HTTP), applies the default timeouts, and its health and metrics are
-//! printed every five seconds.
+//! at accept, before any HTTP), applies the default timeouts with poolserve's HTTP/1.1 rule, and
+//! its health and metrics are printed every five seconds.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -19,11 +19,15 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use poolserve_pool::{DefaultPolicy, ManagedConnection, Pool, PoolConfig, PoolSettings};
-use poolserve_server::TrackedIo;
+use poolserve_pool::{
+    Activity, DefaultPolicy, ManagedConnection, Pool, PoolConfig, PoolSettings, TimeoutKind,
+};
+use poolserve_server::{http1_deadline, http1_timer_at, TrackedIo};
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 
-/// Your protocol connection, made drivable by the pool: a future plus a polite close.
+/// Your protocol connection, made drivable by the pool: a future, a polite close and the
+/// timeout rule it is bounded by.
 struct MyConnection<F>(Pin<Box<F>>, fn(Pin<&mut F>));
 
 impl<F: Future<Output = Result<(), hyper::Error>>> Future for MyConnection<F> {
@@ -38,6 +42,16 @@ impl<F: Future<Output = Result<(), hyper::Error>>> ManagedConnection for MyConne
     fn close_politely(mut self: Pin<&mut Self>) {
         let close = self.1;
         close(self.0.as_mut());
+    }
+
+    // The HTTP/1.1 request cycle: without these, the pool's protocol-neutral rule applies
+    // (idle for `connection_timeout`, write stalls).
+    fn deadline(a: &Activity, c: &PoolConfig) -> Option<(Instant, TimeoutKind)> {
+        http1_deadline(a, c)
+    }
+
+    fn timer_at(deadline: Instant, a: &Activity, c: &PoolConfig) -> Instant {
+        http1_timer_at(deadline, a, c)
     }
 }
 

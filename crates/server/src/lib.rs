@@ -36,8 +36,8 @@ mod transport;
 
 pub use config::{ReloadError, ReloadReport};
 pub use http::{
-    Body, BoxError, Handler, PlainHttp, PooledConnection, RequestRules, RequestTimeout,
-    ResponseBody, TrackedBody,
+    http1_deadline, http1_timer_at, Body, BoxError, Handler, PlainHttp, PooledConnection,
+    RequestRules, RequestTimeout, ResponseBody, TrackedBody,
 };
 pub use proto::grpc;
 pub use protocol::Protocol;

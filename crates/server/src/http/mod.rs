@@ -2,8 +2,10 @@
 //! WebSocket upgrade and what runs on them): the [`Handler`] bound, the adapter that records
 //! each request in the pool, the request and response bodies that tell it when a request was
 //! received and finished, the rules a protocol adds to them ([`RequestRules`]), keeping an
-//! upgraded connection pooled, and which errors are the peer's. It knows no protocol above HTTP.
+//! upgraded connection pooled, the timeout rule of an HTTP/1.1 connection, and which errors are
+//! the peer's. It knows no protocol above HTTP.
 
+mod deadline;
 mod errors;
 mod handler;
 mod request_body;
@@ -12,6 +14,7 @@ mod rules;
 mod service;
 pub(crate) mod upgrade;
 
+pub use deadline::{http1_deadline, http1_timer_at};
 pub(crate) use errors::is_peer_fault;
 pub use errors::BoxError;
 pub use handler::{Handler, ResponseBody};

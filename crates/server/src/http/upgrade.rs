@@ -114,7 +114,7 @@ impl UpgradeLink {
 /// a handler that took it over.
 impl IoGate for Arc<UpgradeLink> {
     /// Whether the I/O must fail because the pool closed the connection; an upgraded I/O's
-    /// task is registered to hear [`UpgradeLink::kill`]. Before an upgrade — every read and
+    /// task is registered to hear `UpgradeLink::kill`. Before an upgrade — every read and
     /// write of a plain request — this is one load, and the wakers are never allocated.
     #[inline]
     fn closed(&self, waker: &Waker, read: bool) -> bool {

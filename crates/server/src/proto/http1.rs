@@ -8,12 +8,17 @@ use std::task::{ready, Context, Poll};
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use poolserve_pool::{
-    CloseReason, ConnectionGuard, ConnectionTracker, ManagedConnection, PoolConfig,
+    Activity, CloseReason, ConnectionGuard, ConnectionTracker, ManagedConnection, PoolConfig,
+    TimeoutKind,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
 
 use crate::http::upgrade::UpgradeLink;
-use crate::http::{is_peer_fault, Handler, RequestRules, ResponseBody, TrackedService};
+use crate::http::{
+    http1_deadline, http1_timer_at, is_peer_fault, Handler, RequestRules, ResponseBody,
+    TrackedService,
+};
 use crate::transport::io::TrackedIo;
 use crate::transport::policy::ServerPolicy;
 
@@ -100,6 +105,16 @@ where
 
     fn is_peer_fault(e: &hyper::Error) -> bool {
         is_peer_fault(e)
+    }
+
+    /// The HTTP/1.1 request cycle; once a handler took the connection over, the upgraded rule.
+    fn deadline(a: &Activity, c: &PoolConfig) -> Option<(Instant, TimeoutKind)> {
+        http1_deadline(a, c)
+    }
+
+    #[inline]
+    fn timer_at(deadline: Instant, a: &Activity, c: &PoolConfig) -> Instant {
+        http1_timer_at(deadline, a, c)
     }
 }
 

@@ -15,8 +15,12 @@ use std::time::Duration;
 
 use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use poolserve_pool::{CloseReason, ConnectionGuard, ManagedConnection, PoolConfig, TimeoutKind};
+use poolserve_pool::{
+    earliest, stall_deadline, Activity, CloseReason, ConnectionGuard, ManagedConnection,
+    PoolConfig, TimeoutKind,
+};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
 
 use crate::http::upgrade::UpgradeLink;
 use crate::http::{is_peer_fault, Handler, RequestRules, ResponseBody, TrackedService};
@@ -113,6 +117,24 @@ where
         // hyper's only timeout on a server HTTP/2 connection is the keep-alive ping's.
         e.is_timeout().then_some(TimeoutKind::Pong)
     }
+
+    fn deadline(a: &Activity, c: &PoolConfig) -> Option<(Instant, TimeoutKind)> {
+        http2_deadline(a, c)
+    }
+}
+
+/// The HTTP/2 deadline: a new connection's first request (preface, settings and a HEADERS
+/// frame) must arrive within `headers_timeout`; a connection with no stream open may idle for
+/// `connection_timeout`; a write the peer does not read for `connection_timeout` is a stall.
+/// Streams in flight are never cut by the connection's timer, and unanswered keep-alive pings
+/// are the protocol's own business (`http2.keep_alive_timeout`).
+fn http2_deadline(a: &Activity, c: &PoolConfig) -> Option<(Instant, TimeoutKind)> {
+    let idle = match (a.in_flight, a.requests) {
+        (0, 0) => Some((a.opened_at + c.headers_timeout, TimeoutKind::Headers)),
+        (0, _) => Some((a.phase_since + c.connection_timeout, TimeoutKind::Idle)),
+        _ => None,
+    };
+    earliest(idle, stall_deadline(a, c))
 }
 
 /// The interval of an `http2` server's keep-alive pings: `http2.keep_alive_interval`.
@@ -165,7 +187,34 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use poolserve_pool::MIN_STREAM_SEND_BUFFER;
+    use poolserve_pool::{Phase, MIN_STREAM_SEND_BUFFER};
+
+    #[test]
+    fn connections_are_bounded_only_when_no_stream_is_open() {
+        let c = PoolConfig::default();
+        let mut a = Activity::opened_at(Instant::now());
+        a.multiplexed = true;
+        assert_eq!(
+            http2_deadline(&a, &c),
+            Some((a.opened_at + c.headers_timeout, TimeoutKind::Headers))
+        );
+        a.requests = 3;
+        assert_eq!(
+            http2_deadline(&a, &c),
+            Some((a.phase_since + c.connection_timeout, TimeoutKind::Idle))
+        );
+        a.in_flight = 2;
+        a.phase = Phase::ReadingBody;
+        assert_eq!(http2_deadline(&a, &c), None);
+        a.write_blocked_since = Some(a.phase_since);
+        assert_eq!(
+            http2_deadline(&a, &c),
+            Some((
+                a.phase_since + c.connection_timeout,
+                TimeoutKind::WriteStall
+            ))
+        );
+    }
 
     #[test]
     fn session_memory_is_split_between_receiving_and_sending() {

@@ -1,16 +1,12 @@
-//! The pool policy of poolserve's servers: each protocol's own timeout rules.
+//! The pool policy of poolserve's servers. A connection's timeout rule is its protocol's (see
+//! each `ManagedConnection` under `proto/`); what the pool decides per server is its label,
+//! who may connect and what a healthy connection is, which are the pool's defaults.
 
-use poolserve_pool::{
-    http2_deadline, websocket_deadline, Activity, PoolConfig, ProtocolPolicy, TimeoutKind,
-};
-use tokio::time::Instant;
+use poolserve_pool::ProtocolPolicy;
 
 use crate::protocol::Protocol;
 
-/// The pool policy of one server: the HTTP/2 rules on HTTP/2 connections; otherwise HTTP/1
-/// request-cycle bounds until a connection upgrades, then
-/// the message-protocol rules (pong deadline, optional idle bound, write stalls) — for `ws`/`wss`
-/// servers and for connections a handler upgrades on `http`/`https` servers alike.
+/// The pool policy of one server.
 #[derive(Debug, Clone, Copy)]
 pub struct ServerPolicy {
     /// The server's protocol.
@@ -20,13 +16,5 @@ pub struct ServerPolicy {
 impl ProtocolPolicy for ServerPolicy {
     fn protocol(&self) -> &'static str {
         self.protocol.as_str()
-    }
-
-    fn deadline(&self, a: &Activity, c: &PoolConfig) -> Option<(Instant, TimeoutKind)> {
-        if a.multiplexed {
-            return http2_deadline(a, c);
-        }
-        // `websocket_deadline` applies the HTTP/1 rules until the upgrade.
-        websocket_deadline(a, c)
     }
 }

@@ -6,12 +6,16 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use poolserve_pool::{CloseReason, ConnectionGuard, ManagedConnection, PoolConfig};
+use poolserve_pool::{
+    Activity, CloseReason, ConnectionGuard, ManagedConnection, PoolConfig, TimeoutKind,
+};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use super::error::WsError;
 use super::session;
+use crate::http::{http1_deadline, http1_timer_at};
 use crate::transport::io::TrackedIo;
 use crate::transport::policy::ServerPolicy;
 
@@ -38,6 +42,17 @@ impl ManagedConnection for WsConnection {
 
     fn is_peer_fault(e: &WsError) -> bool {
         e.is_peer_fault()
+    }
+
+    /// The HTTP/1.1 request cycle until the upgrade; then the heartbeat's pong deadline and
+    /// the optional `websocket.idle_timeout`.
+    fn deadline(a: &Activity, c: &PoolConfig) -> Option<(Instant, TimeoutKind)> {
+        http1_deadline(a, c)
+    }
+
+    #[inline]
+    fn timer_at(deadline: Instant, a: &Activity, c: &PoolConfig) -> Instant {
+        http1_timer_at(deadline, a, c)
     }
 }
 

@@ -1,0 +1,330 @@
+//! Pool configuration: the raw, optional [`PoolSettings`] that files and patches carry, and the
+//! validated [`PoolConfig`] a pool runs on.
+//!
+//! Every value is validated once, by [`PoolConfig::apply`]; a bad value is reported with the
+//! field's dotted path and the value itself, and `0` is never read as "unlimited" or "default".
+
+mod field;
+mod health;
+mod protocols;
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use field::{show_duration, Applier};
+pub use field::{ConfigChange, ConfigErrors, FieldError};
+pub use health::{HealthSettings, HealthThresholds};
+pub use protocols::{
+    GrpcConfig, GrpcSettings, Http1Config, Http1Settings, Http2Config, Http2Settings,
+    WebSocketConfig, WebSocketSettings, MIN_STREAM_SEND_BUFFER,
+};
+
+/// The largest `max_connections` a pool accepts (the admission counter holds 32 bits).
+pub const MAX_CONNECTIONS_LIMIT: u32 = 1 << 30;
+
+/// Pool settings as written in a config file or an admin patch: every field optional.
+///
+/// Durations are strings such as `"500ms"`, `"30s"` or `"5m"`; sizes are integer bytes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSettings {
+    /// Most connections open at once; absent means unlimited.
+    pub max_connections: Option<i64>,
+    /// Most connections open at once from one client IP address.
+    pub max_connections_per_ip: Option<i64>,
+    /// Idle time allowed with no request in flight.
+    pub connection_timeout: Option<String>,
+    /// Idle time allowed between requests on a kept-alive connection.
+    pub keep_alive_timeout: Option<String>,
+    /// Time allowed to receive a whole request.
+    pub request_timeout: Option<String>,
+    /// Time allowed to receive a request head.
+    pub headers_timeout: Option<String>,
+    /// HTTP/1-specific settings.
+    pub http1: Option<Http1Settings>,
+    /// HTTP/2-specific settings (http2 and grpc servers).
+    pub http2: Option<Http2Settings>,
+    /// gRPC-specific settings.
+    pub grpc: Option<GrpcSettings>,
+    /// WebSocket-specific settings.
+    pub websocket: Option<WebSocketSettings>,
+    /// Health thresholds.
+    pub health: Option<HealthSettings>,
+}
+
+/// The validated configuration a pool runs on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolConfig {
+    /// Most connections open at once; `None` is unlimited.
+    pub max_connections: Option<u32>,
+    /// Most connections open at once from one client IP; `None` is unlimited.
+    pub max_connections_per_ip: Option<u32>,
+    /// Idle time allowed with no request in flight.
+    pub connection_timeout: Duration,
+    /// Idle time allowed between requests on a kept-alive connection.
+    pub keep_alive_timeout: Duration,
+    /// Time allowed to receive a whole request.
+    pub request_timeout: Duration,
+    /// Time allowed to receive a request head (and, for a new connection, its first head).
+    pub headers_timeout: Duration,
+    /// HTTP/1 settings.
+    pub http1: Http1Config,
+    /// HTTP/2 settings.
+    pub http2: Http2Config,
+    /// gRPC settings.
+    pub grpc: GrpcConfig,
+    /// WebSocket settings.
+    pub websocket: WebSocketConfig,
+    /// Health thresholds.
+    pub health: HealthThresholds,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            max_connections: None,
+            max_connections_per_ip: None,
+            connection_timeout: Duration::from_secs(30),
+            keep_alive_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+            headers_timeout: Duration::from_secs(10),
+            http1: Http1Config {
+                max_header_size: 16 * 1024,
+            },
+            http2: Http2Config {
+                max_session_memory: 10 * 1024 * 1024,
+                max_header_list_size: 16 * 1024,
+                max_concurrent_streams: 250,
+                keep_alive_interval: Duration::from_secs(30),
+                keep_alive_timeout: Duration::from_secs(10),
+            },
+            grpc: GrpcConfig {
+                max_receive_message_length: 4 * 1024 * 1024,
+                max_send_message_length: 4 * 1024 * 1024,
+                keep_alive_time: Duration::from_secs(30),
+            },
+            websocket: WebSocketConfig {
+                ping_interval: Duration::from_secs(30),
+                pong_timeout: Duration::from_secs(10),
+                max_message_size: 16 * 1024 * 1024,
+                max_frame_size: 16 * 1024 * 1024,
+                idle_timeout: None,
+            },
+            health: HealthThresholds {
+                degraded_utilization: 0.8,
+                overloaded_utilization: 0.95,
+                degraded_error_rate: 0.05,
+                overloaded_error_rate: 0.5,
+                degraded_response_time: Duration::from_secs(2),
+                window: Duration::from_secs(10),
+            },
+        }
+    }
+}
+
+impl PoolConfig {
+    /// Applies `settings` on top of this config and validates the result: the new config and
+    /// what changed, or every bad field (fields are named under `prefix`, e.g. `"pool."`).
+    pub fn apply(
+        &self,
+        settings: &PoolSettings,
+        prefix: &str,
+    ) -> Result<(PoolConfig, Vec<ConfigChange>), ConfigErrors> {
+        let mut next = self.clone();
+        let mut a = Applier::new(prefix);
+        next.apply_connection(settings, &mut a);
+        let s = settings;
+        if let Some(h1) = &s.http1 {
+            next.http1.apply(h1, &mut a);
+        }
+        if let Some(h2) = &s.http2 {
+            next.http2.apply(h2, &mut a);
+        }
+        if let Some(g) = &s.grpc {
+            next.grpc.apply(g, &mut a);
+        }
+        if let Some(w) = &s.websocket {
+            next.websocket.apply(w, &mut a);
+        }
+        if let Some(h) = &s.health {
+            next.health.apply(h, &mut a);
+        }
+        // Checks across fields, on the result: a patch may change either side.
+        next.http2.check(&mut a);
+        next.health.check(&mut a);
+        if a.errors.is_empty() {
+            Ok((next, a.changes))
+        } else {
+            Err(ConfigErrors(a.errors))
+        }
+    }
+
+    /// The limits and timeouts every connection has.
+    fn apply_connection(&mut self, s: &PoolSettings, a: &mut Applier) {
+        a.limit(
+            "max_connections",
+            s.max_connections,
+            MAX_CONNECTIONS_LIMIT,
+            &mut self.max_connections,
+        );
+        a.limit(
+            "max_connections_per_ip",
+            s.max_connections_per_ip,
+            MAX_CONNECTIONS_LIMIT,
+            &mut self.max_connections_per_ip,
+        );
+        a.duration(
+            "connection_timeout",
+            &s.connection_timeout,
+            &mut self.connection_timeout,
+        );
+        a.duration(
+            "keep_alive_timeout",
+            &s.keep_alive_timeout,
+            &mut self.keep_alive_timeout,
+        );
+        a.duration(
+            "request_timeout",
+            &s.request_timeout,
+            &mut self.request_timeout,
+        );
+        a.duration(
+            "headers_timeout",
+            &s.headers_timeout,
+            &mut self.headers_timeout,
+        );
+    }
+
+    /// The config as settings, so it can be shown or written back.
+    pub fn to_settings(&self) -> PoolSettings {
+        let d = |d: Duration| Some(show_duration(d));
+        PoolSettings {
+            max_connections: self.max_connections.map(i64::from),
+            max_connections_per_ip: self.max_connections_per_ip.map(i64::from),
+            connection_timeout: d(self.connection_timeout),
+            keep_alive_timeout: d(self.keep_alive_timeout),
+            request_timeout: d(self.request_timeout),
+            headers_timeout: d(self.headers_timeout),
+            http1: Some(self.http1.to_settings()),
+            http2: Some(self.http2.to_settings()),
+            grpc: Some(self.grpc.to_settings()),
+            websocket: Some(self.websocket.to_settings()),
+            health: Some(self.health.to_settings()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_round_trip_through_settings() {
+        let base = PoolConfig::default();
+        let (again, changes) = base.apply(&base.to_settings(), "pool.").unwrap();
+        assert_eq!(again, base);
+        assert!(changes.is_empty(), "{changes:?}");
+    }
+
+    #[test]
+    fn applies_and_reports_changes() {
+        let s = PoolSettings {
+            max_connections: Some(10),
+            headers_timeout: Some("500ms".into()),
+            ..Default::default()
+        };
+        let (cfg, changes) = PoolConfig::default().apply(&s, "pool.").unwrap();
+        assert_eq!(cfg.max_connections, Some(10));
+        assert_eq!(cfg.headers_timeout, Duration::from_millis(500));
+        let fields: Vec<_> = changes.iter().map(|c| c.field.as_str()).collect();
+        assert_eq!(fields, ["pool.max_connections", "pool.headers_timeout"]);
+        assert_eq!(changes[0].old, "unlimited");
+    }
+
+    #[test]
+    fn names_every_bad_field_and_applies_nothing() {
+        let s = PoolSettings {
+            max_connections: Some(0),
+            keep_alive_timeout: Some("soon".into()),
+            request_timeout: Some("0s".into()),
+            http2: Some(Http2Settings {
+                max_concurrent_streams: Some(-1),
+                ..Default::default()
+            }),
+            health: Some(HealthSettings {
+                degraded_utilization: Some(1.5),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let err = PoolConfig::default().apply(&s, "pool.").unwrap_err();
+        let fields: Vec<_> = err.0.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "pool.max_connections",
+                "pool.keep_alive_timeout",
+                "pool.request_timeout",
+                "pool.http2.max_concurrent_streams",
+                "pool.health.degraded_utilization",
+            ]
+        );
+        assert_eq!(err.0[0].value, "0");
+        assert_eq!(err.0[1].value, "\"soon\"");
+        assert!(err.to_string().contains("pool.max_connections = 0"));
+    }
+
+    #[test]
+    fn thresholds_must_be_ordered() {
+        let s = PoolSettings {
+            health: Some(HealthSettings {
+                degraded_utilization: Some(0.9),
+                overloaded_utilization: Some(0.5),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let err = PoolConfig::default().apply(&s, "").unwrap_err();
+        assert_eq!(err.0[0].field, "health.degraded_utilization");
+    }
+
+    #[test]
+    fn streams_must_fit_the_session_memory() {
+        let h2 = |memory: Option<i64>, streams: Option<i64>| PoolSettings {
+            http2: Some(Http2Settings {
+                max_session_memory: memory,
+                max_concurrent_streams: streams,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        // The default 10 MiB leaves 5 MiB of send buffers: room for 320 streams of 16 KiB.
+        assert!(PoolConfig::default()
+            .apply(&h2(None, Some(320)), "")
+            .is_ok());
+        let err = PoolConfig::default()
+            .apply(&h2(None, Some(321)), "pool.")
+            .unwrap_err();
+        assert_eq!(err.0.len(), 1);
+        assert_eq!(err.0[0].field, "pool.http2.max_concurrent_streams");
+        assert!(
+            err.0[0].reason.contains("room for 320"),
+            "{}",
+            err.0[0].reason
+        );
+        // Lowering the memory under what the configured streams need is refused the same way.
+        let err = PoolConfig::default()
+            .apply(&h2(Some(1 << 20), None), "")
+            .unwrap_err();
+        assert_eq!(err.0[0].field, "http2.max_concurrent_streams");
+        assert!(PoolConfig::default()
+            .apply(&h2(Some(1 << 20), Some(32)), "")
+            .is_ok());
+        // Half of the memory is a receive window, which HTTP/2 keeps at 65,535 bytes or more.
+        let err = PoolConfig::default()
+            .apply(&h2(Some(100_000), Some(1)), "")
+            .unwrap_err();
+        assert_eq!(err.0[0].field, "http2.max_session_memory");
+    }
+}

@@ -1,0 +1,372 @@
+//! The protocol-independent state of a pool, shared by its handle and its connections:
+//! admission, the live config and stage every connection watches, health, counters and events.
+//!
+//! Contract: the config and stage change only through [`PoolCore::change_control`], which wakes
+//! every connection's driver; admission is exact (one compare-and-swap), and every slot taken by
+//! [`PoolCore::admit`] is given back once, by the connection's guard.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+
+use tokio::sync::{watch, Notify};
+
+use crate::admission::{AdmissionCounter, Refusal};
+use crate::clock::{Clock, Origin};
+use crate::config::{ConfigChange, ConfigErrors, PoolConfig, PoolSettings};
+use crate::events::{now_ms, ConnectionId, EventBus, PoolEvent, PoolEventKind};
+use crate::health::{assess, utilization, Health, HealthInputs, HealthStatus};
+use crate::metrics::Counters;
+use crate::per_ip::PerIpLimiter;
+use crate::window::DecayingWindow;
+
+/// How often a pool's health monitor re-reads its decaying window.
+pub const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Where a pool is in its life, as every connection sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Admitting and serving.
+    Serving,
+    /// Refusing new connections; open ones are asked to finish politely.
+    Draining,
+    /// The drain deadline passed: open connections close at once.
+    Forced,
+}
+
+/// What every connection of a pool watches: the config in force and the pool's stage.
+#[derive(Debug, Clone)]
+pub struct ControlState {
+    /// The config in force.
+    pub config: Arc<PoolConfig>,
+    /// The pool's stage.
+    pub stage: Stage,
+}
+
+/// The protocol-independent state of a pool, shared with its connections.
+#[derive(Debug)]
+pub(crate) struct PoolCore {
+    pub name: Arc<str>,
+    pub protocol: &'static str,
+    pub admission: AdmissionCounter,
+    pub per_ip: PerIpLimiter,
+    /// `max_connections_per_ip`, 0 when unset; kept apart so admission never locks the config.
+    per_ip_limit: AtomicU32,
+    pub counters: Counters,
+    pub window: DecayingWindow,
+    origin: Origin,
+    pub events: EventBus,
+    /// What outside watchers (accept loops, health followers) see.
+    pub control: watch::Sender<ControlState>,
+    /// Wakes connection drivers on a control change. A `Notify` waiter is about half the size
+    /// of a watch receiver's `changed()` future, and every open connection holds one.
+    pub control_changed: Notify,
+    /// Bumped on every control change, so a driver can tell it missed none.
+    control_generation: AtomicU64,
+    next_id: AtomicU64,
+    /// The last health status computed, as `HealthStatus as u8`.
+    status: AtomicU8,
+    /// Open counts at which utilisation crosses the degraded and overloaded thresholds.
+    degraded_at: AtomicU32,
+    overloaded_at: AtomicU32,
+    band: AtomicU8,
+    all_closed: Notify,
+    update_lock: Mutex<()>,
+}
+
+fn status_from_u8(v: u8) -> HealthStatus {
+    HealthStatus::ALL
+        .get(usize::from(v))
+        .copied()
+        .unwrap_or(HealthStatus::Unavailable)
+}
+
+fn status_index(s: HealthStatus) -> u8 {
+    HealthStatus::ALL.iter().position(|x| *x == s).unwrap_or(0) as u8
+}
+
+impl PoolCore {
+    /// A pool's core named `name`, for `protocol`, running on `config`.
+    pub fn new(
+        name: &str,
+        protocol: &'static str,
+        config: PoolConfig,
+        events: EventBus,
+        clock: Clock,
+    ) -> PoolCore {
+        let (control, _) = watch::channel(ControlState {
+            config: Arc::new(config.clone()),
+            stage: Stage::Serving,
+        });
+        let core = PoolCore {
+            name: name.into(),
+            protocol,
+            admission: AdmissionCounter::new(config.max_connections),
+            per_ip: PerIpLimiter::default(),
+            per_ip_limit: AtomicU32::new(0),
+            counters: Counters::default(),
+            window: DecayingWindow::new(config.health.window),
+            origin: Origin::now(clock),
+            events,
+            control,
+            control_changed: Notify::new(),
+            control_generation: AtomicU64::new(0),
+            next_id: AtomicU64::new(1),
+            status: AtomicU8::new(status_index(HealthStatus::Healthy)),
+            degraded_at: AtomicU32::new(u32::MAX),
+            overloaded_at: AtomicU32::new(u32::MAX),
+            band: AtomicU8::new(0),
+            all_closed: Notify::new(),
+            update_lock: Mutex::new(()),
+        };
+        core.set_thresholds(&config);
+        core
+    }
+
+    pub fn nanos(&self, at: Instant) -> u64 {
+        self.origin.nanos(at)
+    }
+
+    /// Now, in nanoseconds since the pool's origin: one clock read.
+    #[inline]
+    pub fn now_nanos(&self) -> u64 {
+        self.origin.now_nanos()
+    }
+
+    pub fn instant(&self, nanos: u64) -> Instant {
+        self.origin.instant(nanos)
+    }
+
+    pub fn elapsed(&self, now: Instant) -> Duration {
+        self.origin.elapsed(now)
+    }
+
+    pub fn config(&self) -> Arc<PoolConfig> {
+        self.control.borrow().config.clone()
+    }
+
+    /// Changes the control state and wakes every connection's driver.
+    pub fn change_control(&self, modify: impl FnOnce(&mut ControlState)) {
+        self.control.send_modify(modify);
+        self.control_generation.fetch_add(1, Ordering::SeqCst);
+        self.control_changed.notify_waiters();
+    }
+
+    /// The control generation and state in force. A driver enables its `control_changed` waiter
+    /// before calling this, so no later change goes unnoticed.
+    pub fn control_snapshot(&self) -> (u64, ControlState) {
+        let generation = self.control_generation.load(Ordering::SeqCst);
+        (generation, self.control.borrow().clone())
+    }
+
+    /// Whether the control state changed since `generation`.
+    pub fn control_changed_since(&self, generation: u64) -> bool {
+        self.control_generation.load(Ordering::SeqCst) != generation
+    }
+
+    /// Publishes an event built only when somebody listens.
+    pub fn publish(&self, kind: impl FnOnce() -> PoolEventKind) {
+        if self.events.has_subscribers() {
+            self.events.publish(PoolEvent {
+                pool: self.name.clone(),
+                protocol: self.protocol,
+                at_ms: now_ms(),
+                kind: kind(),
+            });
+        }
+    }
+
+    pub fn record_error(&self) {
+        self.counters.errors.fetch_add(1, Ordering::Relaxed);
+        self.window.record_error(self.elapsed(Instant::now()));
+    }
+
+    fn refuse(&self, peer: Option<SocketAddr>, why: Refusal) -> Refusal {
+        self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+        self.window.record_rejection(self.elapsed(Instant::now()));
+        let limit = match why {
+            Refusal::AtLimit => "max_connections",
+            Refusal::PerIpLimit => "max_connections_per_ip",
+            Refusal::NotAccepting => "not_accepting",
+            Refusal::Invalid(word) => word,
+        };
+        let active = self.admission.active();
+        let max = self.admission.max();
+        tracing::debug!(pool = %self.name, ?peer, limit, active, "connection refused");
+        self.publish(|| PoolEventKind::PoolLimitReached {
+            peer,
+            limit,
+            active,
+            max,
+        });
+        if status_from_u8(self.status.load(Ordering::Relaxed)) < HealthStatus::Overloaded {
+            self.refresh_health();
+        }
+        why
+    }
+
+    fn band(&self, active: u32) -> u8 {
+        if self.admission.max().is_none() {
+            0
+        } else if active >= self.overloaded_at.load(Ordering::Relaxed) {
+            2
+        } else if active >= self.degraded_at.load(Ordering::Relaxed) {
+            1
+        } else {
+            0
+        }
+    }
+
+    /// Recomputes health when the open count moved into another utilisation band.
+    fn check_band(&self, active: u32) {
+        let band = self.band(active);
+        // Read before writing: the band rarely changes, and a write on every admit and release
+        // would bounce this cache line between cores.
+        if self.band.load(Ordering::Relaxed) != band
+            && self.band.swap(band, Ordering::Relaxed) != band
+        {
+            self.refresh_health();
+        }
+    }
+
+    pub fn after_release(&self, open: u32) {
+        // Only `close_all` stops admission, and it is the only waiter.
+        if open == 0 && !self.admission.is_accepting() {
+            self.all_closed.notify_waiters();
+        }
+        self.check_band(open);
+    }
+
+    fn set_thresholds(&self, config: &PoolConfig) {
+        let at = |ratio: f64| match config.max_connections {
+            Some(m) => (f64::from(m) * ratio).ceil().max(1.0) as u32,
+            None => u32::MAX,
+        };
+        self.degraded_at
+            .store(at(config.health.degraded_utilization), Ordering::Relaxed);
+        self.overloaded_at
+            .store(at(config.health.overloaded_utilization), Ordering::Relaxed);
+        self.per_ip_limit.store(
+            config.max_connections_per_ip.unwrap_or(0),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Computes health, announcing a status change.
+    pub fn refresh_health(&self) -> Health {
+        let config = self.config();
+        let now = Instant::now();
+        let active = self.admission.active();
+        let max = self.admission.max();
+        let window = self.window.stats(self.elapsed(now));
+        let inputs = HealthInputs {
+            accepting: self.admission.is_accepting(),
+            active,
+            max,
+            window,
+        };
+        let (status, message) = assess(&inputs, &config.health);
+        let previous = status_from_u8(self.status.swap(status_index(status), Ordering::Relaxed));
+        if previous != status {
+            if status > previous {
+                tracing::warn!(pool = %self.name, from = %previous, to = %status, %message, "health status changed");
+            } else {
+                tracing::info!(pool = %self.name, from = %previous, to = %status, %message, "health status changed");
+            }
+            let message = message.clone();
+            self.publish(move || PoolEventKind::HealthStatusChanged {
+                from: previous,
+                to: status,
+                message,
+            });
+        }
+        Health {
+            protocol: self.protocol,
+            status,
+            utilization_ratio: utilization(active, max),
+            active_connections: active,
+            max_connections: max,
+            rejected_connections: self.counters.rejected.load(Ordering::Relaxed),
+            average_response_time_ms: window.average_response_ms,
+            error_rate: window.error_rate(),
+            message,
+        }
+    }
+
+    /// Takes a slot for a connection from `peer` (validated by the caller's policy), or
+    /// refuses it: a refusal is counted, announced as `pool_limit_reached` and leaves nothing
+    /// behind. Returns the connection's id and whether it holds a per-IP slot.
+    pub fn admit(
+        &self,
+        peer: Option<SocketAddr>,
+        invalid: Option<&'static str>,
+    ) -> Result<(ConnectionId, bool), Refusal> {
+        if let Some(word) = invalid {
+            return Err(self.refuse(peer, Refusal::Invalid(word)));
+        }
+        let open = match self.admission.try_admit() {
+            Ok(open) => open,
+            Err(why) => return Err(self.refuse(peer, why)),
+        };
+        let mut per_ip = false;
+        let limit = self.per_ip_limit.load(Ordering::Relaxed);
+        if let (true, Some(addr)) = (limit > 0, peer) {
+            if !self.per_ip.try_acquire(addr.ip(), limit) {
+                self.admission.release(false);
+                return Err(self.refuse(peer, Refusal::PerIpLimit));
+            }
+            per_ip = true;
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.counters.accepted.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(pool = %self.name, id, ?peer, "connection added");
+        self.publish(|| PoolEventKind::ConnectionAdded { id, peer });
+        self.check_band(open);
+        Ok((id, per_ip))
+    }
+
+    /// Applies a settings patch live; see [`Pool::update_config`](crate::Pool::update_config).
+    pub fn update_config(&self, patch: &PoolSettings) -> Result<Vec<ConfigChange>, ConfigErrors> {
+        let _serial = self.update_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.config();
+        let (next, changes) = current.apply(patch, "")?;
+        if changes.is_empty() {
+            return Ok(changes);
+        }
+        if next.health.window != current.health.window {
+            self.window.set_window(next.health.window);
+        }
+        self.set_thresholds(&next);
+        self.admission.set_max(next.max_connections);
+        for c in &changes {
+            tracing::info!(pool = %self.name, field = %c.field, old = %c.old, new = %c.new, "pool config changed");
+        }
+        // Every connection wakes, re-reads its timeouts and, if the pool is over its new limit
+        // and the connection is idle, takes a shedding claim.
+        self.change_control(|s| s.config = Arc::new(next));
+        self.band.store(u8::MAX, Ordering::Relaxed);
+        self.check_band(self.admission.active());
+        Ok(changes)
+    }
+
+    pub async fn wait_until_empty(&self) {
+        loop {
+            let notified = self.all_closed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.admission.active() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// The shared state behind a [`Pool`].
+#[derive(Debug)]
+pub(crate) struct PoolInner<P> {
+    pub core: Arc<PoolCore>,
+    pub policy: P,
+}
