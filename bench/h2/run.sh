@@ -2,12 +2,12 @@
 # HTTP/2 and gRPC benchmarks, every number measured in this one run against a baseline:
 #  1. `GET /` with h2load (CONNS connections x STREAMS concurrent streams each):
 #     poolserve `http2` (h2c) vs a bare hyper HTTP/2 server with the same demo handler
-#     (crates/poolserve/examples/bare_h2.rs) and nginx (`return 200`, Debian's nginx-light, one
+#     (bench/src/bin/bare_h2.rs) and nginx (`return 200`, Debian's nginx-light, one
 #     worker); over TLS (h2 by ALPN): poolserve `http2` with `tls`, bare_h2 with the same rustls
 #     set-up, nginx, and koatty_serve 2.3.0's Http2Server on Node (bench/koatty, TLS only);
 #  2. gRPC unary `poolserve.demo.Echo/Unary` with h2load posting one pre-encoded message:
 #     poolserve `grpc` vs a bare tonic::transport::Server with the same service
-#     (crates/poolserve/examples/bare_tonic.rs), h2c;
+#     (bench/src/bin/bare_tonic.rs), h2c;
 #  3. IDLE idle HTTP/2 connections (each made one call, no stream open; h2_idle.rs, h2c peers
 #     only): RSS per connection, poolserve `http2` vs bare_h2 (`GET /`) and poolserve `grpc` vs
 #     bare_tonic;
@@ -18,9 +18,10 @@
 # spread and the poolserve / peer ratio within each round. The CPU other processes take during a
 # run is measured, and a disturbed run is redone (MAX_OTHER, RETRIES). Extra peer for PEERS or
 # INSTR_PEERS: bare_h2_ka (bare_h2 with hyper's keep-alive PINGs every 30 s, as poolserve), and
-# bare_h2_same (that server built into the poolserve binary, `poolserve --bare-baseline http2`:
-# LTO compiles the same hyper code differently in a small binary, so this baseline differs from
-# poolserve only by the pool). The duel also runs bare_h2_same against bare_h2_ka.
+# bare_h2_same (that server built into a binary that also holds poolserve, `same_binary bare
+# http2`: LTO compiles the same hyper code differently in a small binary, so this baseline
+# differs from poolserve by little more than the pool). The duel also runs bare_h2_same against
+# bare_h2_ka.
 # Results: bench/out/h2.txt, per round bench/out/h2-rounds.tsv (summarised by summarize.py).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -63,7 +64,7 @@ nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
 if [[ " $PEERS " == *" koatty_tls "* && ! -d bench/koatty/node_modules ]]; then
   (cd bench/koatty && npm ci --no-audit --no-fund --loglevel=error)
 fi
-cargo build --release -q -p poolserve --bins --examples
+cargo build --release -q -p poolserve -p poolserve-bench --bins
 bin=target/release
 ulimit -n "$(ulimit -Hn)"  # thousands of sockets per process need more than the usual 1,024
 
@@ -158,32 +159,32 @@ start() { # $1 = peer; sets server_pid, server_url (of `/`) and kind (get|grpc)
         > "$out/h2-$1.log" 2>&1 &
       ;;
     bare_h2)
-      "${wrap[@]}" "$bin/examples/bare_h2" "127.0.0.1:$port" > "$out/h2-$1.log" 2>&1 &
+      "${wrap[@]}" "$bin/bare_h2" "127.0.0.1:$port" > "$out/h2-$1.log" 2>&1 &
       ;;
     bare_h2_ka) # bare_h2 with poolserve's default keep-alive: PINGs every 30 s
-      BARE_H2_KEEP_ALIVE_SECS=30 "${wrap[@]}" "$bin/examples/bare_h2" "127.0.0.1:$port" \
+      BARE_H2_KEEP_ALIVE_SECS=30 "${wrap[@]}" "$bin/bare_h2" "127.0.0.1:$port" \
         > "$out/h2-$1.log" 2>&1 &
       ;;
-    bare_h2_same) # bare_h2_ka's server built into the poolserve binary (its --bare-baseline)
-      "${wrap[@]}" "$bin/poolserve" --bare-baseline http2 --listen "127.0.0.1:$port" \
+    bare_h2_same) # bare_h2_ka's server built into a binary that also holds poolserve
+      "${wrap[@]}" "$bin/same_binary" bare http2 "127.0.0.1:$port" \
         > "$out/h2-$1.log" 2>&1 &
       ;;
     bare_h2_tls)
-      "${wrap[@]}" "$bin/examples/bare_h2" "127.0.0.1:$port" "$cert" "$key" \
+      "${wrap[@]}" "$bin/bare_h2" "127.0.0.1:$port" "$cert" "$key" \
         > "$out/h2-$1.log" 2>&1 &
       ;;
     bare_h2_ka_tls)
-      BARE_H2_KEEP_ALIVE_SECS=30 "${wrap[@]}" "$bin/examples/bare_h2" "127.0.0.1:$port" \
+      BARE_H2_KEEP_ALIVE_SECS=30 "${wrap[@]}" "$bin/bare_h2" "127.0.0.1:$port" \
         "$cert" "$key" > "$out/h2-$1.log" 2>&1 &
       ;;
     bare_tonic_ka)
       kind=grpc
-      BARE_TONIC_KEEP_ALIVE_SECS=30 "${wrap[@]}" "$bin/examples/bare_tonic" "127.0.0.1:$port" \
+      BARE_TONIC_KEEP_ALIVE_SECS=30 "${wrap[@]}" "$bin/bare_tonic" "127.0.0.1:$port" \
         > "$out/h2-$1.log" 2>&1 &
       ;;
     bare_tonic)
       kind=grpc
-      "${wrap[@]}" "$bin/examples/bare_tonic" "127.0.0.1:$port" > "$out/h2-$1.log" 2>&1 &
+      "${wrap[@]}" "$bin/bare_tonic" "127.0.0.1:$port" > "$out/h2-$1.log" 2>&1 &
       ;;
     nginx | nginx_tls)
       nginx_config "$port" "$([ "$1" = nginx_tls ] && echo 1 || echo 0)"
@@ -297,7 +298,7 @@ idle_run() { # $1 = mode (get|grpc); prints "rss_bytes_per_conn open failed clos
   local before after fifo opened closed
   before=$(rss_kib "$server_pid")
   fifo="$out/h2-idle.fifo"; rm -f "$fifo"; mkfifo "$fifo"
-  timeout $((HOLD + 120)) taskset -c 0 "$bin/examples/h2_idle" \
+  timeout $((HOLD + 120)) taskset -c 0 "$bin/h2_idle" \
     "${server_url#http://}" "$IDLE" "$HOLD" "$1" > "$fifo" &
   local client=$!
   exec 4<"$fifo"

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # User-space instructions per keep-alive request, poolserve `http` vs the bare hyper server (the
-# example and the same server built into the poolserve binary), under valgrind's callgrind:
-# unlike requests/s on a shared machine, the count repeats run to run, so it shows what the pool
-# costs per request. Then where poolserve's extra instructions over the same-binary baseline are,
-# by source file (bench/callgrind_by_file.py). Usage: bench/http1/instructions.sh [REQUESTS]
+# bare_hyper program, and bare_same: `same_binary bare http`, the same server built into a
+# binary that also holds poolserve), under valgrind's callgrind: unlike requests/s on a shared
+# machine, the count repeats run to run, so it shows what the pool costs per request. Then
+# where poolserve's extra instructions are, by source file, between the two sides of that one
+# binary (pool_same, `same_binary pool`, against bare_same; bench/callgrind_by_file.py).
+# Usage: bench/http1/instructions.sh [REQUESTS]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 N=${1:-20000}
@@ -11,7 +13,7 @@ out=bench/out
 mkdir -p "$out"
 command -v valgrind >/dev/null || apt-get install -y -q valgrind >/dev/null
 command -v h2load >/dev/null || apt-get install -y -q nghttp2-client >/dev/null
-cargo build --release -q -p poolserve --bins --examples
+cargo build --release -q -p poolserve -p poolserve-bench --bins
 
 source bench/lib.sh
 
@@ -32,26 +34,34 @@ count() { # $1 = name, $2 = port, rest = server command; prints instructions per
   awk -v n="$N" '/^summary:/ {printf "%.0f", $2 / n}' "$dump"
 }
 
-port=$(free_port); admin=$(free_port)
-cat > "$out/instructions-poolserve.toml" <<TOML
+# A config with one `http` server on port $1 and the admin endpoint on $2, written to $3.
+config() {
+  cat > "$3" <<TOML
 [admin]
-listen = "127.0.0.1:$admin"
+listen = "127.0.0.1:$2"
 [log]
 level = "warn"
 [[server]]
 name = "web"
 protocol = "http"
-listen = "127.0.0.1:$port"
+listen = "127.0.0.1:$1"
 TOML
+}
+
+port=$(free_port); admin=$(free_port)
+config "$port" "$admin" "$out/instructions-poolserve.toml"
 pool=$(count poolserve "$port" target/release/poolserve --config "$out/instructions-poolserve.toml")
 port=$(free_port)
-bare=$(count bare_hyper "$port" target/release/examples/bare_hyper "127.0.0.1:$port")
+bare=$(count bare_hyper "$port" target/release/bare_hyper "127.0.0.1:$port")
 port=$(free_port)
-same=$(count bare_same "$port" target/release/poolserve --bare-baseline http --listen "127.0.0.1:$port")
-echo "instructions per keep-alive request: poolserve $pool, bare hyper $bare, bare_same $same" \
-  | tee "$out/instructions.txt"
-python3 -c "print(f'ratio to bare hyper {$pool / $bare:.3f}, to bare_same {$pool / $same:.3f}')" \
+same=$(count bare_same "$port" target/release/same_binary bare http "127.0.0.1:$port")
+port=$(free_port); admin=$(free_port)
+config "$port" "$admin" "$out/instructions-pool-same.toml"
+pool_same=$(count pool_same "$port" target/release/same_binary pool --config "$out/instructions-pool-same.toml")
+echo "instructions per keep-alive request: poolserve $pool, bare hyper $bare," \
+  "pool_same $pool_same, bare_same $same" | tee "$out/instructions.txt"
+python3 -c "print(f'poolserve / bare hyper {$pool / $bare:.3f}, pool_same / bare_same {$pool_same / $same:.3f}')" \
   | tee -a "$out/instructions.txt"
 dump() { ls -t "$out/callgrind.$1".*.1 | head -1; }
-python3 bench/callgrind_by_file.py "$(dump poolserve)" "$(dump bare_same)" "$N" \
+python3 bench/callgrind_by_file.py "$(dump pool_same)" "$(dump bare_same)" "$N" \
   | tee -a "$out/instructions.txt"

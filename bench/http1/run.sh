@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # HTTP/1.1 benchmarks, every number measured in this one run against a baseline:
 #  1. keep-alive `GET /` with wrk: poolserve `http` vs a bare hyper server with the same demo
-#     handler (crates/poolserve/examples/bare_hyper.rs), nginx `return 200` (Debian's
+#     handler (bench/src/bin/bare_hyper.rs), nginx `return 200` (Debian's
 #     nginx-light, one worker) and koatty_serve 2.3.0 on Node (bench/koatty);
 #  2. connection churn: the same with `Connection: close` on every request;
 #  3. 10,000 idle keep-alive connections (each served one request): RSS per connection,
@@ -22,9 +22,10 @@ IDLE_RUN=${IDLE_RUN:-1}   # 0 skips the idle-connection memory run
 IDLE_ROUNDS=${IDLE_ROUNDS:-3}  # rounds of the idle-connection run
 DUEL_ROUNDS=${DUEL_ROUNDS:-8}  # shared-core duel rounds, poolserve vs bare hyper (0 skips it)
 DUEL_SECS=${DUEL_SECS:-5}      # seconds per duel round
-# Baselines poolserve duels against: bare_same is bare_hyper's server built into the poolserve
-# binary (`poolserve --bare-baseline http`), so it differs from poolserve only by the pool;
-# whole-program LTO compiles the same hyper code differently in the small bare_hyper binary.
+# Baselines poolserve duels against: bare_same is bare_hyper's server built into a binary that
+# also holds poolserve (`same_binary bare http`), so it differs from poolserve by little more
+# than the pool; whole-program LTO compiles the same hyper code differently in the small
+# bare_hyper binary.
 DUEL_BASELINES=${DUEL_BASELINES:-"bare_hyper bare_same"}
 out=bench/out
 mkdir -p "$out"
@@ -40,7 +41,7 @@ nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
 if [[ " $PEERS " == *" koatty "* && ! -d bench/koatty/node_modules ]]; then
   (cd bench/koatty && npm ci --no-audit --no-fund --loglevel=error)
 fi
-cargo build --release -q -p poolserve --bins --examples
+cargo build --release -q -p poolserve -p poolserve-bench --bins
 bin=target/release
 ulimit -n "$(ulimit -Hn)"  # 10,000 sockets per process need more than the usual 1,024
 
@@ -73,10 +74,10 @@ TOML
       taskset -c 1 "$bin/poolserve" --config "$cfg" > "$out/http1-poolserve.log" 2>&1 &
       ;;
     bare_hyper)
-      taskset -c 1 "$bin/examples/bare_hyper" "127.0.0.1:$port" > "$out/http1-bare.log" 2>&1 &
+      taskset -c 1 "$bin/bare_hyper" "127.0.0.1:$port" > "$out/http1-bare.log" 2>&1 &
       ;;
-    bare_same) # bare_hyper's server built into the poolserve binary (its --bare-baseline)
-      taskset -c 1 "$bin/poolserve" --bare-baseline http --listen "127.0.0.1:$port" \
+    bare_same) # bare_hyper's server built into a binary that also holds poolserve
+      taskset -c 1 "$bin/same_binary" bare http "127.0.0.1:$port" \
         > "$out/http1-bare-same.log" 2>&1 &
       ;;
     nginx)
@@ -216,7 +217,7 @@ idle_run() { # prints "rss_bytes_per_conn open closed"
   local before after fifo
   before=$(rss_kib "$server_pid")
   fifo="$out/http1-idle.fifo"; rm -f "$fifo"; mkfifo "$fifo"
-  taskset -c 0 "$bin/examples/http_idle" "127.0.0.1:$server_port" "$IDLE" "$HOLD" > "$fifo" &
+  taskset -c 0 "$bin/http_idle" "127.0.0.1:$server_port" "$IDLE" "$HOLD" > "$fifo" &
   local client=$!
   exec 4<"$fifo"
   read -r -u 4 opened

@@ -23,7 +23,7 @@ results="$out/ws.txt"
 : > "$results"
 
 command -v taskset >/dev/null || { echo "taskset (util-linux) is required" >&2; exit 1; }
-cargo build --release -q -p poolserve --bins --examples
+cargo build --release -q -p poolserve -p poolserve-bench --bins
 bin=target/release
 ulimit -n "$(ulimit -Hn)"  # 10,000 sockets per process need more than the usual 1,024
 
@@ -55,14 +55,14 @@ TOML
 }
 start_bare() {
   local port; port=$(free_port)
-  taskset -c 1 "$bin/examples/bare_ws" "127.0.0.1:$port" > "$out/ws-bare.log" 2>&1 &
+  taskset -c 1 "$bin/bare_ws" "127.0.0.1:$port" > "$out/ws-bare.log" 2>&1 &
   server_pid=$!; pids+=("$server_pid"); server_port=$port
   wait_port "$port"
 }
 stop() { kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; }
 
 echo_run() { # $1 = size, $2 = seconds
-  taskset -c 0 "$bin/examples/ws_load" echo "ws://127.0.0.1:$server_port/" "$CONNS" "$1" "$2"
+  taskset -c 0 "$bin/ws_load" echo "ws://127.0.0.1:$server_port/" "$CONNS" "$1" "$2"
 }
 
 # Each round runs both servers in turn at each size; medians over rounds, and the median of the
@@ -104,7 +104,7 @@ idle_run() { # prints rss_per_conn_bytes cpu_percent pings_received opened close
   local before after t0 t1 c0 c1 fifo opened held closed
   before=$(rss_kib "$server_pid")
   fifo="$out/ws-idle.fifo"; rm -f "$fifo"; mkfifo "$fifo"
-  taskset -c 0 "$bin/examples/ws_load" idle "ws://127.0.0.1:$server_port/" "$IDLE" "$HOLD" > "$fifo" &
+  taskset -c 0 "$bin/ws_load" idle "ws://127.0.0.1:$server_port/" "$IDLE" "$HOLD" > "$fifo" &
   local client=$!
   exec 4<"$fifo"
   read -r -u 4 opened

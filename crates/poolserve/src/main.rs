@@ -2,14 +2,11 @@
 //! answering on every server, until SIGTERM or SIGINT drains it. A config file is re-read when
 //! it changes (checked every second) and on SIGHUP.
 
-mod bare_baseline;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
 use poolserve_server::config::{LogConfig, RunConfig};
-use poolserve_server::demo;
 use poolserve_server::Runtime;
 use tracing_subscriber::EnvFilter;
 
@@ -23,12 +20,6 @@ struct Cli {
     /// Validate this TOML file and exit: 0 when valid, 2 naming each bad field.
     #[arg(long, value_name = "FILE")]
     check: Option<PathBuf>,
-    /// Benchmarks only: serve the demo app with bare hyper and no pool (see bench/README.md).
-    #[arg(long, hide = true, value_name = "PROTOCOL", requires = "listen", conflicts_with_all = ["config", "check"])]
-    bare_baseline: Option<bare_baseline::BareProtocol>,
-    /// The address `--bare-baseline` listens on.
-    #[arg(long, hide = true, value_name = "ADDR")]
-    listen: Option<String>,
 }
 
 fn init_logs(log: &LogConfig) {
@@ -91,15 +82,6 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let (Some(protocol), Some(addr)) = (cli.bare_baseline, cli.listen.as_deref()) {
-        return match runtime.block_on(bare_baseline::serve(protocol, addr)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("bare baseline on {addr}: {e}");
-                ExitCode::FAILURE
-            }
-        };
-    }
     runtime.block_on(run(config, cli.config.map(|p| (p, loaded_mtime))))
 }
 
@@ -160,7 +142,13 @@ async fn run(
     config: RunConfig,
     file: Option<(PathBuf, Option<std::time::SystemTime>)>,
 ) -> ExitCode {
-    let servers = match Runtime::start(&config, demo::service()).await {
+    let servers = match Runtime::start_with_grpc(
+        &config,
+        poolserve_demo::routes::service(),
+        poolserve_demo::grpc::services(),
+    )
+    .await
+    {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cannot start");

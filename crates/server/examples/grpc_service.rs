@@ -12,10 +12,11 @@ use std::time::Duration;
 
 use axum::routing::get;
 use futures_util::Stream;
+use poolserve_demo::grpc::proto::echo_server::{Echo, EchoServer};
+use poolserve_demo::grpc::proto::{EchoReply, EchoRequest, StreamRequest};
+use poolserve_demo::grpc::DEMO_FILE_DESCRIPTOR_SET;
 use poolserve_pool::{PoolConfig, PoolRegistry};
-use poolserve_server::grpc::proto::echo_server::{Echo, EchoServer};
-use poolserve_server::grpc::proto::{EchoReply, EchoRequest, StreamRequest};
-use poolserve_server::grpc::{GrpcServices, DEMO_FILE_DESCRIPTOR_SET};
+use poolserve_server::grpc::GrpcServices;
 use poolserve_server::{Protocol, Server, ServerOptions};
 use tonic::{Request, Response, Status};
 

@@ -24,9 +24,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
-pub mod baseline;
 pub mod config;
-pub mod demo;
 mod http;
 mod proto;
 pub mod protocol;

@@ -53,15 +53,15 @@ impl std::fmt::Display for StartError {
 impl std::error::Error for StartError {}
 
 impl Runtime {
-    /// Starts every server of `config` with `service` answering HTTP and the gRPC demo app on
-    /// `grpc` servers, then the admin endpoint. All listeners are bound and TLS is loaded
-    /// before this returns.
+    /// Starts every server of `config` with `service` answering HTTP (`grpc` servers answer
+    /// only health and reflection; see [`Runtime::start_with_grpc`]), then the admin endpoint.
+    /// All listeners are bound and TLS is loaded before this returns.
     pub async fn start<S, B>(config: &RunConfig, service: S) -> Result<Runtime, StartError>
     where
         S: Handler<B>,
         B: ResponseBody,
     {
-        Runtime::start_with_grpc(config, service, GrpcServices::demo()).await
+        Runtime::start_with_grpc(config, service, GrpcServices::new()).await
     }
 
     /// Like [`Runtime::start`], with `grpc` answering on `grpc` servers.

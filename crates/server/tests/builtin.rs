@@ -7,10 +7,11 @@ mod support;
 use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
+use poolserve_demo::grpc::proto::echo_client::EchoClient;
+use poolserve_demo::grpc::proto::EchoRequest;
+use poolserve_demo::routes as demo;
 use poolserve_server::config::RunConfig;
-use poolserve_server::grpc::proto::echo_client::EchoClient;
-use poolserve_server::grpc::proto::EchoRequest;
-use poolserve_server::{demo, Protocol, Runtime};
+use poolserve_server::{Protocol, Runtime};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
@@ -86,7 +87,10 @@ async fn the_built_in_defaults_serve_every_protocol() {
         server.listen.set_port(0);
     }
     config.admin_listen.set_port(0);
-    let runtime = Runtime::start(&config, demo::service()).await.unwrap();
+    let runtime =
+        Runtime::start_with_grpc(&config, demo::service(), poolserve_demo::grpc::services())
+            .await
+            .unwrap();
     let addr = |name: &str| runtime.server(name).unwrap().local_addr();
 
     let res = get(addr("web"), "/").await;

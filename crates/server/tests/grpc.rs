@@ -8,9 +8,9 @@ mod support;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use poolserve_demo::grpc::proto::echo_client::EchoClient;
+use poolserve_demo::grpc::proto::{EchoRequest, StreamRequest};
 use poolserve_pool::{CloseReason, GrpcSettings, PoolEventKind, PoolSettings, TimeoutKind};
-use poolserve_server::grpc::proto::echo_client::EchoClient;
-use poolserve_server::grpc::proto::{EchoRequest, StreamRequest};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

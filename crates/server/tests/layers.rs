@@ -384,8 +384,6 @@ fn layer(m: &ModPath) -> usize {
         Some("proto") => 3,
         Some("server") => 4,
         Some("config" | "admin" | "runtime") => 5,
-        // The demo app and the benchmark baselines, until they leave the library.
-        Some("demo" | "baseline") => 5,
         None => 6,
         Some(other) => panic!("module {other} has no layer: add it to the rule"),
     }

@@ -7,9 +7,9 @@ mod support;
 
 use std::process::Stdio;
 
+use poolserve_demo::grpc::proto::echo_client::EchoClient;
+use poolserve_demo::grpc::proto::EchoRequest;
 use poolserve_pool::{Http2Settings, PoolSettings};
-use poolserve_server::grpc::proto::echo_client::EchoClient;
-use poolserve_server::grpc::proto::EchoRequest;
 use support::outside::{client_script, run, system_tool, venv_bin};
 use support::*;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};

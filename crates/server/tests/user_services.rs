@@ -10,9 +10,9 @@ mod http2_example;
 
 mod support;
 
+use poolserve_demo::grpc::proto::echo_client::EchoClient;
+use poolserve_demo::grpc::proto::EchoRequest;
 use poolserve_pool::{PoolConfig, PoolRegistry};
-use poolserve_server::grpc::proto::echo_client::EchoClient;
-use poolserve_server::grpc::proto::EchoRequest;
 use poolserve_server::{Protocol, Server, ServerOptions};
 use support::*;
 use tonic_health::pb::health_client::HealthClient;

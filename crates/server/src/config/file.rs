@@ -167,7 +167,8 @@ impl RunConfig {
         file.validate()
     }
 
-    /// The built-in default: a demo app on every protocol this build serves, all on loopback.
+    /// The built-in default: one server of every protocol, all on loopback (the binary answers
+    /// them with the demo app).
     pub fn builtin() -> RunConfig {
         let spec = |name: &str, protocol, port: u16| ServerSpec {
             name: name.to_owned(),

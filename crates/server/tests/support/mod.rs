@@ -12,10 +12,11 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use poolserve_demo::routes as demo;
 use poolserve_pool::{PoolConfig, PoolEventKind, PoolSettings, Subscription};
 use poolserve_server::config::{LogConfig, RunConfig, ServerSpec};
 use poolserve_server::tls::{PemPair, TlsFiles};
-use poolserve_server::{demo, Protocol, Runtime};
+use poolserve_server::{Protocol, Runtime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -182,7 +183,10 @@ pub async fn start_full(
             },
         ],
     };
-    let runtime = Runtime::start(&config, demo::service()).await.unwrap();
+    let runtime =
+        Runtime::start_with_grpc(&config, demo::service(), poolserve_demo::grpc::services())
+            .await
+            .unwrap();
     Harness {
         http: runtime.server("web").unwrap().local_addr(),
         https: runtime.server("web-tls").unwrap().local_addr(),

@@ -6,7 +6,6 @@
 //! (`RESOURCE_EXHAUSTED`) and its `grpc-timeout` deadline.
 
 mod call;
-mod echo;
 mod frames;
 mod health;
 mod services;
@@ -14,9 +13,6 @@ mod status;
 mod timeout;
 
 pub(crate) use call::GrpcCall;
-pub use echo::{
-    proto, EchoService, DEMO_FILE_DESCRIPTOR_SET, MAX_STREAM_COUNT, MAX_STREAM_INTERVAL_MS,
-};
 pub(crate) use services::keep_alive_interval;
 pub use services::GrpcServices;
 pub use status::GrpcRules;

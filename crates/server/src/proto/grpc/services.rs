@@ -9,7 +9,6 @@ use tonic::body::Body as TonicBody;
 use tonic::server::NamedService;
 use tonic::service::Routes;
 
-use super::echo::{EchoService, DEMO_FILE_DESCRIPTOR_SET};
 use super::health;
 use crate::transport::policy::ServerPolicy;
 
@@ -32,13 +31,6 @@ impl GrpcServices {
     /// No services yet (health and reflection are added at start).
     pub fn new() -> Self {
         GrpcServices::default()
-    }
-
-    /// The demo app: `poolserve.demo.Echo`.
-    pub fn demo() -> Self {
-        GrpcServices::new()
-            .add_service(EchoService::server())
-            .add_file_descriptor_set(DEMO_FILE_DESCRIPTOR_SET)
     }
 
     /// Mounts a tonic service; its name also gets a health status.

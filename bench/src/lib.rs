@@ -1,6 +1,8 @@
 //! The benchmarks' baselines: one connection served by hyper alone, with the demo handler and no
-//! pool. The `bare_hyper` and `bare_h2` examples and `poolserve --bare-baseline` all serve
-//! through these, so every baseline runs the same code.
+//! pool. The `bare_hyper`, `bare_h2` and `same_binary bare` programs all serve through these,
+//! so every baseline runs the same code.
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
 
 use std::time::Duration;
 
@@ -9,7 +11,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::demo;
+use poolserve_demo::routes as demo;
 
 /// poolserve's default `http2.max_concurrent_streams` (hyper's is 200).
 const MAX_CONCURRENT_STREAMS: u32 = 250;

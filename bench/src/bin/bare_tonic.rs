@@ -11,7 +11,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use poolserve_server::grpc::EchoService;
+use poolserve_demo::grpc::EchoService;
 
 /// poolserve's default `http2.max_concurrent_streams`.
 const MAX_CONCURRENT_STREAMS: u32 = 250;

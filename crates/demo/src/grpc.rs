@@ -1,9 +1,11 @@
-//! The demo gRPC service `poolserve.demo.Echo` (SPEC D).
+//! The demo gRPC service `poolserve.demo.Echo` (SPEC D): `Unary` echoes a message,
+//! `Stream` sends it back `count` times, one every `interval_ms`.
 
 use std::pin::Pin;
 use std::time::Duration;
 
 use futures_util::Stream;
+use poolserve_server::grpc::GrpcServices;
 use tonic::{Request, Response, Status};
 
 use proto::echo_server::{Echo, EchoServer};
@@ -23,6 +25,13 @@ pub const DEMO_FILE_DESCRIPTOR_SET: &[u8] =
 pub const MAX_STREAM_COUNT: u32 = 1_000_000;
 /// Longest pause between two replies of a `Stream` call, in milliseconds.
 pub const MAX_STREAM_INTERVAL_MS: u32 = 60_000;
+
+/// The demo's gRPC services for a `grpc` server: `poolserve.demo.Echo`, described to reflection.
+pub fn services() -> GrpcServices {
+    GrpcServices::new()
+        .add_service(EchoService::server())
+        .add_file_descriptor_set(DEMO_FILE_DESCRIPTOR_SET)
+}
 
 /// Echoes messages back: once (`Unary`) or as a timed stream (`Stream`).
 #[derive(Debug, Clone, Copy, Default)]

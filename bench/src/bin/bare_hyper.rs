@@ -1,7 +1,7 @@
 //! Benchmark baseline: a bare hyper HTTP/1.1 server with no pool, answering with the same demo
 //! handler as poolserve's `http` servers. Usage: `bare_hyper 127.0.0.1:PORT`.
 
-use poolserve_server::baseline::serve_http1;
+use poolserve_bench::serve_http1;
 use tokio::net::TcpListener;
 
 #[tokio::main]

@@ -13,7 +13,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use poolserve_server::baseline::serve_http2;
+use poolserve_bench::serve_http2;
 use poolserve_server::tls::{PemPair, TlsFiles};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
