@@ -1,7 +1,7 @@
 //! Admission limits against real sockets: exact enforcement, refusal before any protocol work,
 //! live raising and lowering.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -164,7 +164,7 @@ impl Drop for Balancer {
 
 fn start_haproxy(dir: &std::path::Path, instances: &[&Instance]) -> Balancer {
     let front = free_port();
-    let recipe = include_str!("../../../deploy/haproxy/haproxy.cfg");
+    let recipe = include_str!("../../../../deploy/haproxy/haproxy.cfg");
     let mut cfg = recipe.replace("@FRONT@", &front.to_string());
     for (i, name) in ["A", "B", "C"].iter().enumerate() {
         cfg = cfg

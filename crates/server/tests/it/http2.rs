@@ -2,7 +2,7 @@
 //! connection, the protocol's limits applied, refusal before any frame, GOAWAY on shutdown and on
 //! a lowered limit, and keep-alive pings that close a silent peer.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 
@@ -275,6 +275,7 @@ async fn lowering_the_limit_sends_goaway_to_the_excess() {
 
 #[tokio::test]
 async fn a_peer_that_ignores_pings_is_closed_as_a_pong_timeout() {
+    let _isolated = support::isolation::timing().await;
     let h = start(h2_settings(Http2Settings {
         keep_alive_interval: Some("200ms".into()),
         keep_alive_timeout: Some("300ms".into()),
@@ -314,6 +315,7 @@ async fn a_peer_that_ignores_pings_is_closed_as_a_pong_timeout() {
 
 #[tokio::test]
 async fn a_stream_whose_body_stalls_is_cut_at_request_timeout_and_the_connection_goes_on() {
+    let _isolated = support::isolation::timing().await;
     use http_body_util::{BodyExt, StreamBody};
     let h = start(PoolSettings {
         request_timeout: Some("300ms".into()),
@@ -376,6 +378,7 @@ async fn a_stream_whose_body_stalls_is_cut_at_request_timeout_and_the_connection
 
 #[tokio::test]
 async fn a_stream_is_timed_from_its_arrival_not_from_the_connection_s_last_activity() {
+    let _isolated = support::isolation::timing().await;
     let h = start(PoolSettings::default()).await;
     let pool = h.runtime.server("h2c").unwrap().pool().clone();
     let (client, _conn) = H2Client::connect(h.h2c).await;

@@ -1,14 +1,14 @@
 //! The examples' user services on pooled servers: a user's tonic service with an axum route on
 //! a `grpc` server (health and reflection added), and a user's axum router on an `http2` server.
 
-#[path = "../examples/grpc_service.rs"]
+#[path = "../../examples/grpc_service.rs"]
 #[allow(dead_code)]
 mod grpc_example;
-#[path = "../examples/http2_axum.rs"]
+#[path = "../../examples/http2_axum.rs"]
 #[allow(dead_code)]
 mod http2_example;
 
-mod support;
+use crate::support;
 
 use poolserve_demo::grpc::proto::echo_client::EchoClient;
 use poolserve_demo::grpc::proto::EchoRequest;

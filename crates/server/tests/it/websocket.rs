@@ -2,7 +2,7 @@
 //! refusal before the upgrade, heartbeat and pong deadline, size limits, polite close on shutdown
 //! and on a lowered limit.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -175,6 +175,7 @@ sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n
 
 #[tokio::test]
 async fn a_client_that_never_answers_pings_is_closed_at_the_pong_deadline() {
+    let _isolated = support::isolation::timing().await;
     let h = start(ws_settings(WebSocketSettings {
         ping_interval: Some("200ms".into()),
         pong_timeout: Some("300ms".into()),
@@ -216,6 +217,7 @@ async fn a_client_that_never_answers_pings_is_closed_at_the_pong_deadline() {
 
 #[tokio::test]
 async fn a_chatty_client_is_never_pinged_and_a_quiet_one_is_kept_alive() {
+    let _isolated = support::isolation::timing().await;
     let h = start(ws_settings(WebSocketSettings {
         ping_interval: Some("300ms".into()),
         pong_timeout: Some("300ms".into()),

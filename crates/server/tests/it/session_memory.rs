@@ -2,7 +2,7 @@
 //! the handler has not read (the receive window, half the budget) and response data the peer has
 //! not taken (each stream's send buffer, the other half divided among the streams).
 
-mod support;
+use crate::support;
 
 use std::convert::Infallible;
 use std::io;

@@ -1,7 +1,7 @@
 //! An axum route that upgrades to WebSocket on an `http` server: the upgraded connection stays
 //! pooled, hears a polite close, and is cut at the drain deadline if it ignores it.
 
-#[path = "../examples/axum_websocket.rs"]
+#[path = "../../examples/axum_websocket.rs"]
 #[allow(dead_code)]
 mod example;
 

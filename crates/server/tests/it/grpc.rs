@@ -3,7 +3,7 @@
 //! RESOURCE_EXHAUSTED, the caller's deadline, health following the pool, reflection, the limit
 //! enforced at accept, GOAWAY drain at shutdown and keep-alive pings.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,6 @@
 //! HTTP/1.1 and HTTPS behaviour: demo routes, keep-alive reuse, bad requests, ALPN.
 
-mod support;
+use crate::support;
 
 use poolserve_pool::PoolSettings;
 use support::*;

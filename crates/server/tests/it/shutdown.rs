@@ -1,7 +1,7 @@
 //! Graceful shutdown (S4, P9): in-flight requests finish, new connections are refused, the
 //! deadline forces the rest, and readiness turns 503 first.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

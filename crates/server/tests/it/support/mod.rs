@@ -1,6 +1,7 @@
 //! Test harness: a poolserve runtime on 127.0.0.1 port 0 with the demo app, and real clients.
 #![allow(dead_code)]
 
+pub mod isolation;
 pub mod outside;
 
 use std::net::SocketAddr;

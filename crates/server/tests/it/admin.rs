@@ -1,7 +1,7 @@
 //! The admin endpoint: bearer token, probes, the metrics exposition, the running config, live
 //! pool changes, the event stream and the OpenAPI document.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! installed by scripts/test). The page shows a pool turn overloaded when load fills it, and a
 //! refused connection in its event log; a screenshot is saved under the test's target dir.
 
-mod support;
+use crate::support;
 
 use std::process::Stdio;
 
@@ -18,6 +18,7 @@ const BROWSER_START: std::time::Duration = std::time::Duration::from_secs(45);
 
 #[tokio::test]
 async fn the_dashboard_shows_a_pool_turning_overloaded() {
+    let _isolated = support::isolation::heavy().await;
     let h = start(PoolSettings {
         max_connections: Some(2),
         ..Default::default()

@@ -3,7 +3,7 @@
 //! v1alpha only), httpx over HTTP/2, frame-level probes written with Python's hyperframe, and
 //! Debian's nghttp and h2load. A missing tool fails the test; it never skips.
 
-mod support;
+use crate::support;
 
 use std::process::Stdio;
 
@@ -24,6 +24,7 @@ fn ca_file(h: &Harness, dir: &TempDir) -> std::path::PathBuf {
 
 #[tokio::test]
 async fn python_grpcio_calls_the_demo_learned_by_reflection_plain_and_tls() {
+    let _isolated = support::isolation::heavy().await;
     let h = start(PoolSettings::default()).await;
     let dir = TempDir::new();
     let script = client_script("grpc_client.py");
@@ -46,6 +47,7 @@ async fn python_grpcio_calls_the_demo_learned_by_reflection_plain_and_tls() {
 
 #[tokio::test]
 async fn python_health_watch_sees_not_serving_when_the_pool_is_full() {
+    let _isolated = support::isolation::heavy().await;
     let h = start(PoolSettings {
         max_connections: Some(2),
         ..Default::default()
@@ -95,6 +97,7 @@ async fn python_health_watch_sees_not_serving_when_the_pool_is_full() {
 
 #[tokio::test]
 async fn grpcio_streams_in_flight_finish_through_a_goaway_drain() {
+    let _isolated = support::isolation::heavy().await;
     let h = start_with(PoolSettings::default(), std::time::Duration::from_secs(10)).await;
     let pool = h.runtime.server("rpc").unwrap().pool().clone();
     let mut client = Command::new(venv_bin("python"))
@@ -128,6 +131,7 @@ async fn grpcio_streams_in_flight_finish_through_a_goaway_drain() {
 
 #[tokio::test]
 async fn grpcurl_1_8_lists_describes_and_calls_over_reflection_v1alpha() {
+    let _isolated = support::isolation::heavy().await;
     let h = start(PoolSettings::default()).await;
     let dir = TempDir::new();
     let grpcurl = venv_bin("grpcurl");
@@ -188,6 +192,7 @@ async fn grpcurl_1_8_lists_describes_and_calls_over_reflection_v1alpha() {
 
 #[tokio::test]
 async fn httpx_speaks_h2c_and_h2_over_tls() {
+    let _isolated = support::isolation::heavy().await;
     let h = start(PoolSettings::default()).await;
     let dir = TempDir::new();
     run(Command::new(venv_bin("python"))
@@ -208,6 +213,7 @@ async fn httpx_speaks_h2c_and_h2_over_tls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frame_level_probes_get_the_protocols_answers() {
+    let _isolated = support::isolation::heavy().await;
     let h = start(PoolSettings {
         http2: Some(Http2Settings {
             max_concurrent_streams: Some(4),
@@ -244,6 +250,7 @@ async fn frame_level_probes_get_the_protocols_answers() {
 
 #[tokio::test]
 async fn nghttp_and_h2load_from_debian() {
+    let _isolated = support::isolation::heavy().await;
     let h = start(PoolSettings::default()).await;
     let out = run(Command::new(system_tool("nghttp"))
         .arg("-nv")

@@ -3,7 +3,7 @@
 //!
 //! A missing venv fails the test with instructions; it never skips.
 
-mod support;
+use crate::support;
 
 use std::path::PathBuf;
 
@@ -15,6 +15,7 @@ use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_websockets_interoperates_over_ws_and_wss() {
+    let _isolated = support::isolation::heavy().await;
     let h = start(PoolSettings::default()).await;
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/ws_client.py");
     run(Command::new(venv_bin("python"))
@@ -47,6 +48,7 @@ async fn python_websockets_interoperates_over_ws_and_wss() {
 /// tungstenite does not implement) must end OK, NON-STRICT or INFORMATIONAL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn autobahn_sections_1_to_10_pass() {
+    let _isolated = support::isolation::heavy().await;
     let h = start(PoolSettings::default()).await;
     let dir = TempDir::new();
     let mut cmd = Command::new(venv_bin("kosoku"));

@@ -29,7 +29,7 @@ fn the_kubernetes_manifest_matches_the_config_it_carries() {
     std::fs::create_dir_all(&dir).unwrap();
     let toml = dir.join("poolserve.toml");
     let out = Command::new(venv_python())
-        .arg(root.join("crates/poolserve/tests/k8s_manifest.py"))
+        .arg(root.join("crates/poolserve/tests/it/k8s_manifest.py"))
         .arg(root.join("deploy/kubernetes/poolserve.yaml"))
         .arg(&toml)
         .output()

@@ -2,7 +2,7 @@
 //! same servers, pool settings and demo app as `cargo run --release`, on port 0 here so the
 //! test never collides with anything on the machine.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 

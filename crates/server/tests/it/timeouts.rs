@@ -2,7 +2,7 @@
 //! idle keep-alive, stalled TLS handshakes and peers that stop reading — while a long streaming
 //! response is never cut.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 
@@ -51,6 +51,7 @@ async fn wait_for_timeout(h: &Harness, kind: TimeoutKind) {
 
 #[tokio::test]
 async fn slowloris_is_closed_at_headers_timeout_while_others_are_served() {
+    let _isolated = support::isolation::timing().await;
     let h = start(settings("600ms", "30s", "30s", "30s")).await;
     let start = Instant::now();
     let slow = TcpStream::connect(h.http).await.unwrap();
@@ -90,6 +91,7 @@ async fn slowloris_is_closed_at_headers_timeout_while_others_are_served() {
 
 #[tokio::test]
 async fn a_socket_that_never_sends_a_byte_is_closed() {
+    let _isolated = support::isolation::timing().await;
     let h = start(settings("500ms", "30s", "30s", "30s")).await;
     let start = Instant::now();
     let mut s = TcpStream::connect(h.http).await.unwrap();
@@ -101,6 +103,7 @@ async fn a_socket_that_never_sends_a_byte_is_closed() {
 
 #[tokio::test]
 async fn a_stalled_tls_handshake_is_closed() {
+    let _isolated = support::isolation::timing().await;
     let h = start(settings("500ms", "30s", "30s", "30s")).await;
     let start = Instant::now();
     let mut s = TcpStream::connect(h.https).await.unwrap();
@@ -126,6 +129,7 @@ async fn a_stalled_tls_handshake_is_closed() {
 
 #[tokio::test]
 async fn a_slow_request_body_is_cut_at_request_timeout() {
+    let _isolated = support::isolation::timing().await;
     let h = start(settings("5s", "700ms", "30s", "30s")).await;
     let start = Instant::now();
     let mut s = TcpStream::connect(h.http).await.unwrap();
@@ -150,6 +154,7 @@ async fn a_slow_request_body_is_cut_at_request_timeout() {
 
 #[tokio::test]
 async fn idle_keep_alive_connection_is_closed_after_keep_alive_timeout() {
+    let _isolated = support::isolation::timing().await;
     let h = start(settings("5s", "5s", "400ms", "30s")).await;
     let mut c = Client::connect(h.http).await;
     assert_eq!(c.get("/").await.status(), 200);
@@ -166,6 +171,7 @@ async fn idle_keep_alive_connection_is_closed_after_keep_alive_timeout() {
 
 #[tokio::test]
 async fn an_idle_connection_is_closed_at_connection_timeout_when_it_comes_first() {
+    let _isolated = support::isolation::timing().await;
     // The connection (idle) timeout caps keep-alive: here it is the shorter of the two.
     let h = start(settings("5s", "5s", "30s", "400ms")).await;
     let mut c = Client::connect(h.http).await;
@@ -187,6 +193,7 @@ async fn an_idle_connection_is_closed_at_connection_timeout_when_it_comes_first(
 
 #[tokio::test]
 async fn a_long_stream_outlives_every_timeout() {
+    let _isolated = support::isolation::timing().await;
     // Every bound is 300 ms; the stream takes ~1.5 s.
     let h = start(settings("300ms", "300ms", "300ms", "300ms")).await;
     let mut c = Client::connect(h.http).await;
@@ -203,6 +210,7 @@ async fn a_long_stream_outlives_every_timeout() {
 
 #[tokio::test]
 async fn a_peer_that_stops_reading_is_closed_as_a_write_stall() {
+    let _isolated = support::isolation::timing().await;
     let h = start(settings("5s", "5s", "5s", "500ms")).await;
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();

@@ -2,7 +2,7 @@
 //! handshakes while open connections keep theirs, servers added and removed (draining), and a
 //! broken file changing nothing.
 
-mod support;
+use crate::support;
 
 use poolserve_pool::PoolSettings;
 use poolserve_server::tls::PemPair;

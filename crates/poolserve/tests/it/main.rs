@@ -1,0 +1,7 @@
+//! The poolserve binary's integration tests, against real sockets, signals and real clients:
+//! one test binary (one link), a module per area.
+
+mod axum_upgrade;
+mod cli;
+mod deploy;
+mod haproxy;

@@ -1,0 +1,23 @@
+//! poolserve-server's integration tests, against real sockets and real clients: one test
+//! binary (one link), a module per area. Tests that time something hold
+//! [`support::isolation::timing`], tests that load the machine (a browser, Python clients,
+//! load generators) hold [`support::isolation::heavy`], so the two never run side by side.
+
+mod support;
+
+mod admin;
+mod builtin;
+mod dashboard;
+mod grpc;
+mod http;
+mod http2;
+mod layers;
+mod limits;
+mod outside_clients;
+mod outside_h2_grpc;
+mod reload;
+mod session_memory;
+mod shutdown;
+mod timeouts;
+mod user_services;
+mod websocket;
