@@ -4,9 +4,8 @@
 //! [`Clock::System`] it is one `clock_gettime(CLOCK_MONOTONIC)` (libc's, which reads the vDSO)
 //! and an integer subtraction. On Linux that is the clock `std::time::Instant`, and so tokio's,
 //! reads, so a stamp converts to the [`Instant`] the timers use with [`Origin::instant`]. Going
-//! through `Instant` instead costs an HTTP/1 request 73 instructions more and an h2c stream
-//! 135–209 (measured 2026-12-02 under callgrind): `Timespec` arithmetic, a `Duration`
-//! and a 128-bit multiply per read.
+//! through `Instant` instead costs `Timespec` arithmetic, a `Duration` and a 128-bit multiply
+//! per read (docs/design.md, "Choices measured").
 
 use std::time::Duration;
 use tokio::time::Instant;

@@ -10,22 +10,8 @@
 //! leaves ← `core` (a pool's shared state) ← `connection` (one connection's activity) ←
 //! `driver` ← `guard` ← `pool` ← `registry`.
 //!
-//! # The design's vocabulary in Rust
-//!
-//! | design (koatty_serve)        | poolserve                                                      |
-//! |------------------------------|----------------------------------------------------------------|
-//! | `addConnection`              | [`Pool::admit`] → [`ConnectionGuard`]                          |
-//! | `removeConnection`           | dropping the [`ConnectionGuard`] (reason: [`ConnectionGuard::set_reason`] or [`ConnectionGuard::serve`]) |
-//! | `canAcceptConnection`        | [`Pool::can_accept`] (advisory; `admit` decides atomically)   |
-//! | `getActiveConnectionCount`   | [`Pool::active_connections`]                                   |
-//! | `isConnectionHealthy`        | [`ConnectionGuard::is_healthy`] → [`ProtocolPolicy::is_healthy`] |
-//! | `validateConnection`         | [`ProtocolPolicy::validate`]                                   |
-//! | `cleanupConnection`          | [`ManagedConnection::close_politely`], then drop               |
-//! | `closeAllConnections(t)`     | [`Pool::close_all`]`(deadline)` → [`CloseReport`]              |
-//! | `updateHealthStatus`/`getHealth` | [`Pool::health`] (recomputed; changes are events)          |
-//! | `getMetrics`                 | [`Pool::metrics`] → [`MetricsSnapshot`]                        |
-//! | `updateConfig`               | [`Pool::update_config`] → changes, or [`ConfigErrors`]         |
-//! | `on(event)`                  | [`Pool::subscribe`] / [`PoolRegistry::subscribe`] → [`Subscription`] |
+//! Each type and method of the design's vocabulary (`addConnection`, `closeAllConnections`,
+//! `on(event)`, ...) names its design counterpart in its doc; docs/design.md has the table.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -76,7 +76,7 @@ where
         // being built inside a `Oneshot` on the first poll and moved into it. A stream of a
         // multiplexed connection is polled in a task of its own: there the call waits for that
         // task, so a large future (a router's) is built in place rather than moved into it
-        // (see docs/design.md, "Request timing").
+        // (docs/design.md, "Choices measured").
         let inner = if self.tracker.is_multiplexed() {
             Either::Right(service.oneshot(req))
         } else {

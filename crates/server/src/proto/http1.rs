@@ -1,4 +1,13 @@
 //! HTTP/1.1 (and HTTP/1.1 over TLS) connections under the pool.
+//!
+//! Bounds, phase by phase (the rule is `http/deadline.rs`'s, shared with WebSocket): the first
+//! request head within `headers_timeout` of accept, a head within `headers_timeout` of its first
+//! byte and a whole request within `request_timeout`, `keep_alive_timeout` between requests
+//! (never past `connection_timeout`), a write the peer leaves unread for `connection_timeout`;
+//! a response being produced or streamed is never cut. A head over `http1.max_header_size` gets
+//! 431. A polite close is `Connection: close` on the response in flight. A handler may take the
+//! connection over with an upgrade: it stays pooled, under the upgraded rule, until the
+//! upgraded I/O is dropped (`http/upgrade.rs`).
 
 use std::future::Future;
 use std::pin::Pin;
