@@ -286,8 +286,7 @@ where
                 http1::serve::<_, _, _, R>(guard, io, service, &config).await
             }),
             Wire::Http2 => launch.launch(async move {
-                let keep_alive = h2_keep_alive(&config);
-                http2::serve::<_, _, _, R>(guard, io, service, &config, keep_alive).await
+                http2::serve::<_, _, _, R>(guard, io, service, &config, h2_keep_alive).await
             }),
             Wire::WebSocket => launch.launch(ws::serve(guard, io, config)),
         }

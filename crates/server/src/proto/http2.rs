@@ -142,14 +142,14 @@ pub(crate) fn keep_alive_interval(config: &PoolConfig) -> Duration {
     config.http2.keep_alive_interval
 }
 
-/// Serves one admitted HTTP/2 connection to its end, pinging the peer every
-/// `keep_alive_interval`.
+/// Serves one admitted HTTP/2 connection to its end, pinging the peer at the interval
+/// `keep_alive_interval` reads from the config (the protocol on top chooses which setting).
 pub(crate) async fn serve<IO, S, B, R>(
     guard: ConnectionGuard<ServerPolicy>,
     io: IO,
     service: S,
     config: &PoolConfig,
-    keep_alive_interval: Duration,
+    keep_alive_interval: fn(&PoolConfig) -> Duration,
 ) -> CloseReason
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -175,7 +175,7 @@ where
             .initial_connection_window_size(budget.connection_window)
             .initial_stream_window_size(budget.stream_window)
             .max_send_buf_size(budget.send_buffer)
-            .keep_alive_interval(keep_alive_interval)
+            .keep_alive_interval(keep_alive_interval(config))
             .keep_alive_timeout(h2.keep_alive_timeout);
         Http2Connection {
             inner: Box::pin(builder.serve_connection(io, service)),
