@@ -383,3 +383,58 @@ async fn lowering_the_limit_closes_idle_websockets_with_1001() {
     }
     assert!(pool.metrics().closed.contains(&("limit_lowered", 2)));
 }
+
+/// A load balancer's TCP probe (connect, close) and a plain request answered 426 release their
+/// slot when the peer closes, not at `headers_timeout`: with `max_connections = 2`, two real
+/// upgrades right after three probes are admitted.
+#[tokio::test]
+async fn a_tcp_probe_or_a_refused_plain_request_releases_its_slot_at_once() {
+    let h = start(PoolSettings {
+        max_connections: Some(2),
+        headers_timeout: Some("60s".into()),
+        keep_alive_timeout: Some("60s".into()),
+        ..Default::default()
+    })
+    .await;
+    let pool = h.runtime.server("live").unwrap().pool().clone();
+    let mut events = h.runtime.registry().subscribe();
+    for _ in 0..3 {
+        drop(TcpStream::connect(h.ws).await.unwrap());
+    }
+    let closed = wait_events(&mut events, 3, |e| {
+        matches!(e, PoolEventKind::ConnectionRemoved { .. })
+    })
+    .await;
+    for e in closed {
+        let PoolEventKind::ConnectionRemoved { reason, .. } = e else {
+            unreachable!()
+        };
+        assert_eq!(reason, CloseReason::Completed);
+    }
+    assert_eq!(pool.active_connections(), 0);
+    let mut a = connect(h.ws).await;
+    let mut b = connect(h.ws).await;
+    for ws in [&mut a, &mut b] {
+        ws.send(Message::text("up")).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("up"));
+    }
+    drop((a, b));
+    wait_until("the upgrades' slots are free", || {
+        pool.active_connections() == 0
+    })
+    .await;
+
+    // A plain GET answered 426, then closed by the client: the slot goes with it.
+    let mut s = TcpStream::connect(h.ws).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 426");
+    drop(s);
+    wait_until("the refused request's slot is free", || {
+        pool.active_connections() == 0
+    })
+    .await;
+}

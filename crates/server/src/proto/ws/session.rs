@@ -53,33 +53,39 @@ where
         request.finish();
         async move { Ok::<_, std::convert::Infallible>(res) }
     });
-    let mut builder = http1::Builder::new();
-    builder.max_buf_size(config.http1.max_header_size);
-    let conn = builder
-        .serve_connection(TokioIo::new(io), service)
-        .with_upgrades();
-    tokio::pin!(conn);
     let mut asked_to_close = *close.borrow_and_update();
-    if asked_to_close {
-        conn.as_mut().graceful_shutdown();
-    }
-    loop {
-        tokio::select! {
-            biased;
-            done = conn.as_mut() => {
-                done.map_err(|e| WsError::new(e.to_string(), is_peer_fault(&e)))?;
-                break;
-            }
-            changed = close.changed(), if !asked_to_close => {
-                asked_to_close = true;
-                if changed.is_ok() {
-                    conn.as_mut().graceful_shutdown();
+    // The HTTP connection, and with it the service holding the upgrade's sender, is dropped at
+    // the end of this block: a connection that closed without a valid upgrade request (a TCP
+    // probe, a request answered 426) then ends here instead of waiting for an upgrade that can
+    // no longer come, and its slot is released at once.
+    {
+        let mut builder = http1::Builder::new();
+        builder.max_buf_size(config.http1.max_header_size);
+        let conn = builder
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        tokio::pin!(conn);
+        if asked_to_close {
+            conn.as_mut().graceful_shutdown();
+        }
+        loop {
+            tokio::select! {
+                biased;
+                done = conn.as_mut() => {
+                    done.map_err(|e| WsError::new(e.to_string(), is_peer_fault(&e)))?;
+                    break;
+                }
+                changed = close.changed(), if !asked_to_close => {
+                    asked_to_close = true;
+                    if changed.is_ok() {
+                        conn.as_mut().graceful_shutdown();
+                    }
                 }
             }
         }
     }
     let Ok(on_upgrade) = upgrade_rx.await else {
-        // The client never asked to upgrade and went away.
+        // The client never asked to upgrade (or was refused) and the connection closed.
         return Ok(());
     };
     let upgraded = on_upgrade
