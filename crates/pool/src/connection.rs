@@ -324,13 +324,26 @@ impl ConnectionTracker {
         }
     }
 
-    /// Bytes were sent to the peer: any blocked write made progress. Like
-    /// [`ConnectionTracker::bytes_read`], this does not count them.
+    /// Bytes were sent to the peer (or a flush completed): any blocked write made progress.
+    /// Like [`ConnectionTracker::bytes_read`], this does not count them.
     #[inline]
     pub fn bytes_written(&self) {
+        if self.shared.write_blocked_since.load(Ordering::Relaxed) != 0 {
+            self.write_unblocked();
+        }
+    }
+
+    /// A write that waited on the peer went through. Between requests that was the tail of
+    /// the last response: the idle spell starts now, once the peer has taken it, not when the
+    /// handler handed the response over.
+    #[cold]
+    fn write_unblocked(&self) {
         let s = &self.shared;
-        if s.write_blocked_since.load(Ordering::Relaxed) != 0 {
-            s.write_blocked_since.store(0, Ordering::Relaxed);
+        s.write_blocked_since.store(0, Ordering::Relaxed);
+        if s.phase.load(Ordering::Relaxed) == Phase::Idle as u8
+            && s.in_flight.load(Ordering::Relaxed) == 0
+        {
+            s.phase_since.store(s.now(), Ordering::Relaxed);
         }
     }
 

@@ -6,8 +6,8 @@
 //! Request cycle: a new connection must deliver its first request head within
 //! `headers_timeout` of being opened; a head must arrive within `headers_timeout` of its first
 //! byte and a whole request within `request_timeout`; between requests a connection may idle
-//! for `keep_alive_timeout` (never more than `connection_timeout`); a response being produced
-//! or streamed is never cut.
+//! for `keep_alive_timeout` (never more than `connection_timeout`), counted from when the last
+//! response went out to the peer; a response being produced or streamed is never cut.
 //!
 //! Upgraded: an unanswered heartbeat ping must be answered within `websocket.pong_timeout`, a
 //! connection with no message either way for `websocket.idle_timeout` (only when configured) is
@@ -44,6 +44,9 @@ fn request_cycle(a: &Activity, c: &PoolConfig) -> Option<(Instant, TimeoutKind)>
     let at = |d, kind| Some((a.phase_since + d, kind));
     match a.phase {
         Phase::Idle if a.requests == 0 => at(c.headers_timeout, TimeoutKind::Headers),
+        // The last response's tail is still waiting on the peer: the stall bound governs, and
+        // the idle spell starts when the tail went out.
+        Phase::Idle if a.write_blocked_since.is_some() => None,
         Phase::Idle => earliest(
             at(c.keep_alive_timeout, TimeoutKind::KeepAlive),
             at(c.connection_timeout, TimeoutKind::Idle),
@@ -100,6 +103,16 @@ mod tests {
         assert_eq!(
             http1_deadline(&a, &short_idle).unwrap().1,
             TimeoutKind::Idle
+        );
+        // The last response's tail still waits on the peer: only the stall bound applies.
+        let mut tail = activity(Phase::Idle, 3);
+        tail.write_blocked_since = Some(tail.phase_since);
+        assert_eq!(
+            http1_deadline(&tail, &c),
+            Some((
+                tail.phase_since + c.connection_timeout,
+                TimeoutKind::WriteStall
+            ))
         );
         let a = activity(Phase::ReadingHead, 3);
         assert_eq!(

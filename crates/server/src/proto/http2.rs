@@ -125,12 +125,14 @@ where
 
 /// The HTTP/2 deadline: a new connection's first request (preface, settings and a HEADERS
 /// frame) must arrive within `headers_timeout`; a connection with no stream open may idle for
-/// `connection_timeout`; a write the peer does not read for `connection_timeout` is a stall.
+/// `connection_timeout` once its last frames went out; a write the peer does not read for `connection_timeout` is a stall.
 /// Streams in flight are never cut by the connection's timer, and unanswered keep-alive pings
 /// are the protocol's own business (`http2.keep_alive_timeout`).
 fn http2_deadline(a: &Activity, c: &PoolConfig) -> Option<(Instant, TimeoutKind)> {
     let idle = match (a.in_flight, a.requests) {
         (0, 0) => Some((a.opened_at + c.headers_timeout, TimeoutKind::Headers)),
+        // Frames of the last streams still wait on the peer: the stall bound governs.
+        (0, _) if a.write_blocked_since.is_some() => None,
         (0, _) => Some((a.phase_since + c.connection_timeout, TimeoutKind::Idle)),
         _ => None,
     };
@@ -203,6 +205,15 @@ mod tests {
             http2_deadline(&a, &c),
             Some((a.phase_since + c.connection_timeout, TimeoutKind::Idle))
         );
+        a.write_blocked_since = Some(a.phase_since);
+        assert_eq!(
+            http2_deadline(&a, &c),
+            Some((
+                a.phase_since + c.connection_timeout,
+                TimeoutKind::WriteStall
+            ))
+        );
+        a.write_blocked_since = None;
         a.in_flight = 2;
         a.phase = Phase::ReadingBody;
         assert_eq!(http2_deadline(&a, &c), None);

@@ -182,8 +182,12 @@ impl<S: AsyncWrite + Unpin, G: IoGate + Unpin> AsyncWrite for TrackedIo<S, G> {
             return closed_by_pool();
         }
         let r = Pin::new(&mut this.inner).poll_flush(cx);
-        if r.is_pending() {
-            this.tracker.write_blocked();
+        // A flush that had to wait marks a blocked write; one that completed clears it (over
+        // TLS the last bytes of a response leave in a flush, not a write).
+        match &r {
+            Poll::Pending => this.tracker.write_blocked(),
+            Poll::Ready(Ok(())) => this.tracker.bytes_written(),
+            Poll::Ready(Err(_)) => {}
         }
         // A flush ends a response, or a part of one: report what moved so far.
         this.report_bytes();

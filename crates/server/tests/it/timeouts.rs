@@ -224,3 +224,104 @@ async fn a_peer_that_stops_reading_is_closed_as_a_write_stall() {
     assert!(m.timeouts.contains(&("write_stall", 1)), "{:?}", m.timeouts);
     assert_eq!(m.active, 0);
 }
+
+/// A large HTTPS download whose writes waited on a slow reader, then a long-poll on the same
+/// kept-alive connection that takes longer than `connection_timeout`: neither the waits during
+/// the download nor the idle spell before it end the long-poll.
+#[tokio::test]
+async fn a_long_poll_after_a_download_that_waited_on_the_reader_is_served() {
+    let _isolated = support::isolation::timing().await;
+    let h = start(settings("5s", "5s", "5s", "1500ms")).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(h.https).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tls_connector(&h.pem).connect(name, stream).await.unwrap();
+    let mut c = Client::over(h.https, tls).await;
+    // 12.8 MB read at about a tenth of the server's pace (a 5 ms pause every 64 KiB): the
+    // server's TLS writes and its last flush wait on us, none longer than `connection_timeout`.
+    let (status, len) = c
+        .get_slowly(
+            "/stream?chunks=200&interval_ms=0&size=65536",
+            64 << 10,
+            Duration::from_millis(5),
+        )
+        .await;
+    assert_eq!((status, len), (200, 200 * 65536));
+    // A long-poll on the same connection, longer than `connection_timeout`.
+    let res = c.try_request("GET", "/sleep?ms=2500", "").await;
+    let m = h.runtime.server("web-tls").unwrap().pool().metrics();
+    assert_eq!(
+        res.map(|r| r.status()).ok(),
+        Some(http::StatusCode::OK),
+        "{:?}",
+        m.timeouts
+    );
+    assert!(m.timeouts.iter().all(|(_, n)| *n == 0), "{:?}", m.timeouts);
+}
+
+/// Over TLS the last bytes of a response leave in a flush: a flush that had to wait on the
+/// peer and then went through leaves no write blocked, so a later request is not cut as a
+/// stall. Real TLS over a real socket whose peer first does not read, then reads everything.
+#[tokio::test]
+async fn a_flush_that_waited_on_the_peer_then_went_through_leaves_no_write_blocked() {
+    use poolserve_pool::{DefaultPolicy, Pool, PoolConfig};
+    use poolserve_server::tls::PemPair;
+    use poolserve_server::TrackedIo;
+    use std::future::poll_fn;
+    use std::pin::Pin;
+    use tokio::io::AsyncWrite;
+
+    let pool = Pool::new("io", DefaultPolicy("test"), PoolConfig::default());
+    let guard = pool.admit(None).unwrap();
+    let tracker = guard.tracker();
+    let pem = PemPair::self_signed().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(pem.server_config(&[]).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let client = tokio::spawn(async move {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        tls_connector(&pem).connect(name, stream).await.unwrap()
+    });
+    let (stream, _) = listener.accept().await.unwrap();
+    let tls = acceptor.accept(stream).await.unwrap();
+    let mut client = client.await.unwrap();
+    let mut io = TrackedIo::new(tls, tracker.clone());
+
+    // Write until the socket and the TLS buffer are full: the peer is not reading.
+    let chunk = vec![7u8; 64 << 10];
+    let mut sent = 0usize;
+    loop {
+        let wrote = poll_fn(|cx| match Pin::new(&mut io).poll_write(cx, &chunk) {
+            std::task::Poll::Pending => std::task::Poll::Ready(None),
+            std::task::Poll::Ready(r) => std::task::Poll::Ready(Some(r.unwrap())),
+        })
+        .await;
+        match wrote {
+            Some(n) => sent += n,
+            None => break,
+        }
+        assert!(sent < 256 << 20, "the peer's buffers never filled");
+    }
+    let flushed =
+        poll_fn(|cx| std::task::Poll::Ready(Pin::new(&mut io).poll_flush(cx).is_ready())).await;
+    assert!(!flushed, "the flush waits on the peer");
+    assert!(tracker.activity().write_blocked_since.is_some());
+
+    // The peer reads everything; the flush goes through and no write is left blocked.
+    let reader = tokio::spawn(async move {
+        let mut buf = vec![0u8; 1 << 20];
+        let mut got = 0usize;
+        while got < sent {
+            got += client.read(&mut buf).await.unwrap();
+        }
+        client
+    });
+    tokio::time::timeout(WAIT, poll_fn(|cx| Pin::new(&mut io).poll_flush(cx)))
+        .await
+        .expect("the flush completes once the peer reads")
+        .unwrap();
+    assert_eq!(tracker.activity().write_blocked_since, None);
+    drop(reader.await.unwrap());
+}

@@ -256,6 +256,27 @@ impl Client {
         self.request("GET", path, "").await
     }
 
+    /// GETs `path`, pausing `pause` after each `every` bytes of the body, so the server's
+    /// writes wait on this reader; returns the status and the body's length.
+    pub async fn get_slowly(&mut self, path: &str, every: usize, pause: Duration) -> (u16, usize) {
+        self.sender.ready().await.unwrap();
+        let req = Request::get(path)
+            .header("host", self.addr.to_string())
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let mut body = self.sender.send_request(req).await.unwrap();
+        let status = body.status().as_u16();
+        let (mut len, mut next_pause) = (0, every);
+        while let Some(frame) = body.body_mut().frame().await {
+            len += frame.unwrap().data_ref().map_or(0, |d| d.len());
+            if len >= next_pause {
+                next_pause += every;
+                tokio::time::sleep(pause).await;
+            }
+        }
+        (status, len)
+    }
+
     /// Waits for the server to close this connection.
     pub async fn closed(self) {
         tokio::time::timeout(WAIT, self.conn)
