@@ -48,6 +48,13 @@ pub trait ManagedConnection: Future<Output = Result<(), Self::Error>> {
         None
     }
 
+    /// Whether the connection has a goodbye to send when the pool closes it on a timeout (an
+    /// HTTP/2 GOAWAY naming the last stream processed), so a peer that opens a stream at that
+    /// moment can tell it was not processed. The driver then closes it politely and drops it
+    /// once it has closed, or [`TIMEOUT_GOODBYE_GRACE`] later. A write stall has no goodbye:
+    /// the peer is not reading.
+    const GOODBYE_ON_TIMEOUT: bool = false;
+
     /// The next instant the connection must have moved on by, and the timeout it overruns
     /// then, from its activity and the config in force; `None` when no bound applies in the
     /// current phase (a response being produced or streamed). This is the protocol's timeout
@@ -65,6 +72,10 @@ pub trait ManagedConnection: Future<Output = Result<(), Self::Error>> {
         deadline
     }
 }
+
+/// How long a connection closed on a timeout gets to send its goodbye and close
+/// ([`ManagedConnection::GOODBYE_ON_TIMEOUT`]) before it is dropped.
+pub const TIMEOUT_GOODBYE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Why the pool's side ended or interrupted the connection.
 enum Expiry {
@@ -95,6 +106,8 @@ struct PhaseTimer<'a, C> {
     key: Option<u32>,
     /// Whether the connection may still take a shedding claim.
     may_shed: bool,
+    /// Set once a timeout's goodbye was sent: the only deadline left is the end of its grace.
+    goodbye: Option<(Instant, TimeoutKind)>,
 }
 
 impl<C: ManagedConnection> PhaseTimer<'_, C> {
@@ -123,7 +136,11 @@ impl<C: ManagedConnection> PhaseTimer<'_, C> {
             return Poll::Ready(Expiry::Shed);
         }
         let activity = self.conn.activity();
-        let Some((deadline, kind)) = C::deadline(&activity, &self.config) else {
+        let rule = match self.goodbye {
+            Some(grace) => Some(grace),
+            None => C::deadline(&activity, &self.config),
+        };
+        let Some((deadline, kind)) = rule else {
             // No deadline in this phase: an armed timer stays armed and only causes a re-check.
             // One that fired is no longer armed, so the next deadline arms it again.
             if woken && self.armed.is_some() && self.sleep.as_mut().poll(cx).is_ready() {
@@ -133,7 +150,10 @@ impl<C: ManagedConnection> PhaseTimer<'_, C> {
         };
         let mut rearmed = false;
         if self.armed.is_none_or(|armed| deadline < armed) {
-            let at = C::timer_at(deadline, &activity, &self.config).min(deadline);
+            let at = match self.goodbye {
+                Some(_) => deadline,
+                None => C::timer_at(deadline, &activity, &self.config).min(deadline),
+            };
             self.armed = Some(at);
             self.sleep.as_mut().reset(at);
             rearmed = true;
@@ -190,6 +210,7 @@ pub(crate) async fn drive<C: ManagedConnection>(
         armed: None,
         key: None,
         may_shed: true,
+        goodbye: None,
     };
     let mut closing: Option<CloseReason> = None;
     match stage {
@@ -234,6 +255,10 @@ pub(crate) async fn drive<C: ManagedConnection>(
         shared.request_pool_side_check();
         match event {
             Event::Finished(result) => {
+                if let Some((_, kind)) = timer.goodbye {
+                    // Closed after its timeout's goodbye, however the peer took it.
+                    return CloseReason::Timeout(kind);
+                }
                 return match result {
                     Ok(()) if shared.shed_claimed() => CloseReason::LimitLowered,
                     Ok(()) => closing.unwrap_or(CloseReason::Completed),
@@ -271,10 +296,26 @@ pub(crate) async fn drive<C: ManagedConnection>(
                 }
             }
             Event::Expired(Expiry::Timeout(kind)) => {
+                if timer.goodbye.is_some() {
+                    // The goodbye's grace ran out.
+                    return CloseReason::Timeout(kind);
+                }
                 let id = shared.id;
                 tracing::debug!(pool = %core.name, id, kind = kind.as_str(), "connection timed out");
                 core.publish(|| PoolEventKind::ConnectionTimeout { id, kind });
-                return CloseReason::Timeout(kind);
+                // No goodbye to send, or one was sent already (a drain's, a shed's).
+                if !C::GOODBYE_ON_TIMEOUT || kind == TimeoutKind::WriteStall || closing.is_some() {
+                    return CloseReason::Timeout(kind);
+                }
+                timer.may_shed = false;
+                timer.goodbye = Some((Instant::now() + TIMEOUT_GOODBYE_GRACE, kind));
+                timer.armed = None;
+                close_politely(
+                    &shared,
+                    conn.as_mut(),
+                    &mut closing,
+                    CloseReason::Timeout(kind),
+                );
             }
             Event::Expired(Expiry::Shed) => {
                 close_politely(

@@ -44,7 +44,7 @@ pub use config::{
 };
 pub use connection::{ConnectionTracker, RequestTracker};
 pub use core::{ControlState, Stage, HEALTH_INTERVAL};
-pub use driver::ManagedConnection;
+pub use driver::{ManagedConnection, TIMEOUT_GOODBYE_GRACE};
 pub use events::{
     ConnectionId, EventBus, EventError, PoolEvent, PoolEventKind, Subscription, EVENT_BUFFER,
 };

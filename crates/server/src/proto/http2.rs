@@ -104,6 +104,9 @@ where
 {
     type Error = hyper::Error;
 
+    /// A connection the pool closes on a timeout gets a GOAWAY first.
+    const GOODBYE_ON_TIMEOUT: bool = true;
+
     /// Sends GOAWAY: streams in flight finish, new ones are refused, then the connection closes.
     fn close_politely(mut self: Pin<&mut Self>) {
         self.inner.as_mut().graceful_shutdown();

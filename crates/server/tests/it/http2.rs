@@ -391,3 +391,85 @@ async fn a_stream_is_timed_from_its_arrival_not_from_the_connection_s_last_activ
     let took = pool.metrics().latency.sum_seconds - before;
     assert!((0.019..0.3).contains(&took), "{took} s");
 }
+
+/// Reads HTTP/2 frames until the server closes, acking its PINGs as a client does; returns
+/// each frame's type and payload, and when the close came.
+async fn frames_until_close(s: &mut TcpStream) -> (Vec<(u8, Vec<u8>)>, Instant) {
+    let mut frames = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let mut head = [0u8; 9];
+            if s.read_exact(&mut head).await.is_err() {
+                return (frames, Instant::now());
+            }
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let mut payload = vec![0u8; len];
+            if s.read_exact(&mut payload).await.is_err() {
+                return (frames, Instant::now());
+            }
+            let (kind, flags) = (head[3], head[4]);
+            if kind == 0x6 && flags & 0x1 == 0 {
+                let mut ack = vec![0, 0, 8, 0x6, 0x1, 0, 0, 0, 0];
+                ack.extend_from_slice(&payload);
+                let _ = s.write_all(&ack).await;
+            }
+            frames.push((kind, payload));
+        }
+    })
+    .await
+    .expect("the server closes the connection")
+}
+
+/// The last-stream id of the last GOAWAY among `frames`, if any came.
+fn last_goaway(frames: &[(u8, Vec<u8>)]) -> Option<u32> {
+    frames
+        .iter()
+        .rev()
+        .find(|(kind, _)| *kind == 0x7)
+        .map(|(_, p)| u32::from_be_bytes([p[0] & 0x7f, p[1], p[2], p[3]]))
+}
+
+/// A connection the pool closes for its first-request or idle timeout gets a GOAWAY naming
+/// the last stream processed before the socket closes, so a client that opened a stream at
+/// that moment knows it was not processed.
+#[tokio::test]
+async fn a_timeout_close_sends_goaway_with_the_last_stream_first() {
+    let _isolated = support::isolation::timing().await;
+    let h = start(PoolSettings {
+        headers_timeout: Some("600ms".into()),
+        connection_timeout: Some("600ms".into()),
+        ..Default::default()
+    })
+    .await;
+    let bound = Duration::from_millis(600);
+
+    // No request ever: the first-request bound.
+    let mut s = TcpStream::connect(h.h2c).await.unwrap();
+    let opened = Instant::now();
+    s.write_all(PREFACE_AND_SETTINGS).await.unwrap();
+    let (frames, closed) = frames_until_close(&mut s).await;
+    assert_eq!(last_goaway(&frames), Some(0), "{frames:?}");
+    let took = closed - opened;
+    assert!(
+        took >= bound && took < bound + Duration::from_millis(800),
+        "{took:?}"
+    );
+
+    // One request (GET / on stream 1: HPACK static :method GET, :path /, :scheme http and
+    // :authority "x"), then idle.
+    let mut s = TcpStream::connect(h.h2c).await.unwrap();
+    s.write_all(PREFACE_AND_SETTINGS).await.unwrap();
+    let block = [0x82, 0x84, 0x86, 0x41, 0x01, b'x'];
+    let mut headers = vec![0, 0, block.len() as u8, 0x1, 0x5, 0, 0, 0, 1];
+    headers.extend_from_slice(&block);
+    s.write_all(&headers).await.unwrap();
+    let (frames, _) = frames_until_close(&mut s).await;
+    assert!(
+        frames.iter().any(|(kind, _)| *kind == 0x1),
+        "a response: {frames:?}"
+    );
+    assert_eq!(last_goaway(&frames), Some(1), "{frames:?}");
+    let m = h.runtime.server("h2c").unwrap().pool().metrics();
+    assert!(m.timeouts.contains(&("headers", 1)), "{:?}", m.timeouts);
+    assert!(m.timeouts.contains(&("idle", 1)), "{:?}", m.timeouts);
+}
