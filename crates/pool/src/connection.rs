@@ -368,7 +368,19 @@ impl ConnectionTracker {
         if s.write_blocked_since.load(Ordering::Relaxed) == 0 {
             let at = s.core.now_nanos();
             s.write_blocked_since.store(at + 1, Ordering::Relaxed);
+            // A handler that took the connection over writes from a task of its own: the
+            // driver must hear of the stall bound that now applies.
+            if s.upgraded.load(Ordering::Relaxed) {
+                s.request_pool_side_check();
+                Wake::wake_by_ref(s);
+            }
         }
+    }
+
+    /// Bytes moved either way on an upgraded connection whose messages the pool does not see
+    /// (a handler took it over): traffic counts as a message for the idle bound.
+    pub fn traffic(&self) {
+        self.message_activity();
     }
 
     /// A request head was received: the request is in flight until the returned tracker is

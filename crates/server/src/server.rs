@@ -149,7 +149,7 @@ impl Server {
             .map(|c| c.server_config(&protocol.alpn_ids()).map(TlsAcceptor::from))
             .transpose()
             .map_err(tls_error)?;
-        let listener = listener::bind(options.listen)
+        let listener = listener::bind(options.listen, &options.pool)
             .await
             .map_err(|e| ServerError::Bind(options.listen, e))?;
         let local_addr = listener

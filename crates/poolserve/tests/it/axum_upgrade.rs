@@ -8,7 +8,10 @@ mod example;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use poolserve_pool::{PoolConfig, PoolRegistry};
+use poolserve_pool::{
+    CloseReason, PoolConfig, PoolEventKind, PoolRegistry, PoolSettings, TimeoutKind,
+    WebSocketSettings,
+};
 use poolserve_server::{Protocol, Server, ServerOptions};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -16,12 +19,16 @@ use tokio_tungstenite::tungstenite::Message;
 const WAIT: Duration = Duration::from_secs(10);
 
 async fn start() -> Server {
+    start_with(PoolSettings::default()).await
+}
+
+async fn start_with(settings: PoolSettings) -> Server {
     let options = ServerOptions {
         name: "app".into(),
         protocol: Protocol::Http,
         listen: "127.0.0.1:0".parse().unwrap(),
         tls: None,
-        pool: PoolConfig::default(),
+        pool: PoolConfig::default().apply(&settings, "pool.").unwrap().0,
     };
     Server::start(&PoolRegistry::new(), options, example::app())
         .await
@@ -31,6 +38,13 @@ async fn start() -> Server {
 async fn connect(server: &Server) -> tokio_tungstenite::WebSocketStream<TcpStream> {
     let addr = server.local_addr();
     let stream = TcpStream::connect(addr).await.unwrap();
+    upgrade(addr, stream).await
+}
+
+async fn upgrade(
+    addr: std::net::SocketAddr,
+    stream: TcpStream,
+) -> tokio_tungstenite::WebSocketStream<TcpStream> {
     tokio_tungstenite::client_async(format!("ws://{addr}/ws"), stream)
         .await
         .unwrap()
@@ -99,4 +113,124 @@ async fn plain_routes_still_work_next_to_the_upgrade() {
     s.read_to_string(&mut reply).await.unwrap();
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     assert!(reply.ends_with("hello"), "{reply}");
+}
+
+/// The next connection close the pool announces.
+async fn next_close(events: &mut poolserve_pool::Subscription) -> CloseReason {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let Ok(e) = events.recv().await {
+                if let PoolEventKind::ConnectionRemoved { reason, .. } = e.kind {
+                    return reason;
+                }
+            }
+        }
+    })
+    .await
+    .expect("the pool closes the connection")
+}
+
+/// A peer that stops reading what the handler writes is cut like on any connection: the
+/// blocked write in the handler's task becomes the pool's stall deadline.
+#[tokio::test]
+async fn an_upgraded_peer_that_stops_reading_is_cut_as_a_write_stall() {
+    let server = start_with(PoolSettings {
+        connection_timeout: Some("500ms".into()),
+        ..Default::default()
+    })
+    .await;
+    let mut events = server.pool().subscribe();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(server.local_addr()).await.unwrap();
+    let ws = upgrade(server.local_addr(), stream).await;
+    // 16 MiB to echo, never read back: the handler's echo blocks on the full socket.
+    let (mut tx, _rx) = ws.split();
+    let writer = tokio::spawn(async move {
+        for _ in 0..16 {
+            if tx.send(Message::binary(vec![1u8; 1 << 20])).await.is_err() {
+                break;
+            }
+        }
+    });
+    assert_eq!(
+        next_close(&mut events).await,
+        CloseReason::Timeout(TimeoutKind::WriteStall)
+    );
+    assert_eq!(server.pool().active_connections(), 0);
+    writer.abort();
+}
+
+/// `websocket.idle_timeout` counts from the last traffic either way on an upgraded
+/// connection, not from the upgrade.
+#[tokio::test]
+async fn an_upgraded_connections_idle_timeout_counts_from_its_last_traffic() {
+    let server = start_with(PoolSettings {
+        websocket: Some(WebSocketSettings {
+            idle_timeout: Some("800ms".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await;
+    let mut events = server.pool().subscribe();
+    let mut ws = connect(&server).await;
+    // Twice the idle timeout of steady traffic: the connection stays.
+    for i in 0..8 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        ws.send(Message::text(format!("m{i}"))).await.unwrap();
+        assert_eq!(
+            ws.next().await.unwrap().unwrap(),
+            Message::text(format!("m{i}"))
+        );
+    }
+    assert_eq!(server.pool().active_connections(), 1);
+    // Then silence: closed as idle.
+    let quiet = std::time::Instant::now();
+    assert_eq!(
+        next_close(&mut events).await,
+        CloseReason::Timeout(TimeoutKind::Idle)
+    );
+    assert!(
+        quiet.elapsed() >= Duration::from_millis(700),
+        "{:?}",
+        quiet.elapsed()
+    );
+}
+
+/// The server's end of an upgraded connection has TCP keepalive on, so a peer that vanished
+/// without a FIN or RST is found even though nobody pings it (`/proc/net/tcp` shows the
+/// socket's keepalive timer).
+#[tokio::test]
+async fn an_upgraded_connection_has_tcp_keepalive_for_a_vanished_peer() {
+    let server = start().await;
+    let port = server.local_addr().port();
+    let mut ws = connect(&server).await;
+    ws.send(Message::text("hi")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hi"));
+    // Fields: sl, local address, remote address, state, queues, timer:when, ... Timer 02 is
+    // keepalive; an unacked write shows 01 (retransmit) until its ack, so look again then.
+    let server_timer = || {
+        let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        let ends: Vec<String> = tcp
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .filter(|f| f[1].ends_with(&format!(":{port:04X}")) && f[3] == "01")
+            .map(|f| f[5].to_owned())
+            .collect();
+        assert_eq!(ends.len(), 1, "{tcp}");
+        ends[0].clone()
+    };
+    let seen = tokio::time::timeout(WAIT, async {
+        loop {
+            let timer = server_timer();
+            if timer.starts_with("02:") {
+                return timer;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(seen.is_ok(), "no keepalive timer: {}", server_timer());
 }

@@ -127,6 +127,11 @@ impl IoGate for Arc<UpgradeLink> {
     fn io_dropped(&self) {
         UpgradeLink::io_dropped(self)
     }
+
+    #[inline]
+    fn upgraded(&self) -> bool {
+        self.state.load(Ordering::Relaxed) & UPGRADED != 0
+    }
 }
 
 /// A handler's view of the pooled connection its request came on, for protocols it takes over

@@ -22,6 +22,11 @@ pub trait IoGate {
     fn closed(&self, waker: &Waker, read: bool) -> bool;
     /// The I/O was dropped.
     fn io_dropped(&self);
+    /// Whether a handler took the connection over (an upgrade): its traffic is then reported
+    /// as activity, as the pool sees no messages of its own.
+    fn upgraded(&self) -> bool {
+        false
+    }
 }
 
 /// The gate of an I/O nobody else can close: always open, and costs nothing.
@@ -32,6 +37,10 @@ impl IoGate for () {
     }
     #[inline(always)]
     fn io_dropped(&self) {}
+    #[inline(always)]
+    fn upgraded(&self) -> bool {
+        false
+    }
 }
 
 /// An I/O stream whose traffic is reported to a [`ConnectionTracker`].
@@ -88,6 +97,9 @@ impl<S, G: IoGate> TrackedIo<S, G> {
             Poll::Ready(Ok(n)) => {
                 self.unreported_written += *n as u64;
                 self.tracker.bytes_written();
+                if *n > 0 && self.gate.upgraded() {
+                    self.tracker.traffic();
+                }
             }
             Poll::Pending => {
                 self.tracker.write_blocked();
@@ -136,6 +148,9 @@ impl<S: AsyncRead + Unpin, G: IoGate + Unpin> AsyncRead for TrackedIo<S, G> {
                 let n = buf.filled().len() - before;
                 this.unreported_read += n as u64;
                 this.tracker.bytes_read(n);
+                if n > 0 && this.gate.upgraded() {
+                    this.tracker.traffic();
+                }
             }
             // Waiting for the peer: what this connection moved so far goes to the pool.
             Poll::Pending => this.report_bytes(),

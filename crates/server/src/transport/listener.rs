@@ -85,8 +85,9 @@ pub(crate) trait ServeConnection: Clone + Send + 'static {
     ) -> L::Launched;
 }
 
-/// Binds `addr` for listening.
-pub(crate) async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+/// Binds `addr` for listening, with `config`'s TCP keepalive already set, so that even a
+/// connection the kernel accepts before the accept loop first runs inherits it.
+pub(crate) async fn bind(addr: SocketAddr, config: &PoolConfig) -> io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
@@ -94,6 +95,7 @@ pub(crate) async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
+    socket2::SockRef::from(&socket).set_tcp_keepalive(&keepalive(config))?;
     socket.listen(1024)
 }
 
@@ -113,9 +115,11 @@ pub(crate) async fn accept_loop<H: ServeConnection>(
         let (stream, peer) = tokio::select! {
             biased;
             changed = control.changed() => {
-                if changed.is_err() || control.borrow_and_update().stage != Stage::Serving {
+                let state = control.borrow_and_update().clone();
+                if changed.is_err() || state.stage != Stage::Serving {
                     break;
                 }
+                set_keepalive(&listener, &state.config, &name);
                 continue;
             }
             accepted = listener.accept() => match accepted {
@@ -173,6 +177,29 @@ pub(crate) async fn accept_loop<H: ServeConnection>(
         }
     }
     tracing::info!(server = %name, "stopped accepting");
+}
+
+/// Longest keepalive idle time Linux accepts (`TCP_KEEPIDLE`, seconds).
+const MAX_KEEPALIVE_IDLE: Duration = Duration::from_secs(32_767);
+
+/// TCP keepalive on the listening socket, which every accepted socket inherits (so it costs no
+/// system call per connection): a peer that vanished without a FIN or RST is found after
+/// `websocket.ping_interval` of silence plus three probes `websocket.pong_timeout / 3` apart.
+/// That matters where nobody else pings: a connection a handler took over with an upgrade.
+/// Applied again on every config change, to the connections accepted after it.
+fn set_keepalive(listener: &TcpListener, config: &PoolConfig, name: &str) {
+    if let Err(e) = socket2::SockRef::from(listener).set_tcp_keepalive(&keepalive(config)) {
+        tracing::warn!(server = %name, error = %e, "could not set TCP keepalive");
+    }
+}
+
+fn keepalive(config: &PoolConfig) -> socket2::TcpKeepalive {
+    let ws = &config.websocket;
+    let bounded = |d: Duration| d.clamp(Duration::from_secs(1), MAX_KEEPALIVE_IDLE);
+    socket2::TcpKeepalive::new()
+        .with_time(bounded(ws.ping_interval))
+        .with_interval(bounded(ws.pong_timeout / 3))
+        .with_retries(3)
 }
 
 fn is_per_connection_error(e: &io::Error) -> bool {
