@@ -17,7 +17,8 @@ struct Cli {
     /// Run the servers of this TOML file instead of the built-in defaults.
     #[arg(long, value_name = "FILE", conflicts_with = "check")]
     config: Option<PathBuf>,
-    /// Validate this TOML file and exit: 0 when valid, 2 naming each bad field.
+    /// Validate this TOML file and exit: 0 when valid (warnings on stderr), 2 naming each bad
+    /// field.
     #[arg(long, value_name = "FILE")]
     check: Option<PathBuf>,
 }
@@ -42,6 +43,9 @@ fn main() -> ExitCode {
     if let Some(path) = cli.check {
         return match RunConfig::from_file(&path) {
             Ok(cfg) => {
+                for w in cfg.warnings() {
+                    eprintln!("{}: warning: {w}", path.display());
+                }
                 println!(
                     "{}: valid ({} server(s))",
                     path.display(),

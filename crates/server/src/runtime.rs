@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 use poolserve_pool::{CloseReport, PoolRegistry};
 
 use crate::admin::{AdminServer, AdminState};
-use crate::config::{ReloadError, ReloadReport, RunConfig, ServerSpec};
+use crate::config::{ReloadError, ReloadReport, RunConfig, ServerSpec, ADMIN_POOL};
 use crate::http::{Handler, ResponseBody};
 use crate::proto::grpc::GrpcServices;
 use crate::protocol::Protocol;
@@ -38,7 +38,7 @@ pub enum StartError {
     /// A server failed to start.
     Server(String, ServerError),
     /// The admin endpoint failed to start.
-    Admin(std::io::Error),
+    Admin(ServerError),
 }
 
 impl std::fmt::Display for StartError {
@@ -103,12 +103,17 @@ impl Runtime {
         }
         let draining = Arc::new(AtomicBool::new(false));
         let running = Arc::new(RwLock::new(config.clone()));
+        for w in config.warnings() {
+            tracing::warn!(field = %w.field, value = %w.value, reason = %w.reason, "config warning");
+        }
         let admin = AdminServer::start(
             config.admin_listen,
+            config.admin_pool.clone(),
             AdminState {
                 registry: registry.clone(),
                 draining: draining.clone(),
                 token: config.admin_token.as_deref().map(Arc::from),
+                probes_need_token: config.admin_probes_need_token,
                 config: running.clone(),
             },
         )
@@ -215,8 +220,11 @@ impl Runtime {
     }
 
     /// Graceful shutdown: readiness turns 503, every server stops accepting and drains within
-    /// the configured deadline (the rest are closed at once), then the admin endpoint stops.
+    /// the configured deadline (the rest are closed at once), then the admin endpoint, which
+    /// answered probes meanwhile, drains in what is left of the same deadline. One report per
+    /// pool, the admin endpoint's included.
     pub async fn shutdown(self) -> Vec<(String, CloseReport)> {
+        let started = tokio::time::Instant::now();
         self.draining.store(true, Ordering::Relaxed);
         let deadline = self
             .config
@@ -236,8 +244,9 @@ impl Runtime {
                 reports.push(report);
             }
         }
+        let left = deadline.saturating_sub(started.elapsed());
+        reports.push((ADMIN_POOL.to_owned(), self.admin.shutdown(left).await));
         reports.sort_by(|a, b| a.0.cmp(&b.0));
-        self.admin.shutdown().await;
         for (name, r) in &reports {
             tracing::info!(server = %name, open = r.open_at_start, polite = r.closed_politely, forced = r.forced, "server drained");
         }

@@ -83,6 +83,63 @@ fn check_refuses_unknown_keys() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("port"));
 }
 
+#[test]
+fn an_admin_endpoint_open_without_a_token_is_warned_about() {
+    let text = |admin: &str, token: &str| {
+        format!(
+            "[admin]\nlisten = \"{admin}\"\n{token}\n[log]\nformat = \"json\"\n\
+             [[server]]\nname = \"web\"\nprotocol = \"http\"\nlisten = \"127.0.0.1:0\"\n"
+        )
+    };
+    let check = |path: &std::path::Path| {
+        let out = Command::new(BIN).arg("--check").arg(path).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "valid, only warned about");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let open = write_config("admin-open.toml", &text("0.0.0.0:0", ""));
+    let err = check(&open);
+    assert!(err.contains("warning: admin.listen = 0.0.0.0:0"), "{err}");
+    let with_token = write_config("admin-token.toml", &text("0.0.0.0:0", "token = \"t\""));
+    assert_eq!(check(&with_token), "");
+    let loopback = write_config("admin-loopback.toml", &text("127.0.0.1:0", ""));
+    assert_eq!(check(&loopback), "");
+
+    // At start, the same warning is logged.
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&open)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                if tx.send(v).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let mut warned = None;
+    loop {
+        let line = rx.recv_timeout(WAIT).expect("the start-up log");
+        if line["message"] == "config warning" {
+            warned = Some(line.clone());
+        }
+        if line["message"] == "poolserve is up" {
+            break;
+        }
+    }
+    let warned = warned.expect("a config warning at start");
+    assert_eq!(warned["level"], "WARN", "{warned}");
+    assert_eq!(warned["field"], "admin.listen", "{warned}");
+    assert_eq!(send_signal("TERM", child.id()), 0);
+    assert_eq!(wait_exit(child).code(), Some(0));
+}
+
 /// Starts the binary on a config with port 0 everywhere and reads the bound addresses from its
 /// JSON log lines.
 fn spawn(config: &std::path::Path) -> (Child, SocketAddr, mpsc::Receiver<serde_json::Value>) {

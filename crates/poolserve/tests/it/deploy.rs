@@ -1,6 +1,7 @@
 //! The Kubernetes manifest in deploy/ agrees with poolserve: its embedded config passes
-//! `poolserve --check`, the probes point at the admin endpoint's `/livez` and `/readyz` and at
-//! the gRPC server, the ports are the config's, and the grace period outlasts the drain.
+//! `poolserve --check` without a warning, the admin token is a file a Secret mounts, the probes
+//! point at the admin endpoint's `/livez` and `/readyz` and at the gRPC server, the ports are
+//! the config's, the Service leaves the admin port out, and the grace period outlasts the drain.
 //! (The manifest is read with PyYAML from the test venv that scripts/test installs.)
 
 use std::path::PathBuf;
@@ -41,6 +42,22 @@ fn the_kubernetes_manifest_matches_the_config_it_carries() {
     );
     let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
 
+    // The admin token is read from a file a Secret mounts; here a file of our own stands in.
+    let token_file = m["admin_token_file"]
+        .as_str()
+        .expect("the admin token comes from a file");
+    assert!(
+        m["secret_files"][token_file].is_array(),
+        "{token_file} is not a file a Secret mounts: {}",
+        m["secret_files"]
+    );
+    let stand_in = dir.join("admin-token");
+    std::fs::write(&stand_in, "a-token\n").unwrap();
+    let config = std::fs::read_to_string(&toml).unwrap().replace(
+        &format!("{token_file:?}"),
+        &format!("{:?}", stand_in.display().to_string()),
+    );
+    std::fs::write(&toml, config).unwrap();
     let check = Command::new(BIN)
         .arg("--check")
         .arg(&toml)
@@ -50,6 +67,11 @@ fn the_kubernetes_manifest_matches_the_config_it_carries() {
         check.status.code(),
         Some(0),
         "the embedded config is refused: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(
+        check.stderr.is_empty(),
+        "the embedded config is warned about: {}",
         String::from_utf8_lossy(&check.stderr)
     );
     let admin = m["admin_port"].as_u64().unwrap();
@@ -76,9 +98,15 @@ fn the_kubernetes_manifest_matches_the_config_it_carries() {
         assert!(ports.contains(&server[1].as_u64().unwrap()), "{server}");
     }
     assert!(ports.contains(&admin));
+    // The Service publishes every server and not the admin endpoint (PATCH changes limits).
     let targets = m["service_targets"].as_array().unwrap();
-    for name in m["container_ports"].as_object().unwrap().keys() {
-        assert!(targets.iter().any(|t| t == name), "Service misses {name}");
+    for (name, port) in m["container_ports"].as_object().unwrap() {
+        let published = targets.iter().any(|t| t == name);
+        if port.as_u64() == Some(admin) {
+            assert!(!published, "the Service publishes the admin port");
+        } else {
+            assert!(published, "Service misses {name}");
+        }
     }
     // The kubelet waits longer than poolserve's drain.
     let drain = humantime_secs(m["drain_timeout"].as_str().unwrap());

@@ -1,6 +1,6 @@
 """Reads deploy/kubernetes/poolserve.yaml and prints what the deploy test checks, as JSON: the
-embedded poolserve config (also written to OUT_TOML), the Deployment's probes, ports and grace
-period, and the Service's ports.
+embedded poolserve config (also written to OUT_TOML), the Deployment's probes, ports, grace
+period and the files its Secret volumes mount, and the Service's ports.
 
     k8s_manifest.py MANIFEST OUT_TOML
 """
@@ -29,9 +29,23 @@ def probe(name):
     return {"grpc": p["grpc"]["port"]}
 
 
+volumes = {v["name"]: v for v in pod.get("volumes", [])}
+# Every file a Secret volume puts in the container: path -> [secret name, key].
+secret_files = {}
+for mount in container.get("volumeMounts", []):
+    secret = volumes.get(mount["name"], {}).get("secret")
+    if secret is None:
+        continue
+    for item in secret.get("items", []):
+        path = mount["mountPath"].rstrip("/") + "/" + item["path"]
+        secret_files[path] = [secret["secretName"], item["key"]]
+
+
 print(json.dumps({
     "drain_timeout": config["drain_timeout"],
     "admin_port": int(config["admin"]["listen"].rsplit(":", 1)[1]),
+    "admin_token_file": config["admin"].get("token_file"),
+    "secret_files": secret_files,
     "servers": {s["name"]: [s["protocol"], int(s["listen"].rsplit(":", 1)[1])] for s in config["server"]},
     "grace_seconds": pod["terminationGracePeriodSeconds"],
     "container_ports": ports,

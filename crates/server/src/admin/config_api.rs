@@ -10,6 +10,7 @@ use poolserve_pool::{ConfigChange, FieldError, PoolSettings};
 use serde::Serialize;
 
 use super::state::AdminState;
+use crate::config::ADMIN_POOL;
 
 /// The `/config` document: the config file's shape, in JSON, with each pool's settings as in
 /// force now (after any live change).
@@ -32,6 +33,10 @@ pub struct AdminDocument {
     pub listen: String,
     /// Whether a bearer token is required.
     pub token_required: bool,
+    /// Whether the probes (`/livez`, `/readyz`) need the token too.
+    pub probes_need_token: bool,
+    /// The admin endpoint's pool settings in force, every field filled in.
+    pub pool: PoolSettings,
 }
 
 /// The log section of `/config`.
@@ -93,6 +98,12 @@ pub fn config_document(state: &AdminState) -> ConfigDocument {
         admin: AdminDocument {
             listen: run.admin_listen.to_string(),
             token_required: state.token.is_some(),
+            probes_need_token: state.probes_need_token,
+            pool: state
+                .registry
+                .get(ADMIN_POOL)
+                .map(|p| p.config().to_settings())
+                .unwrap_or_else(|| run.admin_pool.to_settings()),
         },
         log: LogDocument {
             level: run.log.level.clone(),

@@ -1,56 +1,49 @@
 //! The admin router and the endpoint that serves it.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
-use axum::extract::{Request, State};
+use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch};
 use axum::{Json, Router};
+use poolserve_pool::{CloseReport, Pool, PoolConfig};
 use serde::Serialize;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use super::state::{AdminState, HealthDocument};
-use super::{config_api, events, openapi, prometheus};
+use super::{auth, config_api, events, openapi, prometheus};
+use crate::config::ADMIN_POOL;
+use crate::protocol::Protocol;
+use crate::server::{Server, ServerError, ServerOptions};
+use crate::transport::policy::ServerPolicy;
 
-/// The admin router, for mounting or serving.
+/// The admin router, for mounting or serving. Every path needs the token when one is set,
+/// except the probes (`/livez`, `/readyz`) unless `probes_need_token`.
 pub fn router(state: AdminState) -> Router {
-    Router::new()
+    let token = middleware::from_fn_with_state(state.clone(), auth::require_token);
+    let probes = Router::new()
+        .route("/livez", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz));
+    let probes = if state.probes_need_token {
+        probes.route_layer(token.clone())
+    } else {
+        probes
+    };
+    let guarded = Router::new()
         .route("/", get(dashboard))
         .route("/stats", get(stats))
         .route("/metrics", get(metrics))
         .route("/health", get(health))
-        .route("/livez", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
         .route("/config", get(config_api::get_config))
         .route("/servers/{name}/pool", patch(config_api::patch_pool))
         .route("/events", get(events::events))
         .route("/openapi.json", get(|| async { Json(openapi::document()) }))
-        .layer(middleware::from_fn_with_state(state.clone(), require_token))
-        .with_state(state)
-}
-
-async fn require_token(State(state): State<AdminState>, req: Request, next: Next) -> Response {
-    if let Some(token) = &state.token {
-        let presented = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if presented != Some(&**token) {
-            let mut res =
-                (StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n").into_response();
-            res.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"poolserve-admin\""),
-            );
-            return res;
-        }
-    }
-    next.run(req).await
+        // Also the fallback: an unknown path without the token is a 401, not a 404.
+        .layer(token);
+    probes.merge(guarded).with_state(state)
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {
@@ -106,48 +99,60 @@ async fn readyz(State(state): State<AdminState>) -> Response {
     }
 }
 
-/// A running admin endpoint.
+/// A running admin endpoint: a plain-HTTP server of its own pool ([`ADMIN_POOL`]), so its
+/// connections are admitted, timed out and drained like any server's.
 #[derive(Debug)]
 pub struct AdminServer {
-    local_addr: SocketAddr,
-    stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    server: Server,
+    streams_end: watch::Sender<bool>,
 }
 
 impl AdminServer {
-    /// Binds `listen` and serves the admin router.
-    pub async fn start(listen: SocketAddr, state: AdminState) -> std::io::Result<AdminServer> {
-        let listener = TcpListener::bind(listen).await?;
-        let local_addr = listener.local_addr()?;
-        let (stop, mut stopped) = watch::channel(false);
-        let app = router(state).layer(axum::Extension(events::StreamsEnd(stopped.clone())));
-        let task = tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            };
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                tracing::error!(error = %e, "admin endpoint failed");
-            }
-        });
-        tracing::info!(%local_addr, "admin endpoint listening");
+    /// Binds `listen` and serves the admin router under a pool with `pool`'s settings,
+    /// registered in `state`'s registry as [`ADMIN_POOL`].
+    pub async fn start(
+        listen: SocketAddr,
+        pool: PoolConfig,
+        state: AdminState,
+    ) -> Result<AdminServer, ServerError> {
+        if state.registry.get(ADMIN_POOL).is_some() {
+            return Err(ServerError::Registry(format!(
+                "a pool named {ADMIN_POOL:?} exists: the name is the admin endpoint's"
+            )));
+        }
+        let registry = state.registry.clone();
+        let (streams_end, stopped) = watch::channel(false);
+        let app = router(state).layer(axum::Extension(events::StreamsEnd(stopped)));
+        let options = ServerOptions {
+            name: ADMIN_POOL.to_owned(),
+            protocol: Protocol::Http,
+            listen,
+            tls: None,
+            pool,
+        };
+        let server = Server::start(&registry, options, app).await?;
+        tracing::info!(local_addr = %server.local_addr(), "admin endpoint listening");
         Ok(AdminServer {
-            local_addr,
-            stop,
-            task,
+            server,
+            streams_end,
         })
     }
 
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.server.local_addr()
     }
 
-    /// Stops the endpoint, letting requests in flight finish.
-    pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        let _ = self.task.await;
+    /// The endpoint's pool.
+    pub fn pool(&self) -> &Pool<ServerPolicy> {
+        self.server.pool()
+    }
+
+    /// Stops accepting, ends the event streams and drains within `deadline`: requests in
+    /// flight finish, what is still open at the deadline (a client that stopped reading) is
+    /// closed at once.
+    pub async fn shutdown(self, deadline: Duration) -> CloseReport {
+        let _ = self.streams_end.send(true);
+        self.server.shutdown(deadline).await
     }
 }

@@ -3,8 +3,10 @@
 //! own description at `/openapi.json`.
 //!
 //! Loopback by default; when a token is configured every request needs
-//! `Authorization: Bearer <token>`.
+//! `Authorization: Bearer <token>`, except the probes unless `probes_need_token`. The endpoint
+//! is a server of its own pool, bounded and drained like the others.
 
+mod auth;
 mod config_api;
 mod endpoint;
 mod events;

@@ -82,7 +82,7 @@ pub fn document() -> Value {
                 "responses": { "200": text("OpenMetrics text") }
             }},
             "/health": { "get": {
-                "summary": "The worst status and each pool's health",
+                "summary": "The worst status of the servers' pools and each pool's health, the admin endpoint's included",
                 "responses": { "200": { "description": "health", "content": { "application/json": { "schema": {
                     "type": "object",
                     "required": ["status", "pools"],
@@ -92,9 +92,12 @@ pub fn document() -> Value {
                     }
                 }}}}}
             }},
-            "/livez": { "get": { "summary": "200 while the process runs", "responses": { "200": text("ok") } } },
+            "/livez": { "get": {
+                "summary": "200 while the process runs; no token needed unless probes_need_token",
+                "responses": { "200": text("ok") }
+            }},
             "/readyz": { "get": {
-                "summary": "200 when every pool is healthy or degraded and the process is not draining",
+                "summary": "200 when every server's pool is healthy or degraded and the process is not draining; no token needed unless probes_need_token",
                 "responses": { "200": text("ready"), "503": text("not ready, naming the pools and why") }
             }},
             "/config": { "get": {

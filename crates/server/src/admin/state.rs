@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 use poolserve_pool::{Health, HealthStatus, PoolRegistry};
 use serde::Serialize;
 
-use crate::config::RunConfig;
+use crate::config::{RunConfig, ADMIN_POOL};
 
 /// What the admin endpoint reads.
 #[derive(Debug, Clone)]
@@ -18,6 +18,8 @@ pub struct AdminState {
     pub draining: Arc<AtomicBool>,
     /// Bearer token required on every request, if any.
     pub token: Option<Arc<str>>,
+    /// Whether the probes (`/livez`, `/readyz`) need the token too.
+    pub probes_need_token: bool,
     /// The running config (pool settings in it are as at start; `/config` reads live ones).
     pub config: Arc<RwLock<RunConfig>>,
 }
@@ -25,7 +27,9 @@ pub struct AdminState {
 /// The `/health` document (SPEC M).
 #[derive(Debug, Serialize)]
 pub struct HealthDocument {
-    /// The worst status of any pool (`unavailable` while the process drains).
+    /// The worst status of the servers' pools (`unavailable` while the process drains). The
+    /// admin endpoint's pool is listed but does not count: a busy admin port (or its own 503s
+    /// from `/readyz`) never takes traffic away from the servers.
     pub status: HealthStatus,
     /// Each pool's health, by name.
     pub pools: BTreeMap<String, Health>,
@@ -36,8 +40,9 @@ impl AdminState {
     pub fn health(&self) -> HealthDocument {
         let pools: BTreeMap<String, Health> = self.registry.health().into_iter().collect();
         let mut status = pools
-            .values()
-            .map(|h| h.status)
+            .iter()
+            .filter(|(name, _)| *name != ADMIN_POOL)
+            .map(|(_, h)| h.status)
             .max()
             .unwrap_or(HealthStatus::Healthy);
         if self.draining.load(Ordering::Relaxed) {
@@ -46,7 +51,8 @@ impl AdminState {
         HealthDocument { status, pools }
     }
 
-    /// Whether a load balancer should send this process traffic, and if not, why.
+    /// Whether a load balancer should send this process traffic, and if not, why: the
+    /// servers' pools decide, not the admin endpoint's.
     pub fn readiness(&self) -> Result<(), String> {
         if self.draining.load(Ordering::Relaxed) {
             return Err("draining".into());
@@ -55,7 +61,7 @@ impl AdminState {
             .registry
             .health()
             .into_iter()
-            .filter(|(_, h)| !h.status.is_ready())
+            .filter(|(name, h)| name != ADMIN_POOL && !h.status.is_ready())
             .map(|(name, h)| format!("{name}: {} ({})", h.status, h.message))
             .collect();
         if not_ready.is_empty() {

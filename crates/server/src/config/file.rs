@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use poolserve_pool::{FieldError, PoolConfig, PoolSettings};
@@ -16,6 +16,20 @@ use crate::transport::tls::TlsFiles;
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 /// How long shutdown waits for in-flight work by default.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// The name of the admin endpoint's own pool (in `/health` and `/metrics`); no server may take it.
+pub const ADMIN_POOL: &str = "admin";
+
+/// The admin endpoint's pool settings when `[admin.pool]` leaves them out: a few connections
+/// and short timeouts, so a client that holds admin connections open runs out of room there,
+/// not out of the process's file descriptors.
+pub fn default_admin_pool() -> PoolConfig {
+    PoolConfig {
+        max_connections: Some(64),
+        headers_timeout: Duration::from_secs(5),
+        request_timeout: Duration::from_secs(10),
+        ..PoolConfig::default()
+    }
+}
 
 /// The file as written.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -40,6 +54,12 @@ pub struct AdminSection {
     pub listen: Option<String>,
     /// Bearer token every admin request must carry.
     pub token: Option<String>,
+    /// A file holding the token (a mounted secret), instead of `token`.
+    pub token_file: Option<PathBuf>,
+    /// Whether `/livez` and `/readyz` need the token too (default: they do not).
+    pub probes_need_token: Option<bool>,
+    /// The admin endpoint's pool settings, over [`default_admin_pool`].
+    pub pool: Option<PoolSettings>,
 }
 
 /// `[log]`.
@@ -100,6 +120,10 @@ pub struct RunConfig {
     pub admin_listen: SocketAddr,
     /// Admin bearer token.
     pub admin_token: Option<String>,
+    /// Whether the probes (`/livez`, `/readyz`) need the admin token too.
+    pub admin_probes_need_token: bool,
+    /// The admin endpoint's pool.
+    pub admin_pool: PoolConfig,
     /// Shutdown drain deadline.
     pub drain_timeout: Duration,
     /// Logging.
@@ -180,6 +204,8 @@ impl RunConfig {
         RunConfig {
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             admin_token: None,
+            admin_probes_need_token: false,
+            admin_pool: default_admin_pool(),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             log: LogConfig {
                 level: "info".into(),
@@ -193,6 +219,21 @@ impl RunConfig {
                 spec("live", Protocol::Ws, 3001),
             ],
         }
+    }
+
+    /// What is valid but likely a mistake, for `--check` and the start-up log: an admin
+    /// endpoint other hosts can reach with no token.
+    pub fn warnings(&self) -> Vec<FieldError> {
+        let mut warnings = Vec::new();
+        if self.admin_token.is_none() && !self.admin_listen.ip().to_canonical().is_loopback() {
+            warnings.push(field_error(
+                "admin.listen",
+                self.admin_listen,
+                "not a loopback address, and no admin.token or admin.token_file: anyone who \
+                 reaches it can read every pool and change its limits",
+            ));
+        }
+        warnings
     }
 }
 
@@ -219,6 +260,46 @@ impl FileConfig {
                 ));
             }
         }
+        let admin_token = match (&admin.token, &admin.token_file) {
+            (Some(_), Some(path)) => {
+                errors.push(field_error(
+                    "admin.token_file",
+                    format!("{:?}", path.display().to_string()),
+                    "admin.token is set too: give one of them",
+                ));
+                None
+            }
+            (token, None) => token.clone(),
+            (None, Some(path)) => match std::fs::read_to_string(path) {
+                // A secret file often ends with a newline, which is not part of the token.
+                Ok(text) if !text.trim().is_empty() => Some(text.trim().to_owned()),
+                Ok(_) => {
+                    errors.push(field_error(
+                        "admin.token_file",
+                        format!("{:?}", path.display().to_string()),
+                        "the file is empty",
+                    ));
+                    None
+                }
+                Err(e) => {
+                    errors.push(field_error(
+                        "admin.token_file",
+                        format!("{:?}", path.display().to_string()),
+                        format!("cannot read: {e}"),
+                    ));
+                    None
+                }
+            },
+        };
+        let admin_pool = match default_admin_pool()
+            .apply(&admin.pool.clone().unwrap_or_default(), "admin.pool.")
+        {
+            Ok((pool, _)) => pool,
+            Err(e) => {
+                errors.extend(e.0);
+                default_admin_pool()
+            }
+        };
         let drain_timeout = match &self.drain_timeout {
             None => DEFAULT_DRAIN_TIMEOUT,
             Some(raw) => match humantime::parse_duration(raw.trim()) {
@@ -265,6 +346,12 @@ impl FileConfig {
                     format!("{at}.name"),
                     "\"\"",
                     "must not be empty",
+                ));
+            } else if s.name == ADMIN_POOL {
+                errors.push(field_error(
+                    format!("{at}.name"),
+                    format!("{:?}", s.name),
+                    "reserved for the admin endpoint's pool",
                 ));
             } else if !names.insert(s.name.clone()) {
                 errors.push(field_error(
@@ -357,7 +444,9 @@ impl FileConfig {
         if errors.is_empty() {
             Ok(RunConfig {
                 admin_listen,
-                admin_token: admin.token,
+                admin_token,
+                admin_probes_need_token: admin.probes_need_token.unwrap_or(false),
+                admin_pool,
                 drain_timeout,
                 log,
                 servers,
@@ -505,5 +594,87 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("max_conns"), "{err}");
+    }
+
+    #[test]
+    fn the_admin_section_takes_a_token_file_the_probe_rule_and_a_pool() {
+        let dir = std::env::temp_dir().join(format!("poolserve-admin-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret = dir.join("token");
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        let text = format!(
+            "[admin]\nlisten = \"0.0.0.0:9090\"\ntoken_file = {:?}\nprobes_need_token = true\n\
+             [admin.pool]\nmax_connections = 8\nheaders_timeout = \"1s\"\n\
+             [[server]]\nname = \"web\"\nprotocol = \"http\"\nlisten = \"127.0.0.1:0\"\n",
+            secret.display().to_string()
+        );
+        let cfg = RunConfig::from_toml(&text).unwrap();
+        assert_eq!(
+            cfg.admin_token.as_deref(),
+            Some("s3cret"),
+            "newline trimmed"
+        );
+        assert!(cfg.admin_probes_need_token);
+        assert_eq!(cfg.admin_pool.max_connections, Some(8));
+        assert_eq!(cfg.admin_pool.headers_timeout, Duration::from_secs(1));
+        assert_eq!(
+            cfg.admin_pool.request_timeout,
+            default_admin_pool().request_timeout
+        );
+        assert!(cfg.warnings().is_empty(), "a token is set");
+
+        let defaults = RunConfig::from_toml(
+            "[[server]]\nname = \"web\"\nprotocol = \"http\"\nlisten = \"127.0.0.1:0\"\n",
+        )
+        .unwrap();
+        assert!(!defaults.admin_probes_need_token);
+        assert_eq!(defaults.admin_pool, default_admin_pool());
+        assert!(defaults.warnings().is_empty(), "loopback");
+
+        let err = RunConfig::from_toml(&format!(
+            "[admin]\ntoken = \"a\"\ntoken_file = {:?}\n[admin.pool]\nmax_connections = 0\n\
+             [[server]]\nname = \"admin\"\nprotocol = \"http\"\nlisten = \"127.0.0.1:0\"\n",
+            dir.join("missing").display().to_string()
+        ))
+        .unwrap_err();
+        let fields: Vec<_> = err.0.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "admin.token_file",
+                "admin.pool.max_connections",
+                "server[0] (admin).name"
+            ],
+            "{err}"
+        );
+        std::fs::write(&secret, " \n").unwrap();
+        let err = RunConfig::from_toml(&text).unwrap_err();
+        assert!(err.to_string().contains("the file is empty"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_admin_endpoint_off_loopback_without_a_token_is_warned_about() {
+        let at = |listen: &str| {
+            RunConfig::from_toml(&format!(
+                "[admin]\nlisten = \"{listen}\"\n\
+                 [[server]]\nname = \"web\"\nprotocol = \"http\"\nlisten = \"127.0.0.1:0\"\n"
+            ))
+            .unwrap()
+            .warnings()
+        };
+        for open in ["0.0.0.0:9090", "10.1.2.3:9090", "[::]:9090"] {
+            let w = at(open);
+            assert_eq!(w.len(), 1, "{open}");
+            assert_eq!(w[0].field, "admin.listen");
+        }
+        for closed in [
+            "127.0.0.1:9090",
+            "127.0.0.2:9090",
+            "[::1]:9090",
+            "[::ffff:127.0.0.1]:9090",
+        ] {
+            assert!(at(closed).is_empty(), "{closed}");
+        }
     }
 }

@@ -4,8 +4,8 @@ mod file;
 mod reload;
 
 pub use file::{
-    AdminSection, ConfigFileError, FileConfig, LogConfig, LogSection, RunConfig, ServerSection,
-    ServerSpec, DEFAULT_ADMIN_LISTEN, DEFAULT_DRAIN_TIMEOUT,
+    default_admin_pool, AdminSection, ConfigFileError, FileConfig, LogConfig, LogSection,
+    RunConfig, ServerSection, ServerSpec, ADMIN_POOL, DEFAULT_ADMIN_LISTEN, DEFAULT_DRAIN_TIMEOUT,
 };
 pub(crate) use reload::apply as apply_reload;
 pub use reload::{ReloadError, ReloadReport};

@@ -1,15 +1,15 @@
 //! Applying a new config file to a running process: what can change live does, at once (pool
-//! settings, the drain deadline, a new certificate in a server's certificate files, servers
-//! added and removed); what cannot (a server moved to another address or protocol, or given
-//! other certificate files; the admin endpoint; logging) is reported and waits for the next
-//! start. All or nothing: a file with a pool setting or a certificate that would be refused
+//! settings, the admin endpoint's among them, the drain deadline, a new certificate in a
+//! server's certificate files, servers added and removed); what cannot (a server moved to
+//! another address or protocol, or given other certificate files; the admin endpoint's address,
+//! token and probe rule; logging) is reported and waits for the next start. All or nothing: a file with a pool setting or a certificate that would be refused
 //! changes nothing.
 
 use std::sync::{Arc, RwLock};
 
 use poolserve_pool::{ConfigChange, FieldError, PoolRegistry};
 
-use super::file::{RunConfig, ServerSpec};
+use super::file::{RunConfig, ServerSpec, ADMIN_POOL};
 use crate::server::Server;
 use crate::transport::tls::{PemPair, ServerCert};
 
@@ -69,6 +69,14 @@ pub(crate) fn apply(
     let mut errors = Vec::new();
     let mut changes = ServerChanges::default();
     for spec in &next.servers {
+        if spec.name == ADMIN_POOL {
+            errors.push(FieldError {
+                field: format!("server[{}].name", spec.name),
+                value: format!("{:?}", spec.name),
+                reason: "reserved for the admin endpoint's pool".into(),
+            });
+            continue;
+        }
         let Some(old) = current.servers.iter().find(|s| s.name == spec.name) else {
             // A new server: its certificate must load before anything is applied.
             let pem = match &spec.tls {
@@ -130,6 +138,17 @@ pub(crate) fn apply(
             })),
         }
     }
+    // The admin endpoint's pool takes its settings live like any other.
+    if let Some(pool) = registry.get(ADMIN_POOL) {
+        let patch = next.admin_pool.to_settings();
+        match pool.config().apply(&patch, "") {
+            Ok(_) => plan.push((ADMIN_POOL.to_owned(), pool, patch)),
+            Err(e) => errors.extend(e.0.into_iter().map(|f| FieldError {
+                field: format!("admin.pool.{}", f.field),
+                ..f
+            })),
+        }
+    }
     if !errors.is_empty() {
         return Err(ReloadError(errors));
     }
@@ -138,10 +157,13 @@ pub(crate) fn apply(
             changes.remove.push(old.name.clone());
         }
     }
-    if next.admin_listen != current.admin_listen || next.admin_token != current.admin_token {
+    if next.admin_listen != current.admin_listen
+        || next.admin_token != current.admin_token
+        || next.admin_probes_need_token != current.admin_probes_need_token
+    {
         report
             .not_applied
-            .push("admin listen or token changed: that takes a restart".into());
+            .push("admin listen, token or probes_need_token changed: that takes a restart".into());
     }
     if next.log != current.log {
         report
@@ -181,6 +203,7 @@ pub(crate) fn apply(
     }
     recorded.admin_listen = current.admin_listen;
     recorded.admin_token = current.admin_token.clone();
+    recorded.admin_probes_need_token = current.admin_probes_need_token;
     recorded.log = current.log.clone();
     *running.write().unwrap_or_else(|p| p.into_inner()) = recorded;
     Ok((report, changes))

@@ -5,13 +5,14 @@ use crate::support;
 
 use std::time::Duration;
 
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use poolserve_pool::PoolSettings;
 use support::*;
 
 #[tokio::test]
-async fn bearer_token_guards_every_admin_path() {
+async fn bearer_token_guards_every_admin_path_but_the_probes() {
     let h = start_full(
         PoolSettings::default(),
         Duration::from_secs(5),
@@ -21,8 +22,6 @@ async fn bearer_token_guards_every_admin_path() {
     for path in [
         "/metrics",
         "/health",
-        "/livez",
-        "/readyz",
         "/config",
         "/openapi.json",
         "/",
@@ -40,6 +39,12 @@ async fn bearer_token_guards_every_admin_path() {
             "{path}"
         );
     }
+    // Kubernetes probes carry no token: they answer without one.
+    for probe in ["/livez", "/readyz"] {
+        assert_eq!(admin_with(h.admin, probe, None).await.0, 200, "{probe}");
+    }
+    // An unknown path tells nothing without the token.
+    assert_eq!(admin_with(h.admin, "/nope", None).await.0, 401);
     let patch = r#"{"max_connections": 7}"#;
     let (status, _) = admin_send(h.admin, "PATCH", "/servers/web/pool", patch, None).await;
     assert_eq!(status, 401);
@@ -48,6 +53,172 @@ async fn bearer_token_guards_every_admin_path() {
     assert_eq!(status, 200);
     // The servers themselves are not behind the token.
     assert_eq!(get(h.http, "/").await.status(), 200);
+}
+
+#[tokio::test]
+async fn the_probes_need_the_token_when_configured_so() {
+    let h = start_tuned(PoolSettings::default(), Duration::from_secs(5), |c| {
+        c.admin_token = Some("s3cret".into());
+        c.admin_probes_need_token = true;
+    })
+    .await;
+    for probe in ["/livez", "/readyz"] {
+        assert_eq!(admin_with(h.admin, probe, None).await.0, 401, "{probe}");
+        assert_eq!(
+            admin_with(h.admin, probe, Some("s3cret")).await.0,
+            200,
+            "{probe}"
+        );
+    }
+    let (_, body) = admin_with(h.admin, "/config", Some("s3cret")).await;
+    let config: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(config["admin"]["probes_need_token"], true, "{body}");
+}
+
+/// RFC 7235: the auth scheme is case-insensitive, and one or more spaces follow it.
+#[tokio::test]
+async fn the_bearer_scheme_is_matched_in_any_case() {
+    let h = start_full(
+        PoolSettings::default(),
+        Duration::from_secs(5),
+        Some("s3cret"),
+    )
+    .await;
+    for scheme in ["Bearer ", "bearer ", "BEARER ", "bEaReR   "] {
+        let request = format!(
+            "GET /metrics HTTP/1.1\r\nhost: admin\r\nauthorization: {scheme}s3cret\r\nconnection: close\r\n\r\n"
+        );
+        let reply = raw_exchange(h.admin, request.as_bytes()).await;
+        assert!(reply.starts_with("HTTP/1.1 200"), "{scheme:?}: {reply}");
+    }
+    for wrong in [
+        "Basic s3cret",
+        "bearer s3cre",
+        "bearer s3cret2",
+        "Bearers3cret",
+    ] {
+        let request = format!(
+            "GET /metrics HTTP/1.1\r\nhost: admin\r\nauthorization: {wrong}\r\nconnection: close\r\n\r\n"
+        );
+        let reply = raw_exchange(h.admin, request.as_bytes()).await;
+        assert!(reply.starts_with("HTTP/1.1 401"), "{wrong:?}: {reply}");
+    }
+}
+
+/// A slowloris on the admin port: a connection that sends half a request head and holds it is
+/// closed by the admin pool's `headers_timeout`, counted like any server's.
+#[tokio::test]
+async fn a_half_sent_head_on_the_admin_port_is_cut_by_its_headers_timeout() {
+    let _timing = support::isolation::timing().await;
+    let h = start_tuned(PoolSettings::default(), Duration::from_secs(5), |c| {
+        c.admin_pool = c
+            .admin_pool
+            .apply(
+                &PoolSettings {
+                    headers_timeout: Some("500ms".into()),
+                    ..Default::default()
+                },
+                "",
+            )
+            .unwrap()
+            .0;
+    })
+    .await;
+    let mut slow = TcpStream::connect(h.admin).await.unwrap();
+    slow.write_all(b"GET /metrics HTTP/1.1\r\nhost: admin\r\n")
+        .await
+        .unwrap();
+    let sent = std::time::Instant::now();
+    read_to_close(&mut slow).await;
+    let held = sent.elapsed();
+    assert!(
+        held >= Duration::from_millis(400) && held < Duration::from_secs(5),
+        "closed after {held:?}"
+    );
+    assert_eq!(
+        metric(
+            h.admin,
+            "poolserve_timeouts_total",
+            "server=\"admin\",protocol=\"http\",kind=\"headers\""
+        )
+        .await,
+        1.0
+    );
+}
+
+/// The admin port has a connection cap: past it a connection gets the 503 at once instead of a
+/// file descriptor. Its pool is listed in `/health` but takes no part in readiness.
+#[tokio::test]
+async fn the_admin_port_refuses_past_its_cap_without_taking_readiness() {
+    let h = start_tuned(PoolSettings::default(), Duration::from_secs(5), |c| {
+        c.admin_pool.max_connections = Some(2);
+    })
+    .await;
+    let admin_pool = h.runtime.registry().get("admin").expect("the admin pool");
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut c = Client::connect(h.admin).await;
+        assert_eq!(c.get("/livez").await.status(), 200);
+        held.push(c);
+    }
+    let refused = raw_exchange(h.admin, b"GET /livez HTTP/1.1\r\nhost: admin\r\n\r\n").await;
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    assert_eq!(admin_pool.metrics().rejected, 1);
+    drop(held.pop());
+    wait_until("a free admin slot", || admin_pool.metrics().active < 2).await;
+    let health = health(h.admin).await;
+    let listed = &health["pools"]["admin"];
+    assert_eq!(listed["protocol"], "http", "{health}");
+    assert_eq!(listed["max_connections"], 2, "{health}");
+    assert_eq!(listed["rejected_connections"], 1, "{health}");
+    // A refusal in the window makes the admin pool overloaded; the servers are what readiness
+    // and the overall status follow.
+    assert_eq!(listed["status"], "overloaded", "{health}");
+    assert_eq!(health["status"], "healthy", "{health}");
+    // The connection that read /health is gone once the slot is free again.
+    wait_until("a free admin slot", || admin_pool.metrics().active < 2).await;
+    assert_eq!(admin(h.admin, "/readyz").await.0, 200);
+}
+
+/// A client that stops reading `/metrics` does not keep a drained process alive: the admin
+/// endpoint drains within what is left of the drain deadline, then closes what is still open.
+#[tokio::test]
+async fn shutdown_is_not_held_by_an_admin_client_that_stops_reading() {
+    let _timing = support::isolation::timing().await;
+    let drain = Duration::from_secs(1);
+    let h = start_with(PoolSettings::default(), drain).await;
+    let admin_pool = h.runtime.registry().get("admin").expect("the admin pool");
+    // Pipelined requests whose answers (tens of megabytes) outgrow every socket buffer.
+    let mut stuck = TcpStream::connect(h.admin).await.unwrap();
+    let requests = b"GET /metrics HTTP/1.1\r\nhost: admin\r\n\r\n".repeat(3000);
+    let writer = tokio::spawn(async move {
+        let _ = stuck.write_all(&requests).await;
+        // Held open, never read.
+        std::future::pending::<()>().await;
+        drop(stuck);
+    });
+    // A few megabytes fill the loopback socket buffers; the rest waits on the reader.
+    wait_until("the stuck reader's answers to pile up", || {
+        admin_pool.metrics().bytes_out > 1 << 20
+    })
+    .await;
+    // An idle kept-alive admin connection closes politely.
+    let mut idle = Client::connect(h.admin).await;
+    assert_eq!(idle.get("/livez").await.status(), 200);
+    let started = std::time::Instant::now();
+    let reports = tokio::time::timeout(WAIT, h.runtime.shutdown())
+        .await
+        .expect("shutdown finishes although an admin client stopped reading");
+    let took = started.elapsed();
+    assert!(took < drain + Duration::from_secs(4), "took {took:?}");
+    let (_, admin) = reports
+        .iter()
+        .find(|(name, _)| name == "admin")
+        .expect("a report for the admin pool");
+    assert_eq!(admin.forced, 1, "{reports:?}");
+    assert_eq!(admin.closed_politely, 1, "{reports:?}");
+    idle.closed().await;
+    writer.abort();
 }
 
 #[tokio::test]
@@ -123,6 +294,8 @@ async fn config_shows_the_running_settings_and_patch_changes_them_live() {
     assert_eq!(web["pool"]["max_connections"], 50);
     assert_eq!(web["pool"]["headers_timeout"], "10s");
     assert_eq!(config["admin"]["token_required"], false);
+    assert_eq!(config["admin"]["probes_need_token"], false);
+    assert_eq!(config["admin"]["pool"]["max_connections"], 64);
 
     let (status, body) = admin_send(
         h.admin,
@@ -148,6 +321,31 @@ async fn config_shows_the_running_settings_and_patch_changes_them_live() {
     assert_eq!(first.get("/").await.status(), 200);
     let refused = raw_exchange(h.http, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await;
     assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+}
+
+#[tokio::test]
+async fn a_reload_changes_the_admin_pool_live_and_keeps_its_name_reserved() {
+    let h = start(PoolSettings::default()).await;
+    let mut next = h.runtime.config();
+    next.admin_pool.max_connections = Some(3);
+    let report = h.runtime.reload(&next).await.unwrap();
+    let changed = report
+        .changed
+        .iter()
+        .find(|(name, _)| name == "admin")
+        .map(|(_, c)| c.iter().map(|c| c.field.as_str()).collect::<Vec<_>>());
+    assert_eq!(changed, Some(vec!["max_connections"]), "{report:?}");
+    let (_, body) = admin(h.admin, "/config").await;
+    let config: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(config["admin"]["pool"]["max_connections"], 3, "{body}");
+
+    let mut taken = h.runtime.config();
+    let mut spec = taken.servers[0].clone();
+    spec.name = "admin".into();
+    spec.listen.set_port(0);
+    taken.servers.push(spec);
+    let err = h.runtime.reload(&taken).await.unwrap_err();
+    assert_eq!(err.0[0].field, "server[admin].name", "{err}");
 }
 
 #[tokio::test]

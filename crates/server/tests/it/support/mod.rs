@@ -15,7 +15,7 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use poolserve_demo::routes as demo;
 use poolserve_pool::{PoolConfig, PoolEventKind, PoolSettings, Subscription};
-use poolserve_server::config::{LogConfig, RunConfig, ServerSpec};
+use poolserve_server::config::{default_admin_pool, LogConfig, RunConfig, ServerSpec};
 use poolserve_server::tls::{PemPair, TlsFiles};
 use poolserve_server::{Protocol, Runtime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -108,6 +108,19 @@ pub async fn start_full(
     drain_timeout: Duration,
     admin_token: Option<&str>,
 ) -> Harness {
+    start_tuned(settings, drain_timeout, |config| {
+        config.admin_token = admin_token.map(str::to_owned);
+    })
+    .await
+}
+
+/// Like [`start_with`], with `tune` changing the config before it starts (the admin section,
+/// say).
+pub async fn start_tuned(
+    settings: PoolSettings,
+    drain_timeout: Duration,
+    tune: impl FnOnce(&mut RunConfig),
+) -> Harness {
     let dir = TempDir::new();
     let pem = PemPair::self_signed().unwrap();
     let files = TlsFiles {
@@ -117,9 +130,11 @@ pub async fn start_full(
     std::fs::write(&files.cert, &pem.cert_pem).unwrap();
     std::fs::write(&files.key, &pem.key_pem).unwrap();
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let config = RunConfig {
+    let mut config = RunConfig {
         admin_listen: any,
-        admin_token: admin_token.map(str::to_owned),
+        admin_token: None,
+        admin_probes_need_token: false,
+        admin_pool: default_admin_pool(),
         drain_timeout,
         log: LogConfig {
             level: "info".into(),
@@ -184,6 +199,7 @@ pub async fn start_full(
             },
         ],
     };
+    tune(&mut config);
     let runtime =
         Runtime::start_with_grpc(&config, demo::service(), poolserve_demo::grpc::services())
             .await
