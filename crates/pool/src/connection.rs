@@ -542,6 +542,12 @@ impl ConnectionTracker {
     pub fn activity(&self) -> Activity {
         self.shared.activity()
     }
+
+    /// The pool's config and stage, to follow live changes of a setting the protocol code
+    /// applies itself (a WebSocket heartbeat's interval).
+    pub fn control(&self) -> tokio::sync::watch::Receiver<crate::core::ControlState> {
+        self.shared.core.control.subscribe()
+    }
 }
 
 /// `RequestTracker::response_after` before a streamed response's head.

@@ -438,3 +438,28 @@ async fn a_tcp_probe_or_a_refused_plain_request_releases_its_slot_at_once() {
     })
     .await;
 }
+
+/// `websocket.ping_interval` changed live reaches open connections at once: a connection
+/// accepted under a 60 s interval is pinged within a second of the change to 300 ms.
+#[tokio::test]
+async fn a_live_change_of_ping_interval_reaches_open_connections() {
+    let h = start(ws_settings(WebSocketSettings {
+        ping_interval: Some("60s".into()),
+        ..Default::default()
+    }))
+    .await;
+    let pool = h.runtime.server("live").unwrap().pool().clone();
+    let mut ws = connect(h.ws).await;
+    ws.send(Message::text("hi")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hi"));
+    pool.update_config(&ws_settings(WebSocketSettings {
+        ping_interval: Some("300ms".into()),
+        ..Default::default()
+    }))
+    .unwrap();
+    let ping = tokio::time::timeout(Duration::from_secs(3), ws.next())
+        .await
+        .expect("a ping after the change");
+    assert!(matches!(ping, Some(Ok(Message::Ping(_)))), "{ping:?}");
+    assert_eq!(pool.metrics().pings_sent, 1);
+}

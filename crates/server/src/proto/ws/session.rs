@@ -100,13 +100,12 @@ where
     let ws =
         WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
             .await;
-    echo(ws, &tracker, &config, close, asked_to_close).await
+    echo(ws, &tracker, close, asked_to_close).await
 }
 
 async fn echo<S>(
     ws: WebSocketStream<S>,
     tracker: &ConnectionTracker,
-    config: &PoolConfig,
     mut close: watch::Receiver<bool>,
     already_closing: bool,
 ) -> Result<(), WsError>
@@ -116,7 +115,10 @@ where
     // One stream for both directions: `select!` drops the pending read before a branch body
     // writes, so no split (and no lock per message) is needed.
     let mut ws = ws;
-    let ping_interval = config.websocket.ping_interval;
+    // The heartbeat follows `websocket.ping_interval` live: a change re-arms it at once.
+    let mut control = tracker.control();
+    let mut ping_interval = control.borrow_and_update().config.websocket.ping_interval;
+    let mut following = true;
     let heartbeat = tokio::time::sleep_until(Instant::now() + ping_interval);
     tokio::pin!(heartbeat);
     let send_failed = |e: WsProtocolError| match e {
@@ -137,6 +139,18 @@ where
                 closing = true;
                 if changed.is_ok() {
                     going_away(&mut ws, tracker).await;
+                }
+            }
+            changed = control.changed(), if following => {
+                if changed.is_err() {
+                    following = false;
+                    continue;
+                }
+                let interval = control.borrow_and_update().config.websocket.ping_interval;
+                if interval != ping_interval {
+                    ping_interval = interval;
+                    let last = tracker.activity().last_message;
+                    heartbeat.as_mut().reset(last + ping_interval);
                 }
             }
             next = ws.next() => {
