@@ -53,6 +53,8 @@ pub struct Activity {
     pub last_message: Instant,
     /// Since when a heartbeat ping is unanswered, if one is.
     pub ping_outstanding_since: Option<Instant>,
+    /// Since when a close sent on an upgraded connection is unanswered, if one is.
+    pub close_sent_since: Option<Instant>,
     /// Whether the connection switched protocols (an HTTP/1 upgrade).
     pub upgraded: bool,
     /// Whether the connection multiplexes requests as streams (HTTP/2).
@@ -72,6 +74,7 @@ impl Activity {
             closing: false,
             last_message: at,
             ping_outstanding_since: None,
+            close_sent_since: None,
             upgraded: false,
             multiplexed: false,
         }

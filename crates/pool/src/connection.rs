@@ -62,6 +62,9 @@ pub(crate) struct ConnectionShared {
     driver_task: Mutex<Option<Waker>>,
     /// Nanoseconds since the pool's origin of the last message either way (message protocols).
     last_message: AtomicU64,
+    /// Nanoseconds since the pool's origin plus one of a close sent on an upgraded connection
+    /// that the peer has yet to answer; 0 = none.
+    close_sent_since: AtomicU64,
     pub id: ConnectionId,
     pub opened_at: Instant,
     pub peer: Option<SocketAddr>,
@@ -87,6 +90,7 @@ impl ConnectionShared {
             last_read: AtomicU64::new(since),
             last_message: AtomicU64::new(since),
             ping_outstanding_since: AtomicU64::new(0),
+            close_sent_since: AtomicU64::new(0),
             upgraded: AtomicBool::new(false),
             multiplexed: AtomicBool::new(false),
             closing: AtomicBool::new(false),
@@ -109,6 +113,7 @@ impl ConnectionShared {
             // ones by `keep_alive_timeout`, which can be earlier.
             | u32::from(self.requests.load(Ordering::Relaxed) > 0) << 12
             | u32::from(self.multiplexed.load(Ordering::Relaxed)) << 13
+            | u32::from(self.close_sent_since.load(Ordering::Relaxed) != 0) << 14
     }
 
     /// Registers the task driving the connection; `None` once the driver is done, so a
@@ -147,6 +152,7 @@ impl ConnectionShared {
     pub fn activity(&self) -> Activity {
         let blocked = self.write_blocked_since.load(Ordering::Relaxed);
         let ping = self.ping_outstanding_since.load(Ordering::Relaxed);
+        let close = self.close_sent_since.load(Ordering::Relaxed);
         Activity {
             phase: Phase::from_u8(self.phase.load(Ordering::Relaxed)),
             phase_since: self.core.instant(self.phase_since.load(Ordering::Relaxed)),
@@ -156,6 +162,7 @@ impl ConnectionShared {
             write_blocked_since: (blocked != 0).then(|| self.core.instant(blocked - 1)),
             last_message: self.core.instant(self.last_message.load(Ordering::Relaxed)),
             ping_outstanding_since: (ping != 0).then(|| self.core.instant(ping - 1)),
+            close_sent_since: (close != 0).then(|| self.core.instant(close - 1)),
             upgraded: self.upgraded.load(Ordering::Relaxed),
             multiplexed: self.multiplexed.load(Ordering::Relaxed),
             closing: self.closing.load(Ordering::Relaxed),
@@ -164,6 +171,10 @@ impl ConnectionShared {
 
     pub fn is_multiplexed(&self) -> bool {
         self.multiplexed.load(Ordering::Relaxed)
+    }
+
+    pub fn is_upgraded(&self) -> bool {
+        self.upgraded.load(Ordering::Relaxed)
     }
 
     pub fn is_idle(&self) -> bool {
@@ -523,6 +534,19 @@ impl ConnectionTracker {
         if s.ping_outstanding_since.load(Ordering::Relaxed) == 0 {
             let at = s.core.now_nanos();
             s.ping_outstanding_since.store(at + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// A close was sent on an upgraded connection (a WebSocket close frame, or the pool asked
+    /// the handler that took it over to close): the peer must answer within the pong timeout.
+    pub fn close_sent(&self) {
+        let s = &self.shared;
+        if s.close_sent_since.load(Ordering::Relaxed) == 0 {
+            let at = s.core.now_nanos();
+            s.close_sent_since.store(at + 1, Ordering::Relaxed);
+            // Possibly from a handler's task: the driver must hear of the new bound.
+            s.request_pool_side_check();
+            Wake::wake_by_ref(s);
         }
     }
 

@@ -127,9 +127,10 @@ impl<C: ManagedConnection> PhaseTimer<'_, C> {
     #[inline(never)]
     fn recheck(&mut self, woken: bool, cx: &mut Context<'_>) -> Poll<Expiry> {
         // An HTTP/1 connection is shed between requests; a multiplexed one at once, as its
-        // polite close (GOAWAY) lets the streams in flight finish.
+        // polite close (GOAWAY) lets the streams in flight finish, and an upgraded one at once,
+        // as its polite close (WebSocket 1001) comes after the message in hand.
         if self.may_shed
-            && (self.conn.is_idle() || self.conn.is_multiplexed())
+            && (self.conn.is_idle() || self.conn.is_multiplexed() || self.conn.is_upgraded())
             && self.conn.try_claim_shed()
         {
             self.may_shed = false;

@@ -9,9 +9,10 @@
 //! for `keep_alive_timeout` (never more than `connection_timeout`), counted from when the last
 //! response went out to the peer; a response being produced or streamed is never cut.
 //!
-//! Upgraded: an unanswered heartbeat ping must be answered within `websocket.pong_timeout`, a
-//! connection with no message either way for `websocket.idle_timeout` (only when configured) is
-//! idle. A connection that exchanges messages is never idle.
+//! Upgraded: an unanswered heartbeat ping, and a close we sent, must be answered within
+//! `websocket.pong_timeout`; a connection with no message either way for
+//! `websocket.idle_timeout` (only when configured) is idle. A connection that exchanges messages
+//! is never idle.
 //!
 //! Both: a write the peer leaves unread for `connection_timeout` is a stall.
 
@@ -68,7 +69,11 @@ fn upgraded(a: &Activity, c: &PoolConfig) -> Option<(Instant, TimeoutKind)> {
     let idle = ws
         .idle_timeout
         .map(|idle| (a.last_message + idle, TimeoutKind::Idle));
-    earliest(pong, idle)
+    // A close we sent must be answered like a ping.
+    let close = a
+        .close_sent_since
+        .map(|since| (since + ws.pong_timeout, TimeoutKind::Pong));
+    earliest(earliest(pong, close), idle)
 }
 
 #[cfg(test)]

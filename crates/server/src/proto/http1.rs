@@ -108,7 +108,11 @@ where
     fn close_politely(mut self: Pin<&mut Self>) {
         match self.serving.as_mut() {
             Some(conn) => conn.as_mut().graceful_shutdown(),
-            None => self.link.ask_to_close(),
+            None => {
+                // The handler's goodbye and the peer's answer are bounded like a ping's.
+                self.tracker.close_sent();
+                self.link.ask_to_close();
+            }
         }
     }
 

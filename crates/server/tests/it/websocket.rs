@@ -463,3 +463,78 @@ async fn a_live_change_of_ping_interval_reaches_open_connections() {
     assert!(matches!(ping, Some(Ok(Message::Ping(_)))), "{ping:?}");
     assert_eq!(pool.metrics().pings_sent, 1);
 }
+
+/// A masked text frame "hi" as a client sends it (an all-zero mask), and the server's echo.
+const HI_FROM_CLIENT: &[u8] = &[0x81, 0x82, 0, 0, 0, 0, b'h', b'i'];
+const HI_ECHO: &[u8] = &[0x81, 0x02, b'h', b'i'];
+
+/// Connections that have exchanged messages are shed on a lowered limit like idle ones
+/// (close 1001 after the message in hand), and a shed peer that never answers the close is
+/// closed at `pong_timeout`.
+#[tokio::test]
+async fn lowering_the_limit_sheds_websockets_that_talked_and_bounds_their_close() {
+    let h = start(PoolSettings {
+        max_connections: Some(4),
+        websocket: Some(WebSocketSettings {
+            pong_timeout: Some("500ms".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await;
+    let pool = h.runtime.server("live").unwrap().pool().clone();
+    // Two clients that answer the close, two raw ones that never do; all four have talked.
+    let mut answering = Vec::new();
+    for _ in 0..2 {
+        let mut ws = connect(h.ws).await;
+        ws.send(Message::text("hi")).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hi"));
+        answering.push(ws);
+    }
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        let mut s = raw_upgrade(h.ws).await;
+        s.write_all(HI_FROM_CLIENT).await.unwrap();
+        let mut echo = [0u8; 4];
+        s.read_exact(&mut echo).await.unwrap();
+        assert_eq!(echo, HI_ECHO);
+        silent.push(s);
+    }
+    let mut events = h.runtime.registry().subscribe();
+    pool.update_config(&PoolSettings {
+        max_connections: Some(1),
+        ..Default::default()
+    })
+    .unwrap();
+    let mut readers = Vec::new();
+    for mut ws in answering {
+        readers.push(tokio::spawn(async move {
+            while let Some(Ok(m)) = ws.next().await {
+                if matches!(m, Message::Close(_)) {
+                    let _ = ws.close(None).await;
+                }
+            }
+        }));
+    }
+    let closes = wait_events(&mut events, 3, |k| {
+        matches!(k, PoolEventKind::ConnectionRemoved { .. })
+    })
+    .await;
+    let reasons: Vec<CloseReason> = closes
+        .into_iter()
+        .map(|e| match e {
+            PoolEventKind::ConnectionRemoved { reason, .. } => reason,
+            _ => unreachable!(),
+        })
+        .collect();
+    let unanswered = reasons
+        .iter()
+        .filter(|r| **r == CloseReason::Timeout(TimeoutKind::Pong))
+        .count();
+    assert!(unanswered >= 1, "{reasons:?}");
+    assert_eq!(pool.active_connections(), 1);
+    for r in readers {
+        r.abort();
+    }
+    drop(silent);
+}

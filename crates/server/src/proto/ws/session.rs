@@ -204,6 +204,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     tracker.close_code(1001);
+    tracker.close_sent();
     let frame = CloseFrame {
         code: CloseCode::Away,
         reason: "server going away".into(),
