@@ -129,6 +129,7 @@ async fn reload(servers: &Runtime, path: &std::path::Path, why: &'static str) {
                 changed,
                 added = ?report.servers_added,
                 removed = ?report.servers_removed,
+                replaced = ?report.servers_replaced,
                 certificates = ?report.certificates_replaced,
                 "config reloaded"
             );

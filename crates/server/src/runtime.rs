@@ -1,35 +1,56 @@
-//! A whole poolserve process: its servers, their pools, the admin endpoint and shutdown.
+//! A whole poolserve process: its servers, their pools, the admin endpoint, reload and
+//! shutdown.
+//!
+//! A reload applies whole or not at all, in two phases: first everything that can fail is
+//! prepared without touching what runs (every server to start gets its socket bound, or is
+//! promised the socket of a server it replaces on the same address, its certificate loaded, its
+//! pool and dispatch made); if anything fails, what was prepared is dropped and the reload is
+//! refused with every failing field. Then it commits: settings and certificates apply, the new
+//! servers start (one taking over a stopping server's socket takes it straight from that
+//! server's accept loop, so the address always has a listener), and the stopped servers drain.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
-use poolserve_pool::{CloseReport, PoolRegistry};
+use poolserve_pool::{CloseReport, FieldError, Pool, PoolRegistry};
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::admin::{AdminServer, AdminState};
 use crate::config::{ReloadError, ReloadReport, RunConfig, ServerSpec, ADMIN_POOL};
 use crate::http::{Handler, ResponseBody};
 use crate::proto::grpc::GrpcServices;
 use crate::protocol::Protocol;
-use crate::server::{Server, ServerError, ServerOptions};
+use crate::server::{Prepared, Server, ServerError, ServerOptions};
+use crate::transport::listener::{self, Listener};
+use crate::transport::policy::ServerPolicy;
 use crate::transport::tls::PemPair;
 
-type StartFuture = Pin<Box<dyn Future<Output = Result<Server, ServerError>> + Send>>;
-
-/// Starts one server of the runtime (its HTTP service or gRPC services captured), for servers
-/// a reload adds.
-type Starter = Arc<dyn Fn(Arc<PoolRegistry>, ServerOptions) -> StartFuture + Send + Sync>;
+/// Prepares one server of the runtime on a pool (its HTTP service or gRPC services captured).
+type Preparer =
+    Arc<dyn Fn(Pool<ServerPolicy>, ServerOptions) -> Result<Prepared, ServerError> + Send + Sync>;
 
 /// Running servers plus the admin endpoint, sharing one pool registry.
 pub struct Runtime {
     registry: Arc<PoolRegistry>,
     servers: RwLock<Vec<Arc<Server>>>,
-    starter: Starter,
+    preparer: Preparer,
     admin: AdminServer,
     draining: Arc<AtomicBool>,
     /// The running config, shared with the admin endpoint's `/config`.
     config: Arc<RwLock<RunConfig>>,
+    /// Held by a reload from its plan to its last change, so reloads never interleave.
+    reloading: tokio::sync::Mutex<()>,
+    /// The drains of servers a reload stopped; shutdown waits for them too. Dropping a handle
+    /// leaves its drain running.
+    stopped: std::sync::Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// Where the socket of a server a reload starts comes from.
+enum Socket {
+    /// Bound while preparing.
+    Bound(Listener),
+    /// Handed over at commit by the stopping server on the same address.
+    HandedOver(Arc<Server>),
 }
 
 /// Why a runtime could not start.
@@ -77,29 +98,29 @@ impl Runtime {
         let registry = Arc::new(PoolRegistry::new());
         // A Mutex makes the service shareable without asking it to be `Sync`.
         let service = std::sync::Mutex::new(service);
-        let starter: Starter = Arc::new(move |registry, options| {
-            let service = service.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            let grpc = grpc.clone();
-            Box::pin(async move {
-                if options.protocol == Protocol::Grpc {
-                    Server::start_grpc(&registry, options, grpc).await
-                } else {
-                    Server::start(&registry, options, service).await
-                }
-            })
+        let preparer: Preparer = Arc::new(move |pool, options| {
+            if options.protocol == Protocol::Grpc {
+                Server::prepare_grpc(pool, options, grpc.clone())
+            } else {
+                let service = service.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                Server::prepare(pool, options, service)
+            }
         });
         let mut servers = Vec::new();
         for spec in &config.servers {
+            let fail = |e| StartError::Server(spec.name.clone(), e);
             let tls = match &spec.tls {
-                Some(files) => Some(PemPair::from_files(files).map_err(|e| {
-                    StartError::Server(spec.name.clone(), ServerError::Tls(e.to_string()))
-                })?),
+                Some(files) => Some(
+                    PemPair::from_files(files)
+                        .map_err(|e| fail(ServerError::Tls(e.to_string())))?,
+                ),
                 None => None,
             };
-            let server = starter(registry.clone(), options(spec, tls))
+            let listener = listener::bind(spec.listen, &spec.pool)
                 .await
-                .map_err(|e| StartError::Server(spec.name.clone(), e))?;
-            servers.push(Arc::new(server));
+                .map_err(|e| fail(ServerError::Bind(spec.listen, e)))?;
+            let prepared = preparer(new_pool(&registry, spec), options(spec, tls)).map_err(fail)?;
+            servers.push(Arc::new(prepared.start(&registry, listener)));
         }
         let draining = Arc::new(AtomicBool::new(false));
         let running = Arc::new(RwLock::new(config.clone()));
@@ -122,55 +143,127 @@ impl Runtime {
         Ok(Runtime {
             registry,
             servers: RwLock::new(servers),
-            starter,
+            preparer,
             admin,
             draining,
             config: running,
+            reloading: tokio::sync::Mutex::new(()),
+            stopped: std::sync::Mutex::new(Vec::new()),
         })
     }
 
-    /// Applies a new config live: every server's pool settings and the drain deadline, a new
-    /// certificate found in a server's certificate files (all validated first: a refused field
-    /// changes nothing), servers added (started) and removed (drained while the others serve).
-    /// A server moved or given other certificate files, the admin endpoint and logging are
-    /// reported, not applied.
+    /// Applies a new config live, whole or not at all: every server's pool settings and the
+    /// drain deadline, a new certificate found in a server's certificate files, servers added
+    /// (started), removed (drained while the others serve) and replaced (a server whose
+    /// protocol, address or certificate files changed: a new server with a fresh pool starts
+    /// under its name, and the old one drains). A server started on the address of a server the
+    /// same reload stops takes over that server's listening socket. Anything refused (a
+    /// setting, a certificate, an address that cannot be bound) changes nothing and is named
+    /// in the error. The admin endpoint and logging are reported, not applied.
     pub async fn reload(&self, next: &RunConfig) -> Result<ReloadReport, ReloadError> {
+        let _one_at_a_time = self.reloading.lock().await;
         let servers = self.servers();
-        let (mut report, changes) =
-            crate::config::apply_reload(&self.registry, &servers, &self.config, next)?;
-        for (spec, tls) in changes.add {
-            match (self.starter)(self.registry.clone(), options(&spec, tls)).await {
-                Ok(server) => {
-                    tracing::info!(server = %spec.name, protocol = spec.protocol.as_str(), addr = %server.local_addr(), "server added");
-                    self.write_servers().push(Arc::new(server));
-                    self.write_config().servers.push(spec.clone());
-                    report.servers_added.push(spec.name);
+        let running = self.config();
+        let admin_pool: Arc<dyn poolserve_pool::PoolHandle> = Arc::new(self.admin.pool().clone());
+        let (mut plan, mut errors) =
+            crate::config::plan_reload(&servers, admin_pool, &running, next);
+
+        // Phase one: prepare every server to start; nothing that runs is touched.
+        let stopping: Vec<Arc<Server>> = servers
+            .iter()
+            .filter(|s| plan.stop.iter().any(|n| n == s.name()))
+            .cloned()
+            .collect();
+        let mut promised: Vec<&Arc<Server>> = Vec::new();
+        let mut ready = Vec::new();
+        for (spec, tls) in std::mem::take(&mut plan.start) {
+            let giver = stopping.iter().find(|s| {
+                s.local_addr() == spec.listen
+                    && s.is_accepting()
+                    && !promised.iter().any(|p| Arc::ptr_eq(p, s))
+            });
+            let socket = match giver {
+                Some(giver) => {
+                    promised.push(giver);
+                    Socket::HandedOver(giver.clone())
                 }
-                Err(e) => report
-                    .not_applied
-                    .push(format!("server {:?} could not start: {e}", spec.name)),
+                None => match listener::bind(spec.listen, &spec.pool).await {
+                    Ok(bound) => Socket::Bound(bound),
+                    Err(e) => {
+                        errors.push(bind_error(&spec, &e, &servers, &stopping));
+                        continue;
+                    }
+                },
+            };
+            match (self.preparer)(new_pool(&self.registry, &spec), options(&spec, tls)) {
+                Ok(prepared) => ready.push((spec, prepared, socket)),
+                Err(e) => errors.push(server_error(&spec, &e)),
             }
         }
-        let deadline = self.write_config().drain_timeout;
-        for name in changes.remove {
-            let removed = {
-                let mut servers = self.write_servers();
-                let at = servers.iter().position(|s| s.name() == name);
-                at.map(|i| servers.remove(i))
+        if !errors.is_empty() {
+            // Dropping what was prepared closes the sockets it bound; nothing of it ran.
+            return Err(ReloadError(errors));
+        }
+
+        // Phase two: commit.
+        let mut report = plan.apply_settings();
+        let mut recorded = crate::config::recorded_after_reload(&running, next);
+        let mut started = Vec::new();
+        for (spec, prepared, socket) in ready {
+            let listener = match socket {
+                Socket::Bound(bound) => bound,
+                Socket::HandedOver(giver) => match giver.hand_over().await {
+                    Some(handed) => handed,
+                    // The giver stopped accepting since it was planned (its pool was closed
+                    // from outside the runtime), which also freed the address.
+                    None => match listener::bind(spec.listen, &spec.pool).await {
+                        Ok(bound) => bound,
+                        Err(e) => {
+                            tracing::error!(server = %spec.name, addr = %spec.listen, error = %e, "server not started");
+                            report.not_applied.push(format!(
+                                "server {:?} could not start: cannot listen on {}: {e}",
+                                spec.name, spec.listen
+                            ));
+                            recorded.servers.retain(|s| s.name != spec.name);
+                            continue;
+                        }
+                    },
+                },
             };
-            self.write_config().servers.retain(|s| s.name != name);
-            if let Some(server) = removed {
-                tracing::info!(server = %name, "server removed; draining");
-                let registry = self.registry.clone();
-                // The others go on serving while this one drains; its pool leaves the registry
-                // (and the metrics) once it is empty.
-                tokio::spawn(async move {
-                    let report = server.drain(deadline).await;
-                    registry.remove(server.name());
-                    tracing::info!(server = %server.name(), polite = report.closed_politely, forced = report.forced, "removed server drained");
-                });
-                report.servers_removed.push(name);
+            let server = prepared.start(&self.registry, listener);
+            let replaced = plan.replaced.contains(&spec.name);
+            tracing::info!(server = %spec.name, protocol = spec.protocol.as_str(), addr = %server.local_addr(), replaced, "server started");
+            if replaced {
+                report.servers_replaced.push(spec.name.clone());
+            } else {
+                report.servers_added.push(spec.name.clone());
             }
+            started.push(Arc::new(server));
+        }
+        {
+            let mut servers = self.write_servers();
+            servers.retain(|s| !stopping.iter().any(|x| Arc::ptr_eq(x, s)));
+            servers.extend(started);
+        }
+        let deadline = recorded.drain_timeout;
+        *self.write_config() = recorded;
+        let mut drains = self.stopped.lock().unwrap_or_else(|p| p.into_inner());
+        drains.retain(|d| !d.is_finished());
+        for server in stopping {
+            // A replaced server's pool is already out of service: its successor's took the name.
+            self.registry.retire(server.pool());
+            if !plan.replaced.iter().any(|n| n == server.name()) {
+                report.servers_removed.push(server.name().to_owned());
+            }
+            tracing::info!(server = %server.name(), "server stopped; draining");
+            let registry = self.registry.clone();
+            // The others go on serving while this one drains; its pool stays listed in the
+            // metrics until it is empty, unless a new pool has its name.
+            drains.push(tokio::spawn(async move {
+                let report = server.drain(deadline).await;
+                registry.release(server.pool());
+                tracing::info!(server = %server.name(), polite = report.closed_politely, forced = report.forced, "stopped server drained");
+            }));
         }
         Ok(report)
     }
@@ -232,7 +325,7 @@ impl Runtime {
             .unwrap_or_else(|p| p.into_inner())
             .drain_timeout;
         tracing::info!(?deadline, "shutting down");
-        let mut draining = tokio::task::JoinSet::new();
+        let mut draining = JoinSet::new();
         let servers = std::mem::take(&mut *self.write_servers());
         for server in servers {
             let name = server.name().to_owned();
@@ -243,6 +336,11 @@ impl Runtime {
             if let Ok(report) = done {
                 reports.push(report);
             }
+        }
+        // Servers a reload stopped finish their own drain, begun earlier under its deadline.
+        let stopped = std::mem::take(&mut *self.stopped.lock().unwrap_or_else(|p| p.into_inner()));
+        for drain in stopped {
+            let _ = drain.await;
         }
         let left = deadline.saturating_sub(started.elapsed());
         reports.push((ADMIN_POOL.to_owned(), self.admin.shutdown(left).await));
@@ -260,6 +358,74 @@ impl std::fmt::Debug for Runtime {
             .field("servers", &self.servers)
             .field("admin", &self.admin)
             .finish_non_exhaustive()
+    }
+}
+
+/// A fresh pool for `spec`'s server, not yet in service.
+fn new_pool(registry: &PoolRegistry, spec: &ServerSpec) -> Pool<ServerPolicy> {
+    let policy = ServerPolicy {
+        protocol: spec.protocol,
+    };
+    registry.create(&spec.name, policy, spec.pool.clone())
+}
+
+/// Why `spec`'s address could not be bound, naming `server[NAME].listen`, and which running
+/// server holds that port, if one does: only a server this reload stops hands its socket
+/// over, and only to a server on exactly its address.
+fn bind_error(
+    spec: &ServerSpec,
+    e: &std::io::Error,
+    servers: &[Arc<Server>],
+    stopping: &[Arc<Server>],
+) -> FieldError {
+    let mut reason = format!("cannot listen: {e}");
+    let holder = servers
+        .iter()
+        .find(|s| s.local_addr().port() == spec.listen.port());
+    if let Some(holder) = holder {
+        let stops = stopping.iter().any(|s| Arc::ptr_eq(s, holder));
+        reason.push_str(&match (stops, holder.local_addr() == spec.listen) {
+            (true, false) => format!(
+                "; server {:?}, which this reload stops, listens on {}: only that exact address is handed over",
+                holder.name(),
+                holder.local_addr()
+            ),
+            (true, true) => format!(
+                "; the socket of server {:?} goes to another server of this reload",
+                holder.name()
+            ),
+            (false, _) => format!(
+                "; server {:?}, which this reload keeps, listens on {}",
+                holder.name(),
+                holder.local_addr()
+            ),
+        });
+    }
+    FieldError {
+        field: format!("server[{}].listen", spec.name),
+        value: spec.listen.to_string(),
+        reason,
+    }
+}
+
+/// Why `spec`'s server could not be prepared, as the field at fault.
+fn server_error(spec: &ServerSpec, e: &ServerError) -> FieldError {
+    let (field, value) = match e {
+        ServerError::Bind(addr, _) => ("listen", addr.to_string()),
+        ServerError::Tls(_) => (
+            "tls",
+            spec.tls.as_ref().map_or_else(
+                || "(self-signed)".to_owned(),
+                |files| files.cert.display().to_string(),
+            ),
+        ),
+        ServerError::Registry(_) => ("name", spec.name.clone()),
+        ServerError::Services(_) => ("protocol", spec.protocol.as_str().to_owned()),
+    };
+    FieldError {
+        field: format!("server[{}].{field}", spec.name),
+        value,
+        reason: e.to_string(),
     }
 }
 

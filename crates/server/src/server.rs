@@ -1,13 +1,16 @@
 //! A listening server: one socket, one protocol, one pool; and the single dispatch from a
 //! protocol (and the ALPN its TLS handshake negotiated) to the code that speaks it.
 
+use std::future::Future;
 use std::io;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use poolserve_pool::{ConnectionGuard, Pool, PoolConfig, PoolRegistry};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
@@ -15,7 +18,7 @@ use crate::http::{Handler, PlainHttp, RequestRules, ResponseBody};
 use crate::proto::grpc::{self, GrpcCall, GrpcRules, GrpcServices};
 use crate::proto::{http1, http2, ws};
 use crate::protocol::{Protocol, Wire};
-use crate::transport::listener::{self, Io, Launch, Negotiated, ServeConnection};
+use crate::transport::listener::{self, Io, Launch, Listener, Negotiated, ServeConnection};
 use crate::transport::policy::ServerPolicy;
 use crate::transport::tls::{PemPair, ServerCert, TlsError};
 
@@ -67,9 +70,68 @@ pub struct Server {
     protocol: Protocol,
     local_addr: SocketAddr,
     pool: Pool<ServerPolicy>,
-    /// Taken by the first shutdown.
-    accept: std::sync::Mutex<Option<JoinHandle<()>>>,
+    /// Taken by the first shutdown or hand-over.
+    accept: std::sync::Mutex<Option<Accepting>>,
     cert: Option<Arc<ServerCert>>,
+}
+
+/// A server's accept loop: it gives its listening socket back, still open, when `hand_over` is
+/// notified.
+#[derive(Debug)]
+struct Accepting {
+    task: JoinHandle<Option<Listener>>,
+    hand_over: Arc<Notify>,
+}
+
+/// A task that runs beside a server's accept loop for as long as the server serves.
+type Companion = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Starts a prepared server's accept loop on a listener.
+type StartAccepting = Box<dyn FnOnce(Listener, Arc<Notify>) -> JoinHandle<Option<Listener>> + Send>;
+
+/// A server built but not yet accepting: its TLS loaded, its pool and dispatch made. Nothing
+/// of it runs and the registry does not list its pool until [`Prepared::start`], so dropping it
+/// leaves no trace: what a reload can refuse is prepared first.
+pub(crate) struct Prepared {
+    name: String,
+    protocol: Protocol,
+    pool: Pool<ServerPolicy>,
+    cert: Option<Arc<ServerCert>>,
+    accept: StartAccepting,
+    companion: Option<Companion>,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("name", &self.name)
+            .field("protocol", &self.protocol)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Prepared {
+    /// Puts the pool in service in `registry` (retiring another pool of the same name) and
+    /// starts accepting on `listener`.
+    pub(crate) fn start(self, registry: &PoolRegistry, listener: Listener) -> Server {
+        let local_addr = listener.local_addr();
+        registry.insert(&self.pool);
+        self.pool.spawn_health_monitor();
+        if let Some(companion) = self.companion {
+            tokio::spawn(companion);
+        }
+        tracing::info!(server = %self.name, protocol = self.protocol.as_str(), %local_addr, "listening");
+        let hand_over = Arc::new(Notify::new());
+        let task = (self.accept)(listener, hand_over.clone());
+        Server {
+            name: self.name,
+            protocol: self.protocol,
+            local_addr,
+            pool: self.pool,
+            accept: std::sync::Mutex::new(Some(Accepting { task, hand_over })),
+            cert: self.cert,
+        }
+    }
 }
 
 impl Server {
@@ -86,20 +148,9 @@ impl Server {
         S: Handler<B>,
         B: ResponseBody,
     {
-        if options.protocol == Protocol::Grpc {
-            return Err(ServerError::Services(
-                "a grpc server takes GrpcServices (Server::start_grpc)".into(),
-            ));
-        }
-        let protocol = options.protocol;
-        Server::start_with(registry, options, |_| {
-            Ok(Dispatch::<_, _, PlainHttp>::new(
-                protocol,
-                service,
-                http2::keep_alive_interval,
-            ))
-        })
-        .await
+        let (listener, pool) = Server::bind_and_pool(registry, &options).await?;
+        let prepared = Server::prepare(pool, options, service)?;
+        Ok(prepared.start(registry, listener))
     }
 
     /// Binds a `grpc` listener and starts accepting, with `services` (plus health and
@@ -109,29 +160,85 @@ impl Server {
         options: ServerOptions,
         services: GrpcServices,
     ) -> Result<Server, ServerError> {
+        let (listener, pool) = Server::bind_and_pool(registry, &options).await?;
+        let prepared = Server::prepare_grpc(pool, options, services)?;
+        Ok(prepared.start(registry, listener))
+    }
+
+    /// Binds `options.listen` and takes the pool in service under the server's name (made if
+    /// there is none).
+    async fn bind_and_pool(
+        registry: &PoolRegistry,
+        options: &ServerOptions,
+    ) -> Result<(Listener, Pool<ServerPolicy>), ServerError> {
+        let listener = listener::bind(options.listen, &options.pool)
+            .await
+            .map_err(|e| ServerError::Bind(options.listen, e))?;
+        let pool = registry
+            .get_or_create(
+                &options.name,
+                ServerPolicy {
+                    protocol: options.protocol,
+                },
+                options.pool.clone(),
+            )
+            .map_err(|e| ServerError::Registry(e.to_string()))?;
+        Ok((listener, pool))
+    }
+
+    /// Prepares a server of `pool` with `service` answering every request; see [`Prepared`].
+    pub(crate) fn prepare<S, B>(
+        pool: Pool<ServerPolicy>,
+        options: ServerOptions,
+        service: S,
+    ) -> Result<Prepared, ServerError>
+    where
+        S: Handler<B>,
+        B: ResponseBody,
+    {
+        if options.protocol == Protocol::Grpc {
+            return Err(ServerError::Services(
+                "a grpc server takes GrpcServices (Server::start_grpc)".into(),
+            ));
+        }
+        let protocol = options.protocol;
+        Server::prepare_with(pool, options, |_| {
+            let dispatch =
+                Dispatch::<_, _, PlainHttp>::new(protocol, service, http2::keep_alive_interval);
+            Ok((dispatch, None))
+        })
+    }
+
+    /// Prepares a `grpc` server of `pool` with `services` (plus health and reflection)
+    /// answering every call under the pool's gRPC rules; see [`Prepared`].
+    pub(crate) fn prepare_grpc(
+        pool: Pool<ServerPolicy>,
+        options: ServerOptions,
+        services: GrpcServices,
+    ) -> Result<Prepared, ServerError> {
         if options.protocol != Protocol::Grpc {
             return Err(ServerError::Services(format!(
                 "gRPC services need a grpc server, not {}",
                 options.protocol.as_str()
             )));
         }
-        Server::start_with(registry, options, |pool| {
-            let routes = services.into_routes(pool).map_err(ServerError::Services)?;
-            Ok(Dispatch::<_, _, GrpcRules>::new(
+        Server::prepare_with(pool, options, |pool| {
+            let (routes, follow) = services.into_routes(pool).map_err(ServerError::Services)?;
+            let dispatch = Dispatch::<_, _, GrpcRules>::new(
                 Protocol::Grpc,
                 GrpcCall::new(routes, pool.clone()),
                 grpc::keep_alive_interval,
-            ))
+            );
+            Ok((dispatch, Some(Box::pin(follow) as Companion)))
         })
-        .await
     }
 
-    /// Binds, creates the pool, builds the dispatch for it and starts accepting.
-    async fn start_with<H: ServeConnection>(
-        registry: &PoolRegistry,
+    /// Loads TLS and builds the dispatch for `pool`, starting nothing.
+    fn prepare_with<H: ServeConnection>(
+        pool: Pool<ServerPolicy>,
         options: ServerOptions,
-        make_dispatch: impl FnOnce(&Pool<ServerPolicy>) -> Result<H, ServerError>,
-    ) -> Result<Server, ServerError> {
+        make_dispatch: impl FnOnce(&Pool<ServerPolicy>) -> Result<(H, Option<Companion>), ServerError>,
+    ) -> Result<Prepared, ServerError> {
         let protocol = options.protocol;
         let tls_error = |e: TlsError| ServerError::Tls(e.to_string());
         let pem = match options.tls {
@@ -149,38 +256,24 @@ impl Server {
             .map(|c| c.server_config(&protocol.alpn_ids()).map(TlsAcceptor::from))
             .transpose()
             .map_err(tls_error)?;
-        let listener = listener::bind(options.listen, &options.pool)
-            .await
-            .map_err(|e| ServerError::Bind(options.listen, e))?;
-        let local_addr = listener
-            .local_addr()
-            .map_err(|e| ServerError::Bind(options.listen, e))?;
-        let pool = registry
-            .get_or_create(
-                &options.name,
-                ServerPolicy { protocol },
-                options.pool.clone(),
-            )
-            .map_err(|e| ServerError::Registry(e.to_string()))?;
-        pool.spawn_health_monitor();
-        let dispatch = make_dispatch(&pool)?;
-        tracing::info!(server = %options.name, protocol = protocol.as_str(), %local_addr, "listening");
+        let (dispatch, companion) = make_dispatch(&pool)?;
         let refusal = protocol.refusal(tls.is_some());
-        let accept = tokio::spawn(listener::accept_loop(
-            listener,
-            pool.clone(),
-            tls,
-            refusal,
-            dispatch,
-            options.name.clone(),
-        ));
-        Ok(Server {
-            name: options.name,
+        let name = options.name;
+        let accept: StartAccepting = {
+            let (pool, name) = (pool.clone(), name.clone());
+            Box::new(move |listener, hand_over| {
+                tokio::spawn(listener::accept_loop(
+                    listener, hand_over, pool, tls, refusal, dispatch, name,
+                ))
+            })
+        };
+        Ok(Prepared {
+            name,
             protocol,
-            local_addr,
             pool,
-            accept: std::sync::Mutex::new(Some(accept)),
             cert,
+            accept,
+            companion,
         })
     }
 
@@ -209,6 +302,29 @@ impl Server {
         &self.pool
     }
 
+    /// Whether the accept loop still runs, and so holds the listening socket.
+    pub(crate) fn is_accepting(&self) -> bool {
+        self.accept
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|a| !a.task.is_finished())
+    }
+
+    /// Stops accepting and gives back the listening socket, still open, for the server taking
+    /// this one's place on its address: connections waiting in the socket's backlog go to the
+    /// new server, those already accepted go on under this one's pool. `None` when this server
+    /// no longer accepts.
+    pub(crate) async fn hand_over(&self) -> Option<Listener> {
+        let accepting = self
+            .accept
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()?;
+        accepting.hand_over.notify_one();
+        accepting.task.await.ok().flatten()
+    }
+
     /// Stops accepting and drains the pool within `deadline`; see [`Pool::close_all`].
     pub async fn shutdown(self, deadline: Duration) -> poolserve_pool::CloseReport {
         self.drain(deadline).await
@@ -220,7 +336,7 @@ impl Server {
         let report = self.pool.close_all(deadline).await;
         let accept = self.accept.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(accept) = accept {
-            let _ = accept.await;
+            let _ = accept.task.await;
         }
         report
     }

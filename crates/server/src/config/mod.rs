@@ -7,5 +7,5 @@ pub use file::{
     default_admin_pool, AdminSection, ConfigFileError, FileConfig, LogConfig, LogSection,
     RunConfig, ServerSection, ServerSpec, ADMIN_POOL, DEFAULT_ADMIN_LISTEN, DEFAULT_DRAIN_TIMEOUT,
 };
-pub(crate) use reload::apply as apply_reload;
+pub(crate) use reload::{plan as plan_reload, recorded as recorded_after_reload};
 pub use reload::{ReloadError, ReloadReport};

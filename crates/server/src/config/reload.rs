@@ -1,13 +1,17 @@
-//! Applying a new config file to a running process: what can change live does, at once (pool
-//! settings, the admin endpoint's among them, the drain deadline, a new certificate in a
-//! server's certificate files, servers added and removed); what cannot (a server moved to
-//! another address or protocol, or given other certificate files; the admin endpoint's address,
-//! token and probe rule; logging) is reported and waits for the next start. All or nothing: a file with a pool setting or a certificate that would be refused
-//! changes nothing.
+//! Applying a new config file to a running process, whole or not at all: pool settings, the
+//! drain deadline, a new certificate in a server's certificate files, servers added, removed
+//! and replaced (a server whose protocol, address or certificate files changed is stopped and
+//! started anew under its name), the admin endpoint's pool settings. What does not apply live
+//! (the admin endpoint's address, token and probe rule; logging) is reported and waits for the
+//! next start.
+//!
+//! This file checks a new config against what runs ([`plan`]) and applies the settings part of
+//! it ([`Plan::apply_settings`]); the runtime prepares the servers to start (binding their
+//! sockets) before anything applies, then starts and stops them.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
-use poolserve_pool::{ConfigChange, FieldError, PoolRegistry};
+use poolserve_pool::{ConfigChange, FieldError, PoolHandle, PoolSettings};
 
 use super::file::{RunConfig, ServerSpec, ADMIN_POOL};
 use crate::server::Server;
@@ -24,11 +28,16 @@ pub struct ReloadReport {
     pub servers_added: Vec<String>,
     /// Servers the file removed, now draining.
     pub servers_removed: Vec<String>,
+    /// Servers whose protocol, address or certificate files changed: a new server with a fresh
+    /// pool runs under the name (on the same socket when the address is the same) while the
+    /// old one drains.
+    pub servers_replaced: Vec<String>,
     /// Differences that need a restart, for people.
     pub not_applied: Vec<String>,
 }
 
-/// Why a reload changed nothing: every refused field, named `server[NAME].pool.FIELD`.
+/// Why a reload changed nothing: every refused field, named `server[NAME].FIELD` (a pool
+/// setting as `server[NAME].pool.FIELD`).
 #[derive(Debug)]
 pub struct ReloadError(pub Vec<FieldError>);
 
@@ -46,28 +55,35 @@ impl std::fmt::Display for ReloadError {
 
 impl std::error::Error for ReloadError {}
 
-/// What is left for the caller after [`apply`]: servers to start and to drain.
-#[derive(Debug, Default)]
-pub(crate) struct ServerChanges {
-    pub add: Vec<(ServerSpec, Option<PemPair>)>,
-    pub remove: Vec<String>,
+/// A new config checked against what runs: what applying it changes. Nothing of it has been
+/// applied.
+#[derive(Default)]
+pub(crate) struct Plan {
+    /// Pool settings for the servers kept, each validated against its pool.
+    patches: Vec<(String, Arc<dyn PoolHandle>, PoolSettings)>,
+    /// New certificates found in kept servers' certificate files, checked to load.
+    certificates: Vec<(String, Arc<ServerCert>, PemPair)>,
+    /// Servers to start, with their certificate loaded: new names and replaced servers.
+    pub start: Vec<(ServerSpec, Option<PemPair>)>,
+    /// Servers to stop: names the file no longer has, and the running side of each replaced
+    /// server.
+    pub stop: Vec<String>,
+    /// Names both stopped and started.
+    pub replaced: Vec<String>,
+    notes: Vec<String>,
 }
 
-/// Applies `next` to the pools of `registry` and records it as the running config, except the
-/// servers to add and remove, which it returns (their files checked) for the caller to start
-/// and drain.
-pub(crate) fn apply(
-    registry: &PoolRegistry,
+/// Checks `next` against the `running` config, `servers` and the admin endpoint's pool: the
+/// plan to apply it, and every field it refuses (a certificate that does not load, a pool
+/// setting the pool refuses, a server named like the admin endpoint's pool).
+pub(crate) fn plan(
     servers: &[Arc<Server>],
-    running: &Arc<RwLock<RunConfig>>,
+    admin_pool: Arc<dyn PoolHandle>,
+    running: &RunConfig,
     next: &RunConfig,
-) -> Result<(ReloadReport, ServerChanges), ReloadError> {
-    let current = running.read().unwrap_or_else(|p| p.into_inner()).clone();
-    let mut report = ReloadReport::default();
-    let mut plan = Vec::new();
-    let mut certificates = Vec::new();
+) -> (Plan, Vec<FieldError>) {
+    let mut plan = Plan::default();
     let mut errors = Vec::new();
-    let mut changes = ServerChanges::default();
     for spec in &next.servers {
         if spec.name == ADMIN_POOL {
             errors.push(FieldError {
@@ -77,45 +93,31 @@ pub(crate) fn apply(
             });
             continue;
         }
-        let Some(old) = current.servers.iter().find(|s| s.name == spec.name) else {
+        let server = servers.iter().find(|s| s.name() == spec.name);
+        let old = running.servers.iter().find(|s| s.name == spec.name);
+        let (Some(old), Some(server)) = (old, server) else {
             // A new server: its certificate must load before anything is applied.
-            let pem = match &spec.tls {
-                Some(files) => match PemPair::from_files(files)
-                    .and_then(|pem| ServerCert::check(&pem).map(|()| pem))
-                {
-                    Ok(pem) => Some(pem),
-                    Err(e) => {
-                        errors.push(FieldError {
-                            field: format!("server[{}].tls", spec.name),
-                            value: files.cert.display().to_string(),
-                            reason: e.to_string(),
-                        });
-                        continue;
-                    }
-                },
-                None => None,
-            };
-            changes.add.push((spec.clone(), pem));
+            if let Some(pem) = load_certificate(spec, &mut errors) {
+                plan.start.push((spec.clone(), pem));
+            }
             continue;
         };
-        if old.protocol != spec.protocol || old.listen != spec.listen || old.tls != spec.tls {
-            report.not_applied.push(format!(
-                "server {:?}: protocol, listen or tls changed: that takes a restart",
-                spec.name
-            ));
+        // An address written as the port a server got from port 0 is where it already is.
+        let moved = old.listen != spec.listen && server.local_addr() != spec.listen;
+        if old.protocol != spec.protocol || moved || old.tls != spec.tls {
+            if let Some(pem) = load_certificate(spec, &mut errors) {
+                plan.start.push((spec.clone(), pem));
+                plan.stop.push(spec.name.clone());
+                plan.replaced.push(spec.name.clone());
+            }
             continue;
         }
         // The same certificate files may hold a new certificate (a rotation).
-        if let (Some(files), Some(cert)) = (
-            &spec.tls,
-            servers
-                .iter()
-                .find(|s| s.name() == spec.name)
-                .and_then(|s| s.certificate()),
-        ) {
+        if let (Some(files), Some(cert)) = (&spec.tls, server.certificate()) {
             match PemPair::from_files(files).and_then(|pem| ServerCert::check(&pem).map(|()| pem)) {
                 Ok(pem) if !cert.is_current(&pem) => {
-                    certificates.push((spec.name.clone(), cert.clone(), pem))
+                    plan.certificates
+                        .push((spec.name.clone(), cert.clone(), pem))
                 }
                 Ok(_) => {}
                 Err(e) => errors.push(FieldError {
@@ -125,13 +127,11 @@ pub(crate) fn apply(
                 }),
             }
         }
-        let Some(pool) = registry.get(&spec.name) else {
-            continue;
-        };
+        let pool: Arc<dyn PoolHandle> = Arc::new(server.pool().clone());
         let patch = spec.pool.to_settings();
         // Validate every pool's patch before applying any.
         match pool.config().apply(&patch, "") {
-            Ok(_) => plan.push((spec.name.clone(), pool, patch)),
+            Ok(_) => plan.patches.push((spec.name.clone(), pool, patch)),
             Err(e) => errors.extend(e.0.into_iter().map(|f| FieldError {
                 field: format!("server[{}].pool.{}", spec.name, f.field),
                 ..f
@@ -139,72 +139,95 @@ pub(crate) fn apply(
         }
     }
     // The admin endpoint's pool takes its settings live like any other.
-    if let Some(pool) = registry.get(ADMIN_POOL) {
-        let patch = next.admin_pool.to_settings();
-        match pool.config().apply(&patch, "") {
-            Ok(_) => plan.push((ADMIN_POOL.to_owned(), pool, patch)),
-            Err(e) => errors.extend(e.0.into_iter().map(|f| FieldError {
-                field: format!("admin.pool.{}", f.field),
-                ..f
-            })),
-        }
+    let patch = next.admin_pool.to_settings();
+    match admin_pool.config().apply(&patch, "") {
+        Ok(_) => plan
+            .patches
+            .push((ADMIN_POOL.to_owned(), admin_pool, patch)),
+        Err(e) => errors.extend(e.0.into_iter().map(|f| FieldError {
+            field: format!("admin.pool.{}", f.field),
+            ..f
+        })),
     }
-    if !errors.is_empty() {
-        return Err(ReloadError(errors));
-    }
-    for old in &current.servers {
+    for old in &running.servers {
         if !next.servers.iter().any(|s| s.name == old.name) {
-            changes.remove.push(old.name.clone());
+            plan.stop.push(old.name.clone());
         }
     }
-    if next.admin_listen != current.admin_listen
-        || next.admin_token != current.admin_token
-        || next.admin_probes_need_token != current.admin_probes_need_token
+    if next.admin_listen != running.admin_listen
+        || next.admin_token != running.admin_token
+        || next.admin_probes_need_token != running.admin_probes_need_token
     {
-        report
-            .not_applied
+        plan.notes
             .push("admin listen, token or probes_need_token changed: that takes a restart".into());
     }
-    if next.log != current.log {
-        report
-            .not_applied
+    if next.log != running.log {
+        plan.notes
             .push("log settings changed: that takes a restart".into());
     }
-    for (name, cert, pem) in certificates {
-        match cert.replace(&pem) {
-            Ok(true) => {
-                tracing::info!(server = %name, "certificate replaced; new handshakes use it");
-                report.certificates_replaced.push(name);
+    (plan, errors)
+}
+
+/// The certificate of a server to start, read and checked; `Some(None)` for a server without
+/// certificate files, `None` (with the error recorded) when they do not load.
+fn load_certificate(spec: &ServerSpec, errors: &mut Vec<FieldError>) -> Option<Option<PemPair>> {
+    let Some(files) = &spec.tls else {
+        return Some(None);
+    };
+    match PemPair::from_files(files).and_then(|pem| ServerCert::check(&pem).map(|()| pem)) {
+        Ok(pem) => Some(Some(pem)),
+        Err(e) => {
+            errors.push(FieldError {
+                field: format!("server[{}].tls", spec.name),
+                value: files.cert.display().to_string(),
+                reason: e.to_string(),
+            });
+            None
+        }
+    }
+}
+
+impl Plan {
+    /// Applies the planned pool settings and certificates to the servers kept, and starts the
+    /// report with them and with what does not apply live.
+    pub(crate) fn apply_settings(&mut self) -> ReloadReport {
+        let mut report = ReloadReport {
+            not_applied: std::mem::take(&mut self.notes),
+            ..ReloadReport::default()
+        };
+        for (name, cert, pem) in self.certificates.drain(..) {
+            match cert.replace(&pem) {
+                Ok(true) => {
+                    tracing::info!(server = %name, "certificate replaced; new handshakes use it");
+                    report.certificates_replaced.push(name);
+                }
+                Ok(false) => {}
+                // Checked when planned; only the files' owner replacing them since could
+                // make it fail now.
+                Err(e) => tracing::warn!(server = %name, error = %e, "certificate not replaced"),
             }
-            Ok(false) => {}
-            Err(e) => tracing::warn!(server = %name, error = %e, "certificate not replaced"),
         }
-    }
-    for (name, pool, patch) in plan {
-        match pool.update_config(&patch) {
-            Ok(changes) if changes.is_empty() => {}
-            Ok(changes) => report.changed.push((name, changes)),
-            // Validated above; only a concurrent change could make it fail now.
-            Err(e) => tracing::warn!(server = %name, error = %e, "pool settings not applied"),
+        for (name, pool, patch) in self.patches.drain(..) {
+            match pool.update_config(&patch) {
+                Ok(changes) if changes.is_empty() => {}
+                Ok(changes) => report.changed.push((name, changes)),
+                // Validated when planned; only a concurrent change could make it fail now.
+                Err(e) => tracing::warn!(server = %name, error = %e, "pool settings not applied"),
+            }
         }
+        report
     }
-    let mut recorded = next.clone();
-    // What does not apply live stays as it runs, so `/config` shows the truth; servers added
-    // and removed are recorded by the caller once started or stopped.
-    recorded.servers.retain(|s| {
-        current.servers.iter().any(|o| {
-            o.name == s.name && o.protocol == s.protocol && o.listen == s.listen && o.tls == s.tls
-        })
-    });
-    for old in &current.servers {
-        if !recorded.servers.iter().any(|s| s.name == old.name) {
-            recorded.servers.push(old.clone());
-        }
+}
+
+/// The config recorded as running once `next` applied: all of it but what does not apply
+/// live (the admin endpoint's address, token and probe rule; logging), which stays as it runs
+/// so `/config` shows the truth.
+pub(crate) fn recorded(running: &RunConfig, next: &RunConfig) -> RunConfig {
+    RunConfig {
+        admin_listen: running.admin_listen,
+        admin_token: running.admin_token.clone(),
+        admin_probes_need_token: running.admin_probes_need_token,
+        log: running.log.clone(),
+        ..next.clone()
     }
-    recorded.admin_listen = current.admin_listen;
-    recorded.admin_token = current.admin_token.clone();
-    recorded.admin_probes_need_token = current.admin_probes_need_token;
-    recorded.log = current.log.clone();
-    *running.write().unwrap_or_else(|p| p.into_inner()) = recorded;
-    Ok((report, changes))
 }

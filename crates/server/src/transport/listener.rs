@@ -3,7 +3,8 @@
 //! Data flows one way: accept → admit (or refuse before any handshake) → TLS handshake → the
 //! server's [`ServeConnection`] → the guard's drop. The loop stops when the pool starts draining,
 //! closing the listening socket so new connections go to other instances instead of queueing
-//! here.
+//! here; or when told to hand the socket over, still open, to the server that takes its place
+//! on the same address, so that address is never without a listener.
 
 use std::future::Future;
 use std::io;
@@ -15,6 +16,7 @@ use std::time::Duration;
 use poolserve_pool::{CloseReason, ConnectionGuard, Pool, PoolConfig, Stage};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio_rustls::TlsAcceptor;
 
 use super::policy::ServerPolicy;
@@ -85,9 +87,23 @@ pub(crate) trait ServeConnection: Clone + Send + 'static {
     ) -> L::Launched;
 }
 
+/// A listening socket and the address it is bound to (the real port when bound on port 0).
+#[derive(Debug)]
+pub(crate) struct Listener {
+    socket: TcpListener,
+    local_addr: SocketAddr,
+}
+
+impl Listener {
+    /// The address the socket is bound to.
+    pub(crate) fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+}
+
 /// Binds `addr` for listening, with `config`'s TCP keepalive already set, so that even a
 /// connection the kernel accepts before the accept loop first runs inherits it.
-pub(crate) async fn bind(addr: SocketAddr, config: &PoolConfig) -> io::Result<TcpListener> {
+pub(crate) async fn bind(addr: SocketAddr, config: &PoolConfig) -> io::Result<Listener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
@@ -96,33 +112,44 @@ pub(crate) async fn bind(addr: SocketAddr, config: &PoolConfig) -> io::Result<Tc
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket2::SockRef::from(&socket).set_tcp_keepalive(&keepalive(config))?;
-    socket.listen(1024)
+    let socket = socket.listen(1024)?;
+    let local_addr = socket.local_addr()?;
+    Ok(Listener { socket, local_addr })
 }
 
-/// Accepts until the pool stops serving: each connection is admitted (or refused as
-/// `refusal` says, before any TLS), handshaken when `tls` is set, then served by `serve`.
+/// Accepts until the pool stops serving, which closes the socket (`None`), or until
+/// `hand_over` is notified, which gives the socket back still open. Each connection is
+/// admitted (or refused as `refusal` says, before any TLS), handshaken when `tls` is set, then
+/// served by `serve`.
 pub(crate) async fn accept_loop<H: ServeConnection>(
-    listener: TcpListener,
+    listener: Listener,
+    hand_over: Arc<Notify>,
     pool: Pool<ServerPolicy>,
     tls: Option<TlsAcceptor>,
     refusal: RefusalReply,
     serve: H,
     name: String,
-) {
+) -> Option<Listener> {
     let refuser = Refuser::default();
     let mut control = pool.control();
+    // A socket handed over from another server carries that server's keepalive times.
+    set_keepalive(&listener.socket, &pool.config(), &name);
     loop {
         let (stream, peer) = tokio::select! {
             biased;
+            () = hand_over.notified() => {
+                tracing::info!(server = %name, addr = %listener.local_addr, "stopped accepting; listening socket handed over");
+                return Some(listener);
+            }
             changed = control.changed() => {
                 let state = control.borrow_and_update().clone();
                 if changed.is_err() || state.stage != Stage::Serving {
                     break;
                 }
-                set_keepalive(&listener, &state.config, &name);
+                set_keepalive(&listener.socket, &state.config, &name);
                 continue;
             }
-            accepted = listener.accept() => match accepted {
+            accepted = listener.socket.accept() => match accepted {
                 Ok(conn) => conn,
                 Err(e) => {
                     if is_per_connection_error(&e) {
@@ -177,6 +204,7 @@ pub(crate) async fn accept_loop<H: ServeConnection>(
         }
     }
     tracing::info!(server = %name, "stopped accepting");
+    None
 }
 
 /// Longest keepalive idle time Linux accepts (`TCP_KEEPIDLE`, seconds).

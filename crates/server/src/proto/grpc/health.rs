@@ -3,6 +3,7 @@
 //! service alike.
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -37,19 +38,26 @@ pub(crate) struct PoolHealth {
 }
 
 impl PoolHealth {
-    /// The health service for `pool`'s server, whose services are `services`; it follows the
-    /// pool's health until the pool stops serving.
-    pub fn start(pool: Pool<ServerPolicy>, services: &[String]) -> HealthServer<PoolHealth> {
+    /// The health service for `pool`'s server, whose services are `services`, and the task
+    /// that keeps it following the pool's health until the pool stops serving: the server
+    /// runs it when it starts (a server prepared and never started runs nothing).
+    pub fn new(
+        pool: Pool<ServerPolicy>,
+        services: &[String],
+    ) -> (
+        HealthServer<PoolHealth>,
+        impl Future<Output = ()> + Send + 'static,
+    ) {
         let stage = pool.control().borrow().stage;
         let (tx, status) = watch::channel(serving_status(pool.health().status, stage));
-        tokio::spawn(follow(pool, tx));
         let services = std::iter::once(String::new())
             .chain(services.iter().cloned())
             .collect();
-        HealthServer::new(PoolHealth {
+        let server = HealthServer::new(PoolHealth {
             status,
             services: Arc::new(services),
-        })
+        });
+        (server, follow(pool, tx))
     }
 
     fn reply(status: ServingStatus) -> HealthCheckResponse {

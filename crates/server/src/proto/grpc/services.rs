@@ -1,6 +1,7 @@
 //! The services a `grpc` server answers: the user's, plus health and reflection.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::time::Duration;
 
 use http::Request;
@@ -72,9 +73,13 @@ impl GrpcServices {
     }
 
     /// The routes to serve, with health following `pool` and reflection over every
-    /// registered descriptor set.
-    pub(crate) fn into_routes(self, pool: &Pool<ServerPolicy>) -> Result<Routes, String> {
-        let health_service = health::PoolHealth::start(pool.clone(), &self.names);
+    /// registered descriptor set, and the task that keeps health following the pool, for the
+    /// server to run when it starts.
+    pub(crate) fn into_routes(
+        self,
+        pool: &Pool<ServerPolicy>,
+    ) -> Result<(Routes, impl Future<Output = ()> + Send + 'static), String> {
+        let (health_service, follow) = health::PoolHealth::new(pool.clone(), &self.names);
         // Each reflection version also describes the other, so a client listing services
         // sees both whichever it speaks.
         let mut v1 = tonic_reflection::server::Builder::configure()
@@ -92,11 +97,12 @@ impl GrpcServices {
         let v1alpha = v1alpha
             .build_v1alpha()
             .map_err(|e| format!("reflection (v1alpha): {e}"))?;
-        Ok(self
+        let routes = self
             .routes
             .add_service(health_service)
             .add_service(v1)
             .add_service(v1alpha)
-            .prepare())
+            .prepare();
+        Ok((routes, follow))
     }
 }
