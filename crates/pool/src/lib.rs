@@ -51,7 +51,10 @@ pub use events::{
     ConnectionId, EventBus, EventError, PoolEvent, PoolEventKind, Subscription, EVENT_BUFFER,
 };
 pub use guard::ConnectionGuard;
-pub use health::{assess, utilization, Health, HealthInputs, HealthStatus, MIN_REQUESTS_FOR_RATES};
+pub use health::{
+    assess, utilization, Health, HealthInputs, HealthStatus, UtilizationEdges,
+    MIN_REQUESTS_FOR_RATES, UTILIZATION_HYSTERESIS,
+};
 pub use histogram::{HistogramSnapshot, LatencyHistogram, BOUNDS_MICROS};
 pub use metrics::{CloseReason, MetricsSnapshot, TimeoutKind, CLOSE_CODES};
 pub use per_ip::PerIpLimiter;
