@@ -1,6 +1,8 @@
 //! What a connection's timeouts and health are decided from: its [`Phase`] and [`Activity`], as
 //! the protocol code reports them, and the protocol-neutral parts of a timeout rule.
 
+use std::time::Duration;
+
 use tokio::time::Instant;
 
 use crate::config::PoolConfig;
@@ -81,6 +83,27 @@ impl Activity {
     }
 }
 
+/// How far on [`later`] puts a time a sum cannot reach (what tokio takes for "never").
+const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
+
+/// `at + d`, or a time some thirty years on when the sum is more than an `Instant` holds, so a
+/// bound too large to reach means "not in this process's life" rather than a panic. Config
+/// bounds every duration ([`crate::MAX_DURATION`]); this holds for a `PoolConfig` built by hand.
+pub fn later(at: Instant, d: Duration) -> Instant {
+    at.checked_add(d)
+        .or_else(|| at.checked_add(FAR_FUTURE))
+        .unwrap_or(at)
+}
+
+/// `since + bound` as a deadline of `kind`; none when the sum is more than an `Instant` holds.
+pub fn deadline_after(
+    since: Instant,
+    bound: Duration,
+    kind: TimeoutKind,
+) -> Option<(Instant, TimeoutKind)> {
+    since.checked_add(bound).map(|at| (at, kind))
+}
+
 /// The earlier of two optional deadlines.
 pub fn earliest(
     a: Option<(Instant, TimeoutKind)>,
@@ -97,15 +120,16 @@ pub fn earliest(
 /// protocol's rule includes.
 pub fn stall_deadline(a: &Activity, c: &PoolConfig) -> Option<(Instant, TimeoutKind)> {
     a.write_blocked_since
-        .map(|since| (since + c.connection_timeout, TimeoutKind::WriteStall))
+        .and_then(|since| deadline_after(since, c.connection_timeout, TimeoutKind::WriteStall))
 }
 
 /// The protocol-neutral rule, for a connection whose protocol sets none: with no request in
 /// flight it may idle for `connection_timeout` from when it last changed phase, and a write the
 /// peer leaves unread for `connection_timeout` is a stall.
 pub fn idle_deadline(a: &Activity, c: &PoolConfig) -> Option<(Instant, TimeoutKind)> {
-    let idle =
-        (a.in_flight == 0).then(|| (a.phase_since + c.connection_timeout, TimeoutKind::Idle));
+    let idle = (a.in_flight == 0)
+        .then(|| deadline_after(a.phase_since, c.connection_timeout, TimeoutKind::Idle))
+        .flatten();
     earliest(idle, stall_deadline(a, c))
 }
 
@@ -135,6 +159,21 @@ mod tests {
             idle_deadline(&a, &c),
             Some((blocked + c.connection_timeout, TimeoutKind::WriteStall))
         );
+    }
+
+    #[test]
+    fn a_bound_past_what_an_instant_holds_is_no_deadline_not_a_panic() {
+        let c = PoolConfig {
+            connection_timeout: Duration::MAX,
+            ..PoolConfig::default()
+        };
+        let mut a = activity();
+        assert_eq!(idle_deadline(&a, &c), None);
+        a.write_blocked_since = Some(a.phase_since);
+        assert_eq!(stall_deadline(&a, &c), None);
+        assert!(later(a.phase_since, Duration::MAX) > a.phase_since + FAR_FUTURE / 2);
+        let d = Duration::from_secs(5);
+        assert_eq!(later(a.phase_since, d), a.phase_since + d);
     }
 
     #[test]

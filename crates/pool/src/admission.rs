@@ -32,6 +32,34 @@ pub enum Refusal {
     Invalid(&'static str),
 }
 
+impl Refusal {
+    /// Every reason label, in the order [`Refusal::index`] gives.
+    pub const REASONS: [&'static str; 4] =
+        ["max_connections", "per_ip", "not_accepting", "invalid"];
+
+    /// The label metrics count this refusal under.
+    pub fn reason(&self) -> &'static str {
+        Self::REASONS[self.index()]
+    }
+
+    /// The position of this refusal's reason in [`Refusal::REASONS`].
+    pub fn index(&self) -> usize {
+        match self {
+            Refusal::AtLimit => 0,
+            Refusal::PerIpLimit => 1,
+            Refusal::NotAccepting => 2,
+            Refusal::Invalid(_) => 3,
+        }
+    }
+
+    /// Whether the refusal is pressure on the pool itself: only its own `max_connections`.
+    /// One client at its per-IP limit, a peer the policy refused and a draining pool say
+    /// nothing about the pool's capacity, so they do not weigh in its health.
+    pub fn is_pool_pressure(&self) -> bool {
+        matches!(self, Refusal::AtLimit)
+    }
+}
+
 /// Counts open connections against a limit without locks.
 #[derive(Debug)]
 pub struct AdmissionCounter {

@@ -427,6 +427,7 @@ impl ConnectionTracker {
             conn: s.clone(),
             started,
             response_after: NO_RESPONSE_HEAD,
+            caller_deadline_ms: NO_CALLER_DEADLINE,
             error: false,
             finished: false,
         }
@@ -577,6 +578,16 @@ impl ConnectionTracker {
 /// `RequestTracker::response_after` before a streamed response's head.
 const NO_RESPONSE_HEAD: u64 = u64::MAX;
 
+/// `RequestTracker::caller_deadline_ms` of a request whose caller set no deadline.
+const NO_CALLER_DEADLINE: u32 = u32::MAX;
+
+/// How long before a caller's deadline (both in nanoseconds) its reset of the request is still
+/// taken as its deadline passing: 5 % of it, at most 25 ms, for the time the request took to
+/// arrive and the rounding of the deadline on the wire.
+fn caller_clock_allowance(deadline: u64) -> u64 {
+    (deadline / 20).min(25_000_000)
+}
+
 // Moved with every response (in its future, then its body): kept small.
 const _: () = assert!(std::mem::size_of::<RequestTracker>() <= 32);
 
@@ -590,6 +601,9 @@ pub struct RequestTracker {
     /// `NO_RESPONSE_HEAD` before (a sentinel rather than an `Option`: the tracker is moved with
     /// every response, and this keeps it at 32 bytes).
     response_after: u64,
+    /// Whole milliseconds from the start to the caller's deadline, rounded down;
+    /// `NO_CALLER_DEADLINE` when it set none (or one further off than this holds).
+    caller_deadline_ms: u32,
     error: bool,
     finished: bool,
 }
@@ -622,6 +636,20 @@ impl RequestTracker {
         self.conn.is_multiplexed()
     }
 
+    /// The caller gives up on this request `timeout` after it started (a gRPC call's
+    /// `grpc-timeout`). A request that fails once that time has passed, or that the caller
+    /// abandons from just before it (its clock started first), was ended by its caller's
+    /// deadline: it is counted as `deadline_exceeded`, not as an error, and left out of the
+    /// health window, since it says nothing about the server.
+    pub fn caller_deadline(&mut self, timeout: std::time::Duration) {
+        // Rounded down, so a server that enforces the same deadline from a later instant (its
+        // own timer starts once the request is decoded) always ends the call past this one.
+        self.caller_deadline_ms = u32::try_from(timeout.as_millis())
+            .ok()
+            .filter(|ms| *ms != NO_CALLER_DEADLINE)
+            .unwrap_or(NO_CALLER_DEADLINE);
+    }
+
     /// Whether the connection should close after this response because the pool is over a
     /// lowered limit: a protocol that can say so on the response (HTTP/1 `Connection: close`)
     /// asks here as the response head is produced, so the client learns before reusing it.
@@ -648,10 +676,31 @@ impl RequestTracker {
 
     /// Records the request as done.
     pub fn finish(mut self) {
-        self.record();
+        self.record(true);
     }
 
-    fn record(&mut self) {
+    /// Whether the request, failed or abandoned (`completed` false) `duration` nanoseconds
+    /// after its start, was ended by its caller's deadline.
+    ///
+    /// A failure counts from the deadline on: the server's own timer (gRPC's `grpc-timeout`)
+    /// fires past it, and a handler failing before it is the server's failure. A caller's reset
+    /// is timed on the caller's clock, which started when the request left it, before it
+    /// arrived here: a reset within [`caller_clock_allowance`] before the deadline counts too.
+    fn past_caller_deadline(&self, completed: bool, duration: u64) -> bool {
+        if self.caller_deadline_ms == NO_CALLER_DEADLINE {
+            return false;
+        }
+        let deadline = u64::from(self.caller_deadline_ms) * 1_000_000;
+        if self.error {
+            duration >= deadline
+        } else {
+            !completed && duration >= deadline - caller_clock_allowance(deadline)
+        }
+    }
+
+    /// `completed`: the response ran to its end (rather than being dropped half-way, as when
+    /// the peer resets the stream).
+    fn record(&mut self, completed: bool) {
         if std::mem::replace(&mut self.finished, true) {
             return;
         }
@@ -661,15 +710,21 @@ impl RequestTracker {
         let core = &s.core;
         // Also the request total (`MetricsSnapshot::requests` is the histogram's count).
         core.counters.latency.record_nanos(duration);
-        if self.error {
-            core.counters.errors.fetch_add(1, Ordering::Relaxed);
-        }
-        let response = if self.response_after == NO_RESPONSE_HEAD {
-            duration
+        if self.past_caller_deadline(completed, duration) {
+            core.counters
+                .deadline_exceeded
+                .fetch_add(1, Ordering::Relaxed);
         } else {
-            self.response_after
-        };
-        core.window.record_request_nanos(now, response, self.error);
+            if self.error {
+                core.counters.errors.fetch_add(1, Ordering::Relaxed);
+            }
+            let response = if self.response_after == NO_RESPONSE_HEAD {
+                duration
+            } else {
+                self.response_after
+            };
+            core.window.record_request_nanos(now, response, self.error);
+        }
         s.count_request();
         if s.adjust_in_flight(false) == 1 {
             core.counters.busy.fetch_sub(1, Ordering::Relaxed);
@@ -680,6 +735,6 @@ impl RequestTracker {
 
 impl Drop for RequestTracker {
     fn drop(&mut self) {
-        self.record();
+        self.record(false);
     }
 }

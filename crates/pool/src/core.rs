@@ -17,7 +17,7 @@ use crate::admission::{AdmissionCounter, Refusal};
 use crate::clock::{Clock, Origin};
 use crate::config::{ConfigChange, ConfigErrors, PoolConfig, PoolSettings};
 use crate::events::{now_ms, ConnectionId, EventBus, PoolEvent, PoolEventKind};
-use crate::health::{assess, utilization, Health, HealthInputs, HealthStatus};
+use crate::health::{assess, utilization, Health, HealthInputs, HealthStatus, UtilizationEdges};
 use crate::metrics::Counters;
 use crate::per_ip::PerIpLimiter;
 use crate::window::DecayingWindow;
@@ -68,9 +68,11 @@ pub(crate) struct PoolCore {
     next_id: AtomicU64,
     /// The last health status computed, as `HealthStatus as u8`.
     status: AtomicU8,
-    /// Open counts at which utilisation crosses the degraded and overloaded thresholds.
-    degraded_at: AtomicU32,
-    overloaded_at: AtomicU32,
+    /// The open counts at which utilisation enters and leaves the degraded and overloaded
+    /// bands, as `UtilizationEdges::pack` gives them.
+    degraded_edge: AtomicU64,
+    overloaded_edge: AtomicU64,
+    /// The utilisation band last computed, as `HealthStatus as u8`.
     band: AtomicU8,
     all_closed: Notify,
     update_lock: Mutex<()>,
@@ -115,9 +117,9 @@ impl PoolCore {
             control_generation: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
             status: AtomicU8::new(status_index(HealthStatus::Healthy)),
-            degraded_at: AtomicU32::new(u32::MAX),
-            overloaded_at: AtomicU32::new(u32::MAX),
-            band: AtomicU8::new(0),
+            degraded_edge: AtomicU64::new(u64::MAX),
+            overloaded_edge: AtomicU64::new(u64::MAX),
+            band: AtomicU8::new(status_index(HealthStatus::Healthy)),
             all_closed: Notify::new(),
             update_lock: Mutex::new(()),
         };
@@ -184,8 +186,11 @@ impl PoolCore {
     }
 
     fn refuse(&self, peer: Option<SocketAddr>, why: Refusal) -> Refusal {
-        self.counters.rejected.fetch_add(1, Ordering::Relaxed);
-        self.window.record_rejection(self.elapsed(Instant::now()));
+        self.counters.rejected[why.index()].fetch_add(1, Ordering::Relaxed);
+        let pressure = why.is_pool_pressure();
+        if pressure {
+            self.window.record_rejection(self.elapsed(Instant::now()));
+        }
         let limit = match why {
             Refusal::AtLimit => "max_connections",
             Refusal::PerIpLimit => "max_connections_per_ip",
@@ -201,32 +206,33 @@ impl PoolCore {
             active,
             max,
         });
-        if status_from_u8(self.status.load(Ordering::Relaxed)) < HealthStatus::Overloaded {
+        if pressure
+            && status_from_u8(self.status.load(Ordering::Relaxed)) < HealthStatus::Overloaded
+        {
             self.refresh_health();
         }
         why
     }
 
-    fn band(&self, active: u32) -> u8 {
-        if self.admission.max().is_none() {
-            0
-        } else if active >= self.overloaded_at.load(Ordering::Relaxed) {
-            2
-        } else if active >= self.degraded_at.load(Ordering::Relaxed) {
-            1
-        } else {
-            0
-        }
+    fn edges(&self) -> UtilizationEdges {
+        UtilizationEdges::unpack(
+            self.degraded_edge.load(Ordering::Relaxed),
+            self.overloaded_edge.load(Ordering::Relaxed),
+        )
     }
 
-    /// Recomputes health when the open count moved into another utilisation band.
+    /// The utilisation band of `active` open connections, from the band last computed.
+    fn band(&self, active: u32) -> (HealthStatus, HealthStatus) {
+        let previous = status_from_u8(self.band.load(Ordering::Relaxed));
+        (previous, self.edges().band(active, previous))
+    }
+
+    /// Recomputes health when the open count moved the pool into another utilisation band.
+    /// Only reads on the way: the band rarely changes, and a write on every admit and release
+    /// would bounce this cache line between cores.
     fn check_band(&self, active: u32) {
-        let band = self.band(active);
-        // Read before writing: the band rarely changes, and a write on every admit and release
-        // would bounce this cache line between cores.
-        if self.band.load(Ordering::Relaxed) != band
-            && self.band.swap(band, Ordering::Relaxed) != band
-        {
+        let (previous, band) = self.band(active);
+        if band != previous {
             self.refresh_health();
         }
     }
@@ -240,14 +246,10 @@ impl PoolCore {
     }
 
     fn set_thresholds(&self, config: &PoolConfig) {
-        let at = |ratio: f64| match config.max_connections {
-            Some(m) => (f64::from(m) * ratio).ceil().max(1.0) as u32,
-            None => u32::MAX,
-        };
-        self.degraded_at
-            .store(at(config.health.degraded_utilization), Ordering::Relaxed);
-        self.overloaded_at
-            .store(at(config.health.overloaded_utilization), Ordering::Relaxed);
+        let (degraded, overloaded) =
+            UtilizationEdges::new(config.max_connections, &config.health).pack();
+        self.degraded_edge.store(degraded, Ordering::Relaxed);
+        self.overloaded_edge.store(overloaded, Ordering::Relaxed);
         self.per_ip_limit.store(
             config.max_connections_per_ip.unwrap_or(0),
             Ordering::Relaxed,
@@ -261,10 +263,15 @@ impl PoolCore {
         let active = self.admission.active();
         let max = self.admission.max();
         let window = self.window.stats(self.elapsed(now));
+        // A concurrent admit or release may store a band from a count a moment old; the next
+        // admit, release or the monitor's pass each second corrects it.
+        let (_, band) = self.band(active);
+        self.band.store(status_index(band), Ordering::Relaxed);
         let inputs = HealthInputs {
             accepting: self.admission.is_accepting(),
             active,
             max,
+            utilization_band: band,
             window,
         };
         let (status, message) = assess(&inputs, &config.health);
@@ -288,7 +295,7 @@ impl PoolCore {
             utilization_ratio: utilization(active, max),
             active_connections: active,
             max_connections: max,
-            rejected_connections: self.counters.rejected.load(Ordering::Relaxed),
+            rejected_connections: self.counters.rejected_total(),
             average_response_time_ms: window.average_response_ms,
             error_rate: window.error_rate(),
             message,
@@ -346,8 +353,8 @@ impl PoolCore {
         // Every connection wakes, re-reads its timeouts and, if the pool is over its new limit
         // and the connection is idle, takes a shedding claim.
         self.change_control(|s| s.config = Arc::new(next));
-        self.band.store(u8::MAX, Ordering::Relaxed);
-        self.check_band(self.admission.active());
+        // New limits or thresholds may move the pool into another band.
+        self.refresh_health();
         Ok(changes)
     }
 

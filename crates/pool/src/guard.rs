@@ -8,6 +8,7 @@ use std::pin::pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use crate::activity::later;
 use crate::connection::{ConnectionShared, ConnectionTracker};
 use crate::core::{PoolInner, Stage};
 use crate::driver::{drive, ManagedConnection};
@@ -78,7 +79,7 @@ impl<P: ProtocolPolicy> ConnectionGuard<P> {
             self.reason = CloseReason::Shutdown;
             return None;
         }
-        let deadline = self.shared.opened_at + state.config.headers_timeout;
+        let deadline = later(self.shared.opened_at, state.config.headers_timeout);
         let mut step = pin!(step);
         loop {
             tokio::select! {

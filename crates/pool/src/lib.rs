@@ -33,14 +33,16 @@ mod pool;
 mod registry;
 mod window;
 
-pub use activity::{earliest, idle_deadline, stall_deadline, Activity, Phase};
+pub use activity::{
+    deadline_after, earliest, idle_deadline, later, stall_deadline, Activity, Phase,
+};
 pub use admission::{AdmissionCounter, Refusal};
 pub use clock::Clock;
 pub use config::{
-    ConfigChange, ConfigErrors, FieldError, GrpcConfig, GrpcSettings, HealthSettings,
-    HealthThresholds, Http1Config, Http1Settings, Http2Config, Http2Settings, PoolConfig,
-    PoolSettings, WebSocketConfig, WebSocketSettings, MAX_CONNECTIONS_LIMIT,
-    MIN_STREAM_SEND_BUFFER,
+    parse_duration_setting, ConfigChange, ConfigErrors, FieldError, GrpcConfig, GrpcSettings,
+    HealthSettings, HealthThresholds, Http1Config, Http1Settings, Http2Config, Http2Settings,
+    PoolConfig, PoolSettings, WebSocketConfig, WebSocketSettings, MAX_CONNECTIONS_LIMIT,
+    MAX_DURATION, MIN_STREAM_SEND_BUFFER,
 };
 pub use connection::{ConnectionTracker, RequestTracker};
 pub use core::{ControlState, Stage, HEALTH_INTERVAL};
@@ -49,7 +51,10 @@ pub use events::{
     ConnectionId, EventBus, EventError, PoolEvent, PoolEventKind, Subscription, EVENT_BUFFER,
 };
 pub use guard::ConnectionGuard;
-pub use health::{assess, utilization, Health, HealthInputs, HealthStatus, MIN_REQUESTS_FOR_RATES};
+pub use health::{
+    assess, utilization, Health, HealthInputs, HealthStatus, UtilizationEdges,
+    MIN_REQUESTS_FOR_RATES, UTILIZATION_HYSTERESIS,
+};
 pub use histogram::{HistogramSnapshot, LatencyHistogram, BOUNDS_MICROS};
 pub use metrics::{CloseReason, MetricsSnapshot, TimeoutKind, CLOSE_CODES};
 pub use per_ip::PerIpLimiter;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::admission::Refusal;
 use crate::histogram::{HistogramSnapshot, LatencyHistogram};
 
 /// Why a connection left the pool.
@@ -151,7 +152,10 @@ pub(crate) struct Counters {
     pub requests_started: AtomicU64,
     pub latency: LatencyHistogram,
     pub accepted: AtomicU64,
-    pub rejected: AtomicU64,
+    /// Indexed by `Refusal::index`.
+    pub rejected: [AtomicU64; Refusal::REASONS.len()],
+    /// Requests ended by their caller's deadline (in the latency histogram, not in `errors`).
+    pub deadline_exceeded: AtomicU64,
     /// Indexed by `CloseReason::index`; the last slot counts all timeouts.
     pub closed: [AtomicU64; 7],
     pub timeouts: [AtomicU64; TimeoutKind::ALL.len()],
@@ -172,6 +176,14 @@ pub(crate) struct Counters {
 pub const CLOSE_CODES: [u16; 9] = [1000, 1001, 1002, 1003, 1006, 1007, 1008, 1009, 1011];
 
 impl Counters {
+    /// Connections refused since start, for every reason.
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
+
     pub fn count_close_code(&self, code: u16) {
         let i = CLOSE_CODES
             .iter()
@@ -213,8 +225,11 @@ pub struct MetricsSnapshot {
     pub max_connections: Option<u32>,
     /// Connections admitted since start.
     pub accepted: u64,
-    /// Connections refused since start.
+    /// Connections refused since start, for every reason.
     pub rejected: u64,
+    /// Connections refused since start, by reason (`max_connections`, `per_ip`,
+    /// `not_accepting`, `invalid`).
+    pub rejected_by_reason: Vec<(&'static str, u64)>,
     /// Closed connections per reason (timeouts summed under `timeout`).
     pub closed: Vec<(&'static str, u64)>,
     /// Timeouts per kind.
@@ -223,6 +238,9 @@ pub struct MetricsSnapshot {
     pub errors: u64,
     /// Requests finished since start.
     pub requests: u64,
+    /// Requests ended by their caller's deadline since start (a gRPC call's `grpc-timeout`):
+    /// among `requests`, not among `errors`.
+    pub deadline_exceeded: u64,
     /// Bytes received.
     pub bytes_in: u64,
     /// Bytes sent.
@@ -283,7 +301,12 @@ impl Counters {
             closing: load(&self.closing).min(active),
             max_connections,
             accepted: load(&self.accepted),
-            rejected: load(&self.rejected),
+            rejected: self.rejected_total(),
+            rejected_by_reason: Refusal::REASONS
+                .iter()
+                .zip(&self.rejected)
+                .map(|(reason, n)| (*reason, load(n)))
+                .collect(),
             timeouts: TimeoutKind::ALL
                 .iter()
                 .map(|k| (k.as_str(), load(&self.timeouts[k.index()])))
@@ -291,6 +314,7 @@ impl Counters {
             closed,
             errors: load(&self.errors),
             requests: latency.count,
+            deadline_exceeded: load(&self.deadline_exceeded),
             bytes_in: load(&self.bytes_in),
             bytes_out: load(&self.bytes_out),
             requests_per_connection: if closed_total > 0 {

@@ -229,6 +229,83 @@ async fn per_ip_limit_refuses_only_that_address() {
     assert_eq!(pool.metrics().rejected, 1);
 }
 
+#[tokio::test]
+async fn a_per_ip_refusal_is_the_clients_limit_not_pool_pressure() {
+    let pool = pool(PoolSettings {
+        max_connections: Some(100),
+        max_connections_per_ip: Some(2),
+        ..Default::default()
+    });
+    let mut events = pool.subscribe();
+    let a = "10.0.0.1:1000".parse().ok();
+    let _held = [pool.admit(a).unwrap(), pool.admit(a).unwrap()];
+    assert_eq!(pool.admit(a).unwrap_err(), Refusal::PerIpLimit);
+    let health = pool.health();
+    assert_eq!(health.status, HealthStatus::Healthy, "{}", health.message);
+    assert_eq!(health.rejected_connections, 1);
+    let m = pool.metrics();
+    assert_eq!(m.rejected, 1);
+    assert!(
+        m.rejected_by_reason.contains(&("per_ip", 1))
+            && m.rejected_by_reason.contains(&("max_connections", 0)),
+        "{:?}",
+        m.rejected_by_reason
+    );
+    // Announced as a refusal, but no health change.
+    let mut names = Vec::new();
+    while let Some(Ok(e)) = events.try_recv() {
+        names.push(e.kind.name());
+    }
+    assert!(names.contains(&"pool_limit_reached"), "{names:?}");
+    assert!(!names.contains(&"health_status_changed"), "{names:?}");
+}
+
+#[tokio::test]
+async fn a_pool_churning_at_a_threshold_changes_status_once_each_way() {
+    let pool = pool(PoolSettings {
+        max_connections: Some(100),
+        ..Default::default()
+    });
+    let mut events = pool.subscribe();
+    let mut held: Vec<_> = (0..79).map(|_| pool.admit(None).unwrap()).collect();
+    assert_eq!(pool.health().status, HealthStatus::Healthy);
+    // Admit and release across the 80 % line, as a busy pool does: degraded from the first
+    // crossing on, and no further change.
+    for _ in 0..50 {
+        held.push(pool.admit(None).unwrap());
+        assert_eq!(pool.health().status, HealthStatus::Degraded);
+        held.pop();
+        assert_eq!(pool.health().status, HealthStatus::Degraded);
+    }
+    // Down to 75 it stays degraded; below it, it is healthy again, and churning at 74–75 (or
+    // back at 79) leaves it healthy.
+    held.truncate(75);
+    assert_eq!(pool.health().status, HealthStatus::Degraded);
+    held.pop();
+    assert_eq!(pool.health().status, HealthStatus::Healthy);
+    for _ in 0..50 {
+        held.push(pool.admit(None).unwrap());
+        held.pop();
+    }
+    while held.len() < 79 {
+        held.push(pool.admit(None).unwrap());
+    }
+    assert_eq!(pool.health().status, HealthStatus::Healthy);
+    let mut changes = Vec::new();
+    while let Some(Ok(e)) = events.try_recv() {
+        if let PoolEventKind::HealthStatusChanged { from, to, .. } = e.kind {
+            changes.push((from, to));
+        }
+    }
+    assert_eq!(
+        changes,
+        [
+            (HealthStatus::Healthy, HealthStatus::Degraded),
+            (HealthStatus::Degraded, HealthStatus::Healthy)
+        ]
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn silent_connection_closes_at_headers_timeout_exactly() {
     let pool = pool(PoolSettings {
@@ -483,6 +560,79 @@ async fn connection_errors_are_counted_and_weigh_in_health() {
     assert_eq!(h.status, HealthStatus::Overloaded, "{}", h.message);
     assert!(h.error_rate > 0.99);
     assert_eq!(pool.metrics().errors, 20);
+}
+
+/// Ends one request of a fresh connection of `pool` whose caller gives it 100 ms: it runs
+/// `after`, then `end` finishes it.
+async fn a_call_with_a_deadline(
+    pool: &Pool<DefaultPolicy>,
+    after: Duration,
+    end: impl FnOnce(RequestTracker),
+) {
+    let guard = pool.admit(None).unwrap();
+    let t = guard.tracker();
+    t.multiplexed();
+    t.bytes_read(10);
+    let mut r = t.request_started();
+    r.caller_deadline(ms(100));
+    tokio::time::advance(after).await;
+    end(r);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_ended_by_its_callers_deadline_is_counted_apart_from_errors() {
+    let pool = pool(PoolSettings::default());
+    let failed = |mut r: RequestTracker| {
+        r.response_started(true);
+        r.finish();
+    };
+    // Twenty calls that failed (DEADLINE_EXCEEDED) or were reset by the caller past its
+    // deadline: the caller's limit.
+    for i in 0..20 {
+        if i % 2 == 0 {
+            a_call_with_a_deadline(&pool, ms(100), failed).await;
+        } else {
+            a_call_with_a_deadline(&pool, ms(150), drop).await;
+        }
+    }
+    let m = pool.metrics();
+    assert_eq!((m.requests, m.errors, m.deadline_exceeded), (20, 0, 20));
+    let h = pool.health();
+    assert_eq!(h.status, HealthStatus::Healthy, "{}", h.message);
+    assert_eq!(h.error_rate, 0.0);
+    // Past the deadline, a call that completed is served; before it, a failure is the server's.
+    a_call_with_a_deadline(&pool, ms(120), RequestTracker::finish).await;
+    a_call_with_a_deadline(&pool, ms(99), failed).await;
+    let m = pool.metrics();
+    assert_eq!((m.requests, m.errors, m.deadline_exceeded), (22, 1, 20));
+    // The caller's clock started before the request arrived: its reset just before the
+    // deadline as seen here (within 5 %) is its deadline passing; one well before is its own
+    // choice, neither an error nor a deadline.
+    a_call_with_a_deadline(&pool, ms(96), drop).await;
+    a_call_with_a_deadline(&pool, ms(94), drop).await;
+    let m = pool.metrics();
+    assert_eq!((m.requests, m.errors, m.deadline_exceeded), (24, 1, 21));
+    // Slow calls that complete (their deadline was long enough) still show in the response
+    // time.
+    let guard = pool.admit(None).unwrap();
+    let t = guard.tracker();
+    t.multiplexed();
+    t.bytes_read(10);
+    let slow: Vec<_> = (0..20)
+        .map(|_| {
+            let mut r = t.request_started();
+            r.caller_deadline(Duration::from_secs(10));
+            r
+        })
+        .collect();
+    tokio::time::advance(Duration::from_secs(3)).await;
+    for mut r in slow {
+        r.response_started(false);
+        r.finish();
+    }
+    let h = pool.health();
+    assert_eq!(h.status, HealthStatus::Degraded, "{}", h.message);
+    assert!(h.message.contains("response time"), "{}", h.message);
 }
 
 #[tokio::test]

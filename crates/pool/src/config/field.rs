@@ -92,19 +92,15 @@ impl<'a> Applier<'a> {
         }
     }
 
+    /// A duration greater than zero and at most [`MAX_DURATION`].
     pub fn duration(&mut self, field: &str, raw: &Option<String>, target: &mut Duration) {
         let Some(raw) = raw else { return };
-        match humantime::parse_duration(raw.trim()) {
-            Ok(d) if d.is_zero() => self.error(field, quoted(raw), "must be greater than zero"),
+        match parse_duration_setting(raw) {
             Ok(d) => {
                 self.changed(field, show_duration(*target), show_duration(d));
                 *target = d;
             }
-            Err(e) => self.error(
-                field,
-                quoted(raw),
-                format!("not a duration ({e}); use e.g. \"500ms\", \"30s\", \"5m\""),
-            ),
+            Err(reason) => self.error(field, quoted(raw), reason),
         }
     }
 
@@ -147,6 +143,26 @@ impl<'a> Applier<'a> {
         }
         self.changed(field, target.to_string(), v.to_string());
         *target = v;
+    }
+}
+
+/// The longest any duration setting may be: past any sane timeout or interval, and far short
+/// of what deadline arithmetic on an `Instant` can hold.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Parses a duration setting such as `"500ms"`, `"30s"` or `"5m"`: greater than zero and at
+/// most [`MAX_DURATION`]. The error is the reason, for a [`FieldError`] naming the field.
+pub fn parse_duration_setting(raw: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(raw.trim()) {
+        Ok(d) if d.is_zero() => Err("must be greater than zero".into()),
+        Ok(d) if d > MAX_DURATION => Err(format!(
+            "must be at most {}h (the longest duration poolserve takes)",
+            MAX_DURATION.as_secs() / 3600
+        )),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!(
+            "not a duration ({e}); use e.g. \"500ms\", \"30s\", \"5m\""
+        )),
     }
 }
 

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use field::{parse_duration_setting, ConfigChange, ConfigErrors, FieldError, MAX_DURATION};
 use field::{show_duration, Applier};
-pub use field::{ConfigChange, ConfigErrors, FieldError};
 pub use health::{HealthSettings, HealthThresholds};
 pub use protocols::{
     GrpcConfig, GrpcSettings, Http1Config, Http1Settings, Http2Config, Http2Settings,
@@ -273,6 +273,72 @@ mod tests {
         assert_eq!(err.0[0].value, "0");
         assert_eq!(err.0[1].value, "\"soon\"");
         assert!(err.to_string().contains("pool.max_connections = 0"));
+    }
+
+    /// Every string leaf of the default settings (the durations), by dotted path.
+    fn duration_fields() -> Vec<Vec<String>> {
+        fn walk(v: &serde_json::Value, at: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+            match v {
+                serde_json::Value::Object(m) => {
+                    for (k, v) in m {
+                        at.push(k.clone());
+                        walk(v, at, out);
+                        at.pop();
+                    }
+                }
+                serde_json::Value::String(_) => out.push(at.clone()),
+                _ => {}
+            }
+        }
+        let mut base = PoolConfig::default().to_settings();
+        // Unset by default: given a value so the walk finds it.
+        base.websocket.as_mut().unwrap().idle_timeout = Some("1m".into());
+        let mut out = Vec::new();
+        walk(
+            &serde_json::to_value(base).unwrap(),
+            &mut Vec::new(),
+            &mut out,
+        );
+        out
+    }
+
+    fn with(field: &[String], value: &str) -> PoolSettings {
+        let mut v = serde_json::json!({});
+        let mut at = &mut v;
+        for (i, key) in field.iter().enumerate() {
+            let next = if i + 1 == field.len() {
+                serde_json::json!(value)
+            } else {
+                serde_json::json!({})
+            };
+            at = at
+                .as_object_mut()
+                .unwrap()
+                .entry(key.clone())
+                .or_insert(next);
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn every_duration_has_an_upper_bound_named_in_its_error() {
+        let fields = duration_fields();
+        assert_eq!(fields.len(), 12, "{fields:?}");
+        for field in fields {
+            let path = format!("pool.{}", field.join("."));
+            let err = PoolConfig::default()
+                .apply(&with(&field, "300000000000y"), "pool.")
+                .unwrap_err();
+            assert_eq!(err.0.len(), 1, "{path}: {err}");
+            assert_eq!(err.0[0].field, path);
+            assert_eq!(err.0[0].value, "\"300000000000y\"");
+            assert!(err.0[0].reason.contains("at most 24h"), "{path}: {err}");
+            // The bound itself is allowed.
+            let (cfg, _) = PoolConfig::default()
+                .apply(&with(&field, "24h"), "pool.")
+                .unwrap_or_else(|e| panic!("{path}: {e}"));
+            assert_ne!(cfg, PoolConfig::default(), "{path}");
+        }
     }
 
     #[test]

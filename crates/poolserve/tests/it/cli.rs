@@ -69,6 +69,33 @@ listen = "127.0.0.1:0"
 }
 
 #[test]
+fn check_refuses_a_duration_past_its_bound_naming_the_field() {
+    let path = write_config(
+        "endless.toml",
+        r#"
+drain_timeout = "300000000000y"
+[[server]]
+name = "web"
+protocol = "http"
+listen = "127.0.0.1:0"
+  [server.pool]
+  keep_alive_timeout = "300000000000y"
+"#,
+    );
+    let out = Command::new(BIN)
+        .arg("--check")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    for field in ["drain_timeout", "server[0] (web).pool.keep_alive_timeout"] {
+        let line = format!("{field} = \"300000000000y\": must be at most 24h");
+        assert!(err.contains(&line), "{line} not in:\n{err}");
+    }
+}
+
+#[test]
 fn check_refuses_unknown_keys() {
     let path = write_config(
         "unknown.toml",

@@ -159,10 +159,19 @@ impl Collector for PoolCollector {
             &mut e,
             Family {
                 name: "connections_rejected",
-                help: "Connections refused at admission.",
+                help: "Connections refused at admission, by reason: max_connections (the pool \
+                       is full), per_ip (one client at max_connections_per_ip), not_accepting \
+                       (draining), invalid (the protocol policy refused the peer).",
                 unit: None,
                 kind: MetricType::Counter,
-                samples: per_pool(&|m| m.rejected),
+                samples: snaps
+                    .iter()
+                    .flat_map(|(l, m, _)| {
+                        m.rejected_by_reason
+                            .iter()
+                            .map(|(r, v)| (with(l, "reason", r), *v))
+                    })
+                    .collect(),
             },
         )?;
         counter(
@@ -210,6 +219,17 @@ impl Collector for PoolCollector {
                 unit: None,
                 kind: MetricType::Counter,
                 samples: per_pool(&|m| m.requests),
+            },
+        )?;
+        counter(
+            &mut e,
+            Family {
+                name: "requests_deadline_exceeded",
+                help: "Requests ended by their caller's deadline (a gRPC call's grpc-timeout): \
+                       among requests, not among errors nor in the health error rate.",
+                unit: None,
+                kind: MetricType::Counter,
+                samples: per_pool(&|m| m.deadline_exceeded),
             },
         )?;
         counter(

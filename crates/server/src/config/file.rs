@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use poolserve_pool::{FieldError, PoolConfig, PoolSettings};
+use poolserve_pool::{parse_duration_setting, FieldError, PoolConfig, PoolSettings};
 use serde::{Deserialize, Serialize};
 
 use crate::protocol::Protocol;
@@ -302,14 +302,10 @@ impl FileConfig {
         };
         let drain_timeout = match &self.drain_timeout {
             None => DEFAULT_DRAIN_TIMEOUT,
-            Some(raw) => match humantime::parse_duration(raw.trim()) {
-                Ok(d) if !d.is_zero() => d,
-                _ => {
-                    errors.push(field_error(
-                        "drain_timeout",
-                        format!("{raw:?}"),
-                        "not a positive duration such as \"30s\"",
-                    ));
+            Some(raw) => match parse_duration_setting(raw) {
+                Ok(d) => d,
+                Err(reason) => {
+                    errors.push(field_error("drain_timeout", format!("{raw:?}"), reason));
                     DEFAULT_DRAIN_TIMEOUT
                 }
             },

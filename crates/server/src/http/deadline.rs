@@ -16,7 +16,9 @@
 //!
 //! Both: a write the peer leaves unread for `connection_timeout` is a stall.
 
-use poolserve_pool::{earliest, stall_deadline, Activity, Phase, PoolConfig, TimeoutKind};
+use poolserve_pool::{
+    deadline_after, earliest, later, stall_deadline, Activity, Phase, PoolConfig, TimeoutKind,
+};
 use tokio::time::Instant;
 
 /// The deadline of an HTTP/1.1 connection, upgraded or not.
@@ -35,14 +37,17 @@ pub fn http1_deadline(a: &Activity, c: &PoolConfig) -> Option<(Instant, TimeoutK
 /// the request needs no earlier re-arm (a timer that fires early only causes a re-check).
 pub fn http1_timer_at(deadline: Instant, a: &Activity, c: &PoolConfig) -> Instant {
     if a.phase == Phase::Idle && a.requests > 0 && !a.upgraded {
-        deadline.min(a.phase_since + c.headers_timeout.min(c.request_timeout))
+        deadline.min(later(
+            a.phase_since,
+            c.headers_timeout.min(c.request_timeout),
+        ))
     } else {
         deadline
     }
 }
 
 fn request_cycle(a: &Activity, c: &PoolConfig) -> Option<(Instant, TimeoutKind)> {
-    let at = |d, kind| Some((a.phase_since + d, kind));
+    let at = |d, kind| deadline_after(a.phase_since, d, kind);
     match a.phase {
         Phase::Idle if a.requests == 0 => at(c.headers_timeout, TimeoutKind::Headers),
         // The last response's tail is still waiting on the peer: the stall bound governs, and
@@ -65,14 +70,14 @@ fn upgraded(a: &Activity, c: &PoolConfig) -> Option<(Instant, TimeoutKind)> {
     let ws = &c.websocket;
     let pong = a
         .ping_outstanding_since
-        .map(|since| (since + ws.pong_timeout, TimeoutKind::Pong));
+        .and_then(|since| deadline_after(since, ws.pong_timeout, TimeoutKind::Pong));
     let idle = ws
         .idle_timeout
-        .map(|idle| (a.last_message + idle, TimeoutKind::Idle));
+        .and_then(|idle| deadline_after(a.last_message, idle, TimeoutKind::Idle));
     // A close we sent must be answered like a ping.
     let close = a
         .close_sent_since
-        .map(|since| (since + ws.pong_timeout, TimeoutKind::Pong));
+        .and_then(|since| deadline_after(since, ws.pong_timeout, TimeoutKind::Pong));
     earliest(earliest(pong, close), idle)
 }
 

@@ -7,7 +7,7 @@ use std::task::{ready, Context, Poll};
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
-use poolserve_pool::ConnectionTracker;
+use poolserve_pool::{later, ConnectionTracker};
 use tokio::time::{Instant, Sleep};
 
 /// The request body handlers receive: hyper's body, reporting to the pool when it is fully
@@ -59,7 +59,7 @@ impl Body {
             };
         }
         let deadline = timed.then(|| {
-            let at = Instant::now() + tracker.request_timeout();
+            let at = later(Instant::now(), tracker.request_timeout());
             Box::pin(tokio::time::sleep_until(at))
         });
         Body {

@@ -53,10 +53,14 @@ impl<B: HttpBody, R: RequestRules> HttpBody for TrackedBody<B, R> {
                 }
             }
             Some(Ok(f)) => {
-                // Trailers may carry the outcome, where the server's rules look for it.
-                if let (Some(trailers), Some(r)) = (f.trailers_ref(), this.request.as_mut()) {
-                    if R::trailers_failed(trailers) {
-                        r.fail();
+                // Trailers may carry the outcome, where the server's rules look for it. They
+                // are a body's last frame: the response is complete (hyper need not poll on).
+                if let Some(trailers) = f.trailers_ref() {
+                    if let Some(mut r) = this.request.take() {
+                        if R::trailers_failed(trailers) {
+                            r.fail();
+                        }
+                        r.finish();
                     }
                 }
             }

@@ -3,6 +3,8 @@
 //! code; a protocol that reports its outcome elsewhere (a status of its own in the trailers)
 //! brings its own.
 
+use std::time::Duration;
+
 use http::{HeaderMap, Request, Response};
 
 /// Per-request rules of the protocol a server runs over HTTP. Its functions are called for
@@ -13,6 +15,14 @@ pub trait RequestRules: Send + Sync + 'static {
     /// deadline says no.
     fn times_body<B>(_request: &Request<B>) -> bool {
         true
+    }
+
+    /// How long the caller gives this request, if the protocol carries a deadline in it: a
+    /// request that fails or is abandoned past it ended by the caller's deadline, which is
+    /// counted apart and is not a server failure.
+    #[inline(always)]
+    fn caller_deadline<B>(_request: &Request<B>) -> Option<Duration> {
+        None
     }
 
     /// Whether a response head makes its request a server failure.

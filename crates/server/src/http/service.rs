@@ -50,7 +50,10 @@ where
     type Future = ResponseFuture<Either<S::Future, Oneshot<S, Request<Body>>>, R>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        let request = self.tracker.request_started();
+        let mut request = self.tracker.request_started();
+        if let Some(timeout) = R::caller_deadline(&req) {
+            request.caller_deadline(timeout);
+        }
         // A stream of a multiplexed connection times its own body unless its protocol bounds
         // it otherwise; a request without a body (most are) needs neither the deadline nor the
         // rules' look.

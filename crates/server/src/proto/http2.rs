@@ -16,8 +16,8 @@ use std::time::Duration;
 use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use poolserve_pool::{
-    earliest, stall_deadline, Activity, CloseReason, ConnectionGuard, ManagedConnection,
-    PoolConfig, TimeoutKind,
+    deadline_after, earliest, stall_deadline, Activity, CloseReason, ConnectionGuard,
+    ManagedConnection, PoolConfig, TimeoutKind,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
@@ -133,10 +133,10 @@ where
 /// are the protocol's own business (`http2.keep_alive_timeout`).
 fn http2_deadline(a: &Activity, c: &PoolConfig) -> Option<(Instant, TimeoutKind)> {
     let idle = match (a.in_flight, a.requests) {
-        (0, 0) => Some((a.opened_at + c.headers_timeout, TimeoutKind::Headers)),
+        (0, 0) => deadline_after(a.opened_at, c.headers_timeout, TimeoutKind::Headers),
         // Frames of the last streams still wait on the peer: the stall bound governs.
         (0, _) if a.write_blocked_since.is_some() => None,
-        (0, _) => Some((a.phase_since + c.connection_timeout, TimeoutKind::Idle)),
+        (0, _) => deadline_after(a.phase_since, c.connection_timeout, TimeoutKind::Idle),
         _ => None,
     };
     earliest(idle, stall_deadline(a, c))

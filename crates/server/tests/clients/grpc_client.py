@@ -12,6 +12,9 @@ and checks grpc.health.v1 (grpcio-health-checking). Exits non-zero on any mismat
         opens N Echo.Stream calls of 8 replies 100 ms apart, prints "streaming" once each has
         its first reply, then exits 0 if every call gets all 8 and ends OK (the test shuts the
         server down meanwhile).
+    grpc_client.py HOST:PORT --deadline-calls N
+        makes N Echo.Stream calls of 100 replies 50 ms apart, each with a 0.1 s deadline, and
+        exits 0 if every one ends with DEADLINE_EXCEEDED.
 """
 
 import argparse
@@ -100,12 +103,24 @@ def streams_through_drain(channel, n):
     print("drained ok", flush=True)
 
 
+def deadline_calls(channel, n):
+    _, StreamRequest, _, stream = echo_calls(channel)
+    for i in range(n):
+        try:
+            list(stream(StreamRequest(message=f"t{i}", count=100, interval_ms=50), timeout=0.1))
+            check(False, f"call {i} outlived its deadline")
+        except grpc.RpcError as e:
+            check(e.code() == grpc.StatusCode.DEADLINE_EXCEEDED, f"call {i}: {e.code()}")
+    print("deadlines ok", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("target")
     parser.add_argument("--cafile")
     parser.add_argument("--watch-until-not-serving", action="store_true")
     parser.add_argument("--streams-through-drain", type=int, metavar="N")
+    parser.add_argument("--deadline-calls", type=int, metavar="N")
     args = parser.parse_args()
     channel = channel_for(args)
     grpc.channel_ready_future(channel).result(timeout=TIMEOUT)
@@ -114,6 +129,9 @@ def main():
         return
     if args.streams_through_drain:
         streams_through_drain(channel, args.streams_through_drain)
+        return
+    if args.deadline_calls:
+        deadline_calls(channel, args.deadline_calls)
         return
 
     EchoRequest, StreamRequest, unary, stream = echo_calls(channel)

@@ -402,6 +402,53 @@ async fn a_bad_patch_is_refused_naming_each_field_and_nothing_is_applied() {
 }
 
 #[tokio::test]
+async fn a_patch_with_a_duration_past_its_bound_is_refused_naming_the_field() {
+    let h = start(PoolSettings::default()).await;
+    let (status, body) = admin_send(
+        h.admin,
+        "PATCH",
+        "/servers/web/pool",
+        r#"{"keep_alive_timeout": "300000000000y", "websocket": {"ping_interval": "25h"}}"#,
+        None,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    let refused: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let errors = refused["errors"].as_array().unwrap();
+    let fields: Vec<_> = errors
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        fields,
+        ["keep_alive_timeout", "websocket.ping_interval"],
+        "{body}"
+    );
+    for e in errors {
+        let reason = e["reason"].as_str().unwrap();
+        assert!(reason.contains("at most 24h"), "{body}");
+    }
+    let pool = h.runtime.server("web").unwrap().pool().clone();
+    assert_eq!(pool.config().keep_alive_timeout, Duration::from_secs(5));
+    // The bound itself is taken, and a kept-alive connection is served under it.
+    let (status, body) = admin_send(
+        h.admin,
+        "PATCH",
+        "/servers/web/pool",
+        r#"{"keep_alive_timeout": "24h", "connection_timeout": "24h"}"#,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let mut client = Client::connect(h.http).await;
+    for _ in 0..2 {
+        assert_eq!(client.get("/").await.status(), 200);
+        wait_until("the connection idle", || pool.metrics().idle == 1).await;
+    }
+    assert_eq!(pool.active_connections(), 1);
+}
+
+#[tokio::test]
 async fn events_stream_pool_events_in_order() {
     use http_body_util::BodyExt;
     let h = start(PoolSettings::default()).await;

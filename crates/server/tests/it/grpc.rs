@@ -169,9 +169,74 @@ async fn the_callers_grpc_timeout_ends_a_stream_with_deadline_exceeded() {
         n += 1;
     }
     assert_eq!(n, 3);
-    // The deadline counts against the server's error rate; the finished stream does not.
+    // The deadline is the caller's: counted apart, not as the server's error.
     let m = h.runtime.server("rpc").unwrap().pool().metrics();
-    assert_eq!((m.requests, m.errors), (2, 1));
+    assert_eq!((m.requests, m.errors, m.deadline_exceeded), (2, 0, 1));
+}
+
+#[tokio::test]
+async fn calls_ended_by_the_callers_deadline_leave_the_server_ready() {
+    let h = start(PoolSettings::default()).await;
+    let pool = h.runtime.server("rpc").unwrap().pool().clone();
+    let client = EchoClient::new(grpc_channel(h.grpc).await);
+    // Twenty streams that would run for 5 s, each cut by its caller's 100 ms deadline.
+    let calls: Vec<_> = (0..20)
+        .map(|i| {
+            let mut c = client.clone();
+            tokio::spawn(async move {
+                let mut request = tonic::Request::new(StreamRequest {
+                    message: format!("s{i}"),
+                    count: 100,
+                    interval_ms: 50,
+                });
+                request.set_timeout(Duration::from_millis(100));
+                let mut stream = c.stream(request).await?.into_inner();
+                loop {
+                    match stream.next().await {
+                        Some(Ok(_)) => {}
+                        Some(Err(status)) => return Err(status),
+                        None => return Ok(()),
+                    }
+                }
+            })
+        })
+        .collect();
+    for call in calls {
+        let status = call.await.unwrap().unwrap_err();
+        assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    }
+    wait_until("the calls recorded", || pool.metrics().requests == 20).await;
+    let m = pool.metrics();
+    assert_eq!((m.errors, m.deadline_exceeded), (0, 20));
+    let labels = "server=\"rpc\"";
+    assert_eq!(
+        metric(
+            h.admin,
+            "poolserve_requests_deadline_exceeded_total",
+            labels
+        )
+        .await,
+        20.0
+    );
+    assert_eq!(metric(h.admin, "poolserve_errors_total", labels).await, 0.0);
+    assert_eq!(
+        metric(h.admin, "poolserve_pool_error_rate", labels).await,
+        0.0
+    );
+    let health = health(h.admin).await;
+    assert_eq!(health["pools"]["rpc"]["status"], "healthy", "{health}");
+    let (ready, why) = admin(h.admin, "/readyz").await;
+    assert_eq!(ready, 200, "{why}");
+    let mut checker = HealthClient::new(grpc_channel(h.grpc).await);
+    let serving = checker
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(serving, ServingStatus::Serving as i32);
 }
 
 #[tokio::test]

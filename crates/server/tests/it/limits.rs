@@ -9,6 +9,9 @@ use poolserve_pool::{CloseReason, PoolEventKind, PoolSettings};
 use support::*;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
 
 #[tokio::test]
 async fn http_limit_is_exact_and_refusals_get_a_503_without_parsing() {
@@ -65,7 +68,12 @@ async fn http_limit_is_exact_and_refusals_get_a_503_without_parsing() {
         3.0
     );
     assert_eq!(
-        metric(h.admin, "poolserve_connections_rejected_total", labels).await,
+        metric(
+            h.admin,
+            "poolserve_connections_rejected_total",
+            "server=\"web\",protocol=\"http\",reason=\"max_connections\""
+        )
+        .await,
         2.0
     );
     assert_eq!(
@@ -206,6 +214,67 @@ async fn per_ip_limit_applies_to_the_peer_address() {
     assert!(reply.starts_with("HTTP/1.1 503 "), "{reply}");
     let events = h.runtime.server("web").unwrap().pool().metrics();
     assert_eq!(events.rejected, 1);
+}
+
+#[tokio::test]
+async fn one_client_at_its_per_ip_limit_leaves_the_instance_in_rotation() {
+    // 2 % utilisation, one client at its own limit.
+    let h = start(PoolSettings {
+        max_connections: Some(100),
+        max_connections_per_ip: Some(2),
+        ..Default::default()
+    })
+    .await;
+    let mut a = Client::connect(h.http).await;
+    let mut b = Client::connect(h.http).await;
+    assert_eq!(a.get("/").await.status(), 200);
+    assert_eq!(b.get("/").await.status(), 200);
+    let reply = raw_exchange(h.http, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    assert!(reply.starts_with("HTTP/1.1 503 "), "{reply}");
+    // The same on a gRPC server: two channels held, a third connection closed unanswered.
+    let mut grpc_health = HealthClient::new(grpc_channel(h.grpc).await);
+    let _second = grpc_channel(h.grpc).await;
+    let mut third = TcpStream::connect(h.grpc).await.unwrap();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(WAIT, third.read(&mut byte))
+        .await
+        .unwrap();
+    assert!(matches!(read, Ok(0) | Err(_)), "refused: {read:?}");
+    wait_until("the gRPC refusal counted", || {
+        h.runtime.server("rpc").unwrap().pool().metrics().rejected == 1
+    })
+    .await;
+
+    let (ready, why) = admin(h.admin, "/readyz").await;
+    assert_eq!(ready, 200, "{why}");
+    let health = health(h.admin).await;
+    for pool in ["web", "rpc"] {
+        assert_eq!(health["pools"][pool]["status"], "healthy", "{health}");
+        assert_eq!(health["pools"][pool]["rejected_connections"], 1, "{health}");
+    }
+    let status = grpc_health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(status, ServingStatus::Serving as i32);
+    for server in ["web", "rpc"] {
+        let labels = |reason: &str| {
+            format!(
+                "server=\"{server}\",protocol=\"{}\",reason=\"{reason}\"",
+                if server == "web" { "http" } else { "grpc" }
+            )
+        };
+        let rejected = |reason: &str| {
+            let labels = labels(reason);
+            async move { metric(h.admin, "poolserve_connections_rejected_total", &labels).await }
+        };
+        assert_eq!(rejected("per_ip").await, 1.0, "{server}");
+        assert_eq!(rejected("max_connections").await, 0.0, "{server}");
+    }
 }
 
 #[tokio::test]

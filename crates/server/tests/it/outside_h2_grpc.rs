@@ -46,6 +46,46 @@ async fn python_grpcio_calls_the_demo_learned_by_reflection_plain_and_tls() {
 }
 
 #[tokio::test]
+async fn grpcio_calls_cut_by_their_deadline_are_not_server_errors() {
+    let _isolated = support::isolation::heavy().await;
+    let h = start(PoolSettings::default()).await;
+    let pool = h.runtime.server("rpc").unwrap().pool().clone();
+    let out = run(Command::new(venv_bin("python"))
+        .arg(client_script("grpc_client.py"))
+        .arg(h.grpc.to_string())
+        .arg("--deadline-calls")
+        .arg("20"))
+    .await;
+    assert!(out.contains("deadlines ok"), "{out}");
+    // Twenty calls plus the reflection lookups. Each Stream call ended by its caller's
+    // deadline, whichever side acted first: the server's DEADLINE_EXCEEDED, or grpcio's reset
+    // once its own timer fired (counted too unless it came well before the deadline as seen
+    // here, which a loaded machine can make happen, so not every one is asserted).
+    wait_until("every call recorded", || {
+        let m = pool.metrics();
+        m.requests_in_flight == 0 && m.requests >= 20
+    })
+    .await;
+    assert_eq!(pool.metrics().errors, 0);
+    let labels = "server=\"rpc\"";
+    let deadlines = metric(
+        h.admin,
+        "poolserve_requests_deadline_exceeded_total",
+        labels,
+    )
+    .await;
+    assert!(deadlines >= 1.0, "{deadlines}");
+    assert_eq!(
+        metric(h.admin, "poolserve_pool_error_rate", labels).await,
+        0.0
+    );
+    let health = health(h.admin).await;
+    assert_eq!(health["pools"]["rpc"]["status"], "healthy", "{health}");
+    let (ready, why) = admin(h.admin, "/readyz").await;
+    assert_eq!(ready, 200, "{why}");
+}
+
+#[tokio::test]
 async fn python_health_watch_sees_not_serving_when_the_pool_is_full() {
     let _isolated = support::isolation::heavy().await;
     let h = start(PoolSettings {

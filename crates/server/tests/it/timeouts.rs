@@ -325,3 +325,54 @@ async fn a_flush_that_waited_on_the_peer_then_went_through_leaves_no_write_block
     assert_eq!(tracker.activity().write_blocked_since, None);
     drop(reader.await.unwrap());
 }
+
+/// A `PoolConfig` built in code skips the config's bounds: a timeout no `Instant` can hold
+/// means no deadline, never a panic in the connection's task.
+#[tokio::test]
+async fn a_timeout_past_what_an_instant_holds_leaves_a_kept_alive_connection_served() {
+    let endless = poolserve_pool::PoolConfig {
+        keep_alive_timeout: Duration::MAX,
+        connection_timeout: Duration::MAX,
+        headers_timeout: Duration::MAX,
+        request_timeout: Duration::MAX,
+        ..poolserve_pool::PoolConfig::default()
+    };
+    let registry = poolserve_pool::PoolRegistry::new();
+    let options = poolserve_server::ServerOptions {
+        name: "endless".into(),
+        protocol: poolserve_server::Protocol::Http,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls: None,
+        pool: endless,
+    };
+    let server =
+        poolserve_server::Server::start(&registry, options, poolserve_demo::routes::service())
+            .await
+            .unwrap();
+    let pool = server.pool().clone();
+    let mut events = registry.subscribe();
+    let mut client = Client::connect(server.local_addr()).await;
+    for _ in 0..3 {
+        assert_eq!(client.get("/").await.status(), 200);
+        // Idle between requests: the connection's rule computes its keep-alive deadline.
+        wait_until("the connection idle", || pool.metrics().idle == 1).await;
+    }
+    assert_eq!(pool.metrics().requests, 3);
+    assert_eq!(pool.active_connections(), 1);
+    // It closes when its peer does, as completed.
+    drop(client);
+    let removed = wait_events(&mut events, 1, |k| {
+        matches!(k, PoolEventKind::ConnectionRemoved { .. })
+    })
+    .await;
+    assert!(
+        matches!(
+            removed[0],
+            PoolEventKind::ConnectionRemoved {
+                reason: CloseReason::Completed,
+                ..
+            }
+        ),
+        "{removed:?}"
+    );
+}

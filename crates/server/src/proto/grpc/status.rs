@@ -2,8 +2,11 @@
 //! trailers-only response), and is bounded by its own `grpc-timeout` rather than by
 //! `request_timeout`.
 
+use std::time::Duration;
+
 use http::{HeaderMap, Request, Response};
 
+use super::timeout::parse_grpc_timeout;
 use crate::http::RequestRules;
 
 /// gRPC's rules for the pool's request cycle: which calls are the server's failures, and that a
@@ -21,6 +24,12 @@ impl RequestRules for GrpcRules {
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
     }
 
+    /// The call's `grpc-timeout`: its DEADLINE_EXCEEDED (from the pool's own timer, see
+    /// `call.rs`) or the caller's reset once it passed is the caller's limit, not a failure.
+    fn caller_deadline<B>(request: &Request<B>) -> Option<Duration> {
+        parse_grpc_timeout(request.headers().get("grpc-timeout")?.as_bytes())
+    }
+
     /// A 5xx, or a trailers-only response (an empty body) whose head carries a failing status.
     fn response_failed<B: http_body::Body>(response: &Response<B>) -> bool {
         response.status().is_server_error()
@@ -35,6 +44,8 @@ impl RequestRules for GrpcRules {
 /// Whether `headers` (trailers, or a trailers-only response's headers) end a call with a status
 /// that counts against the server: UNKNOWN, DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE or
 /// DATA_LOSS (the codes Envoy maps to 5xx, less UNIMPLEMENTED, which is the caller's mistake).
+/// A DEADLINE_EXCEEDED past the caller's own `grpc-timeout` is then counted apart by the pool
+/// (`RequestTracker::caller_deadline`); one a handler returns before it is the server's.
 pub(crate) fn is_server_failure(headers: &HeaderMap) -> bool {
     matches!(
         headers.get("grpc-status").map(|v| v.as_bytes()),

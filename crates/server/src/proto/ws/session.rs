@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use poolserve_pool::{ConnectionTracker, PoolConfig};
+use poolserve_pool::{later, ConnectionTracker, PoolConfig};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
@@ -119,7 +119,7 @@ where
     let mut control = tracker.control();
     let mut ping_interval = control.borrow_and_update().config.websocket.ping_interval;
     let mut following = true;
-    let heartbeat = tokio::time::sleep_until(Instant::now() + ping_interval);
+    let heartbeat = tokio::time::sleep_until(later(Instant::now(), ping_interval));
     tokio::pin!(heartbeat);
     let send_failed = |e: WsProtocolError| match e {
         WsProtocolError::ConnectionClosed | WsProtocolError::AlreadyClosed => {
@@ -150,7 +150,7 @@ where
                 if interval != ping_interval {
                     ping_interval = interval;
                     let last = tracker.activity().last_message;
-                    heartbeat.as_mut().reset(last + ping_interval);
+                    heartbeat.as_mut().reset(later(last, ping_interval));
                 }
             }
             next = ws.next() => {
@@ -183,16 +183,16 @@ where
             }
             () = &mut heartbeat => {
                 let activity = tracker.activity();
-                let due = activity.last_message + ping_interval;
+                let due = later(activity.last_message, ping_interval);
                 let now = Instant::now();
                 if now >= due && activity.ping_outstanding_since.is_none() && !closing {
                     ws.send(Message::Ping(Bytes::from_static(b"poolserve")))
                         .await
                         .map_err(send_failed)?;
                     tracker.ping_sent();
-                    heartbeat.as_mut().reset(now + ping_interval);
+                    heartbeat.as_mut().reset(later(now, ping_interval));
                 } else {
-                    heartbeat.as_mut().reset(due.max(now + ping_interval / 8));
+                    heartbeat.as_mut().reset(due.max(later(now, ping_interval / 8)));
                 }
             }
         }
