@@ -33,10 +33,12 @@ async fn pool(file: &str) -> Result<(), Box<dyn std::error::Error>> {
         poolserve_demo::grpc::services(),
     )
     .await?;
+    // The handler is installed before the address is printed: a caller that signals as soon as
+    // it reads the address must not find the default action (exit without a drain).
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     for s in runtime.servers() {
         println!("listening on {}", s.local_addr());
     }
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}

@@ -18,8 +18,9 @@
 //! protocol                 what each protocol is, as a table of facts (imports nothing)
 //! ```
 //!
-//! Only `server` names the protocols' code; `http` knows no protocol above HTTP. The
-//! `layers` test checks the rule on every file.
+//! Only `server` names the protocols' code (the crate root re-exports the public gRPC types);
+//! `http` runs no protocol's code above HTTP (it holds the upgraded-connection rule, which reads
+//! the `websocket` settings). The `layers` test checks the rule on every file.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -18,9 +18,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use crate::admin::{AdminServer, AdminState};
 use crate::config::{ReloadError, ReloadReport, RunConfig, ServerSpec, ADMIN_POOL};
 use crate::http::{Handler, ResponseBody};
-use crate::proto::grpc::GrpcServices;
-use crate::protocol::Protocol;
-use crate::server::{Prepared, Server, ServerError, ServerOptions};
+use crate::server::{GrpcServices, Prepared, Server, ServerError, ServerOptions};
 use crate::transport::listener::{self, Listener};
 use crate::transport::policy::ServerPolicy;
 use crate::transport::tls::PemPair;
@@ -99,12 +97,8 @@ impl Runtime {
         // A Mutex makes the service shareable without asking it to be `Sync`.
         let service = std::sync::Mutex::new(service);
         let preparer: Preparer = Arc::new(move |pool, options| {
-            if options.protocol == Protocol::Grpc {
-                Server::prepare_grpc(pool, options, grpc.clone())
-            } else {
-                let service = service.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                Server::prepare(pool, options, service)
-            }
+            let service = service.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            Server::prepare_for_protocol(pool, options, service, grpc.clone())
         });
         let mut servers = Vec::new();
         for spec in &config.servers {

@@ -15,7 +15,9 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::http::{Handler, PlainHttp, RequestRules, ResponseBody};
-use crate::proto::grpc::{self, GrpcCall, GrpcRules, GrpcServices};
+/// The gRPC services a `grpc` server answers with, for the layers above that hand them over.
+pub use crate::proto::grpc::GrpcServices;
+use crate::proto::grpc::{self, GrpcCall, GrpcRules};
 use crate::proto::{http1, http2, ws};
 use crate::protocol::{Protocol, Wire};
 use crate::transport::listener::{self, Io, Launch, Listener, Negotiated, ServeConnection};
@@ -184,6 +186,24 @@ impl Server {
             )
             .map_err(|e| ServerError::Registry(e.to_string()))?;
         Ok((listener, pool))
+    }
+
+    /// Prepares a server of `pool` for whatever protocol `options` names: `grpc` with
+    /// `services`, every other with `service`; see [`Prepared`].
+    pub(crate) fn prepare_for_protocol<S, B>(
+        pool: Pool<ServerPolicy>,
+        options: ServerOptions,
+        service: S,
+        services: GrpcServices,
+    ) -> Result<Prepared, ServerError>
+    where
+        S: Handler<B>,
+        B: ResponseBody,
+    {
+        match options.protocol {
+            Protocol::Grpc => Server::prepare_grpc(pool, options, services),
+            _ => Server::prepare(pool, options, service),
+        }
     }
 
     /// Prepares a server of `pool` with `service` answering every request; see [`Prepared`].

@@ -2,8 +2,10 @@
 //! WebSocket upgrade and what runs on them): the [`Handler`] bound, the adapter that records
 //! each request in the pool, the request and response bodies that tell it when a request was
 //! received and finished, the rules a protocol adds to them ([`RequestRules`]), keeping an
-//! upgraded connection pooled, the timeout rule of an HTTP/1.1 connection, and which errors are
-//! the peer's. It knows no protocol above HTTP.
+//! upgraded connection pooled, the timeout rule of an HTTP/1.1 connection (with the rule of an
+//! upgraded one, which reads the `websocket` settings: an HTTP/1.1 handler's upgrade and a `ws`
+//! server end the same way), and which errors are the peer's. It knows no protocol's code above
+//! HTTP.
 
 mod deadline;
 mod errors;

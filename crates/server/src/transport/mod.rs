@@ -1,6 +1,7 @@
 //! Sockets: binding and the accept loop, admission before any protocol work, refusals, the TLS
 //! handshake and the counting socket wrapper. What comes out is an admitted connection's I/O and
-//! the ALPN it negotiated, handed to a [`listener::ServeConnection`]; nothing here knows HTTP.
+//! the ALPN it negotiated, handed to a [`listener::ServeConnection`]. Nothing here parses or
+//! speaks HTTP; the one HTTP text it knows is the fixed `503` a refused connection gets.
 
 pub(crate) mod io;
 pub(crate) mod listener;

@@ -50,7 +50,7 @@ async fn the_dashboard_shows_a_pool_turning_overloaded() {
         .unwrap();
     let mut lines = BufReader::new(node.stdout.take().unwrap()).lines();
     // Chromium's first start on a fresh machine, with the rest of the suite running beside it,
-    // has taken more than `WAIT` (seen 2026-12-02); later starts take about a second.
+    // has taken more than `WAIT`; later starts take about a second.
     let first = tokio::time::timeout(BROWSER_START, lines.next_line())
         .await
         .expect("the page shows the pool healthy")
