@@ -173,6 +173,13 @@ impl ConnectionShared {
         self.multiplexed.load(Ordering::Relaxed)
     }
 
+    /// Whether the peer ever sent a byte, on a multiplexed connection (whose reads are
+    /// stamped); any other connection counts as having read.
+    pub fn has_read(&self) -> bool {
+        !self.is_multiplexed()
+            || self.last_read.load(Ordering::Relaxed) != self.core.nanos(self.opened_at)
+    }
+
     pub fn is_upgraded(&self) -> bool {
         self.upgraded.load(Ordering::Relaxed)
     }

@@ -50,9 +50,11 @@ pub trait ManagedConnection: Future<Output = Result<(), Self::Error>> {
 
     /// Whether the connection has a goodbye to send when the pool closes it on a timeout (an
     /// HTTP/2 GOAWAY naming the last stream processed), so a peer that opens a stream at that
-    /// moment can tell it was not processed. The driver then closes it politely and drops it
-    /// once it has closed, or [`TIMEOUT_GOODBYE_GRACE`] later. A write stall has no goodbye:
-    /// the peer is not reading.
+    /// moment can tell whether it was processed. The driver then closes it politely: streams
+    /// the peer opened before the goodbye took effect finish under the protocol's own rule,
+    /// and once none is in flight the connection is dropped [`TIMEOUT_GOODBYE_GRACE`] later if
+    /// it has not closed by itself. A write stall has no goodbye (the peer is not reading), nor
+    /// has a connection that never sent a byte.
     const GOODBYE_ON_TIMEOUT: bool = false;
 
     /// The next instant the connection must have moved on by, and the timeout it overruns
@@ -106,7 +108,8 @@ struct PhaseTimer<'a, C> {
     key: Option<u32>,
     /// Whether the connection may still take a shedding claim.
     may_shed: bool,
-    /// Set once a timeout's goodbye was sent: the only deadline left is the end of its grace.
+    /// Set once a timeout's goodbye was sent (when, and for which timeout): from then on the
+    /// deadline is the end of its grace once no request is in flight.
     goodbye: Option<(Instant, TimeoutKind)>,
 }
 
@@ -138,8 +141,13 @@ impl<C: ManagedConnection> PhaseTimer<'_, C> {
         }
         let activity = self.conn.activity();
         let rule = match self.goodbye {
-            Some(grace) => Some(grace),
-            None => C::deadline(&activity, &self.config),
+            // A stream accepted before the goodbye took effect is answered: the grace runs
+            // from when the last one finished.
+            Some((sent, kind)) if activity.in_flight == 0 => Some((
+                crate::activity::later(sent.max(activity.phase_since), TIMEOUT_GOODBYE_GRACE),
+                kind,
+            )),
+            _ => C::deadline(&activity, &self.config),
         };
         let Some((deadline, kind)) = rule else {
             // No deadline in this phase: an armed timer stays armed and only causes a re-check.
@@ -304,12 +312,17 @@ pub(crate) async fn drive<C: ManagedConnection>(
                 let id = shared.id;
                 tracing::debug!(pool = %core.name, id, kind = kind.as_str(), "connection timed out");
                 core.publish(|| PoolEventKind::ConnectionTimeout { id, kind });
-                // No goodbye to send, or one was sent already (a drain's, a shed's).
-                if !C::GOODBYE_ON_TIMEOUT || kind == TimeoutKind::WriteStall || closing.is_some() {
+                // No goodbye to send, or nobody to send it to, or one was sent already (a
+                // drain's, a shed's).
+                if !C::GOODBYE_ON_TIMEOUT
+                    || kind == TimeoutKind::WriteStall
+                    || !shared.has_read()
+                    || closing.is_some()
+                {
                     return CloseReason::Timeout(kind);
                 }
                 timer.may_shed = false;
-                timer.goodbye = Some((Instant::now() + TIMEOUT_GOODBYE_GRACE, kind));
+                timer.goodbye = Some((Instant::now(), kind));
                 timer.armed = None;
                 close_politely(
                     &shared,

@@ -444,8 +444,8 @@ async fn a_timeout_close_sends_goaway_with_the_last_stream_first() {
     let bound = Duration::from_millis(600);
 
     // No request ever: the first-request bound.
-    let mut s = TcpStream::connect(h.h2c).await.unwrap();
     let opened = Instant::now();
+    let mut s = TcpStream::connect(h.h2c).await.unwrap();
     s.write_all(PREFACE_AND_SETTINGS).await.unwrap();
     let (frames, closed) = frames_until_close(&mut s).await;
     assert_eq!(last_goaway(&frames), Some(0), "{frames:?}");
@@ -472,4 +472,64 @@ async fn a_timeout_close_sends_goaway_with_the_last_stream_first() {
     let m = h.runtime.server("h2c").unwrap().pool().metrics();
     assert!(m.timeouts.contains(&("headers", 1)), "{:?}", m.timeouts);
     assert!(m.timeouts.contains(&("idle", 1)), "{:?}", m.timeouts);
+}
+
+/// A stream the client opens between the idle timeout's first GOAWAY and the final one is
+/// accepted, so it is answered, however long it takes: the goodbye's grace runs only once no
+/// stream is in flight.
+#[tokio::test]
+async fn a_stream_opened_during_the_timeout_goodbye_is_answered() {
+    let h = start(PoolSettings {
+        connection_timeout: Some("500ms".into()),
+        ..Default::default()
+    })
+    .await;
+    let mut s = TcpStream::connect(h.h2c).await.unwrap();
+    s.write_all(PREFACE_AND_SETTINGS).await.unwrap();
+    // GET / on stream 1: :method GET, :path /, :scheme http, :authority "x".
+    let block = [0x82, 0x84, 0x86, 0x41, 0x01, b'x'];
+    let mut headers = vec![0, 0, block.len() as u8, 0x1, 0x5, 0, 0, 0, 1];
+    headers.extend_from_slice(&block);
+    s.write_all(&headers).await.unwrap();
+    // GET /sleep?ms=1500 on stream 3 (:path as a literal with the static name index 4),
+    // longer than the goodbye's grace.
+    let path = b"/sleep?ms=1500";
+    let mut block = vec![0x82, 0x86, 0x41, 0x01, b'x', 0x04, path.len() as u8];
+    block.extend_from_slice(path);
+    let mut slow = vec![0, 0, block.len() as u8, 0x1, 0x5, 0, 0, 0, 3];
+    slow.extend_from_slice(&block);
+    let mut sent_slow = false;
+    let mut answered = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let mut head = [0u8; 9];
+            if s.read_exact(&mut head).await.is_err() {
+                return;
+            }
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let stream = u32::from_be_bytes([head[5] & 0x7f, head[6], head[7], head[8]]);
+            let mut payload = vec![0u8; len];
+            if s.read_exact(&mut payload).await.is_err() {
+                return;
+            }
+            match head[3] {
+                // The first GOAWAY: open the slow stream before answering any PING.
+                0x7 if !sent_slow => {
+                    sent_slow = true;
+                    s.write_all(&slow).await.unwrap();
+                }
+                0x6 if head[4] & 0x1 == 0 => {
+                    let mut ack = vec![0, 0, 8, 0x6, 0x1, 0, 0, 0, 0];
+                    ack.extend_from_slice(&payload);
+                    let _ = s.write_all(&ack).await;
+                }
+                0x1 => answered.push(stream),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the server closes the connection");
+    assert!(sent_slow, "a GOAWAY came");
+    assert_eq!(answered, vec![1, 3], "both streams answered");
 }
