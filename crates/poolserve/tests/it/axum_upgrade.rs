@@ -234,3 +234,156 @@ async fn an_upgraded_connection_has_tcp_keepalive_for_a_vanished_peer() {
     .await;
     assert!(seen.is_ok(), "no keepalive timer: {}", server_timer());
 }
+
+/// A server whose `/ws` route answers its upgrade only once `gate` is notified, so a test can
+/// change the pool while upgrade requests are in flight; upgraded sockets echo and say 1001
+/// when the pool asks them to close.
+async fn start_gated(settings: PoolSettings, gate: std::sync::Arc<tokio::sync::Notify>) -> Server {
+    use axum::extract::ws::{CloseFrame, Message as AxumMessage, WebSocketUpgrade};
+    use axum::routing::get;
+    use axum::Extension;
+    use poolserve_server::PooledConnection;
+    let route = move |upgrade: WebSocketUpgrade, Extension(pooled): Extension<PooledConnection>| {
+        let gate = gate.clone();
+        async move {
+            gate.notified().await;
+            upgrade.on_upgrade(move |mut socket| async move {
+                loop {
+                    tokio::select! {
+                        () = pooled.closing() => {
+                            let bye = CloseFrame { code: 1001, reason: "going away".into() };
+                            let _ = socket.send(AxumMessage::Close(Some(bye))).await;
+                            while let Some(Ok(_)) = socket.recv().await {}
+                            return;
+                        }
+                        m = socket.recv() => match m {
+                            Some(Ok(m @ AxumMessage::Text(_))) => {
+                                if socket.send(m).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Some(Ok(_)) => {}
+                            _ => return,
+                        },
+                    }
+                }
+            })
+        }
+    };
+    let options = ServerOptions {
+        name: "gated".into(),
+        protocol: Protocol::Http,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls: None,
+        pool: PoolConfig::default().apply(&settings, "pool.").unwrap().0,
+    };
+    let app = axum::Router::new().route("/ws", get(route));
+    Server::start(&PoolRegistry::new(), options, app)
+        .await
+        .unwrap()
+}
+
+/// Reads until the server's close frame; its code.
+async fn close_code(ws: &mut tokio_tungstenite::WebSocketStream<TcpStream>) -> Option<u16> {
+    tokio::time::timeout(WAIT, async {
+        while let Some(m) = ws.next().await {
+            if let Ok(Message::Close(frame)) = m {
+                return frame.map(|f| u16::from(f.code));
+            }
+        }
+        None
+    })
+    .await
+    .expect("the server closes")
+}
+
+/// Upgrades answered while the pool is over a lowered limit complete (their 101 keeps
+/// `Connection: upgrade`), and the pool then sheds the excess upgraded connection with 1001.
+#[tokio::test]
+async fn an_upgrade_answered_over_a_lowered_limit_completes_and_is_then_shed() {
+    let gate = std::sync::Arc::new(tokio::sync::Notify::new());
+    let server = start_gated(
+        PoolSettings {
+            max_connections: Some(2),
+            ..Default::default()
+        },
+        gate.clone(),
+    )
+    .await;
+    let pool = server.pool().clone();
+    let addr = server.local_addr();
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            tokio::spawn(
+                async move { upgrade(addr, TcpStream::connect(addr).await.unwrap()).await },
+            )
+        })
+        .collect();
+    // Both upgrade requests are in flight, then the limit drops to 1.
+    tokio::time::timeout(WAIT, async {
+        while pool.metrics().requests_in_flight < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
+    pool.update_config(&PoolSettings {
+        max_connections: Some(1),
+        ..Default::default()
+    })
+    .unwrap();
+    gate.notify_waiters();
+    let mut sockets = Vec::new();
+    for c in clients {
+        sockets.push(c.await.unwrap());
+    }
+    let (a, b) = sockets.split_at_mut(1);
+    let (x, y) = (&mut a[0], &mut b[0]);
+    // One of the two is told 1001; the other still echoes.
+    let shed = tokio::select! {
+        code = close_code(x) => (code, 1),
+        code = close_code(y) => (code, 0),
+    };
+    assert_eq!(shed.0, Some(1001));
+    let kept = &mut sockets[shed.1];
+    kept.send(Message::text("still here")).await.unwrap();
+    assert_eq!(
+        kept.next().await.unwrap().unwrap(),
+        Message::text("still here")
+    );
+}
+
+/// A drain that starts while an upgrade is being answered reaches the handler once the
+/// connection is upgraded: it says 1001 and the connection closes politely, not at the
+/// drain deadline.
+#[tokio::test]
+async fn a_drain_begun_during_an_upgrade_reaches_the_upgraded_handler() {
+    let gate = std::sync::Arc::new(tokio::sync::Notify::new());
+    let server = start_gated(PoolSettings::default(), gate.clone()).await;
+    let pool = server.pool().clone();
+    let addr = server.local_addr();
+    let client =
+        tokio::spawn(async move { upgrade(addr, TcpStream::connect(addr).await.unwrap()).await });
+    tokio::time::timeout(WAIT, async {
+        while pool.metrics().requests_in_flight < 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let mut control = pool.control();
+    let shutdown = tokio::spawn(server.shutdown(Duration::from_secs(8)));
+    control
+        .wait_for(|s| s.stage != poolserve_pool::Stage::Serving)
+        .await
+        .unwrap();
+    gate.notify_waiters();
+    let mut ws = client.await.unwrap();
+    assert_eq!(close_code(&mut ws).await, Some(1001));
+    // Reading on sends tungstenite's close reply and sees the socket close.
+    tokio::time::timeout(WAIT, async { while ws.next().await.is_some() {} })
+        .await
+        .unwrap();
+    let report = tokio::time::timeout(WAIT, shutdown).await.unwrap().unwrap();
+    assert_eq!((report.open_at_start, report.forced), (1, 0));
+}

@@ -64,11 +64,12 @@ where
         // others spares every plain request an extensions map. hyper marks those requests (an
         // `Upgrade` header, `CONNECT`) with its `OnUpgrade`; looking that up in a request's
         // usually empty extensions costs less than hashing a header name.
-        if req
+        let asks_upgrade = req
             .extensions()
             .get::<hyper::upgrade::OnUpgrade>()
-            .is_some()
-        {
+            .is_some();
+        self.link.note_request(asks_upgrade);
+        if asks_upgrade {
             req.extensions_mut().insert(PooledConnection {
                 link: self.link.clone(),
             });
@@ -131,7 +132,11 @@ where
                 } else {
                     request.response_started(failed);
                 }
-                if request.should_close_connection() {
+                // A 101 hands the connection over: its `Connection: upgrade` stays, and an
+                // over-limit pool sheds the upgraded connection afterwards (close 1001).
+                if res.status() != http::StatusCode::SWITCHING_PROTOCOLS
+                    && request.should_close_connection()
+                {
                     res.headers_mut().insert(
                         http::header::CONNECTION,
                         http::HeaderValue::from_static("close"),

@@ -20,6 +20,8 @@ const UPGRADED: u8 = 1;
 const KILLED: u8 = 2;
 const IO_DROPPED: u8 = 4;
 const CLOSING: u8 = 8;
+/// The request in flight asks to upgrade (an `Upgrade` header, `CONNECT`).
+const UPGRADE_ASKED: u8 = 16;
 
 /// State shared by a connection's I/O, its driver and its handlers. Small until an upgrade
 /// needs it: the wakers are allocated only when someone first waits on them, which a
@@ -55,6 +57,21 @@ impl UpgradeLink {
     fn waiting(&self, register: impl FnOnce(&LinkWakers)) {
         register(self.wakers.get_or_init(Box::default));
         fence(Ordering::SeqCst);
+    }
+
+    /// A request started: whether it asks to upgrade. Costs a plain request one load.
+    #[inline]
+    pub fn note_request(&self, asks_upgrade: bool) {
+        if asks_upgrade {
+            self.state.fetch_or(UPGRADE_ASKED, Ordering::SeqCst);
+        } else if self.state.load(Ordering::Relaxed) & UPGRADE_ASKED != 0 {
+            self.state.fetch_and(!UPGRADE_ASKED, Ordering::SeqCst);
+        }
+    }
+
+    /// Whether the last request asked to upgrade.
+    pub fn upgrade_asked(&self) -> bool {
+        self.is(UPGRADE_ASKED)
     }
 
     /// The I/O was handed to an upgrade.

@@ -46,6 +46,12 @@ where
     serving: Option<Pin<Box<Hyper<I, S>>>>,
     link: Arc<UpgradeLink>,
     tracker: ConnectionTracker,
+    /// The pool asked for a polite close: one asked while an upgrade was being answered is
+    /// passed on to the handler once the connection is upgraded.
+    close_asked: bool,
+    /// The polite close waits for the upgrade request in flight to be answered: hyper would
+    /// add `close` to a 101's `Connection: upgrade`, which WebSocket clients refuse.
+    close_deferred: bool,
 }
 
 impl<I, S> Drop for Http1Connection<I, S>
@@ -73,6 +79,13 @@ where
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
+        if this.close_deferred && this.tracker.activity().in_flight == 0 {
+            // The upgrade request was answered without an upgrade: close as asked.
+            this.close_deferred = false;
+            if let Some(conn) = this.serving.as_mut() {
+                conn.as_mut().graceful_shutdown();
+            }
+        }
         if let Some(conn) = this.serving.as_mut() {
             ready!(conn.as_mut().poll(cx))?;
             this.serving = None;
@@ -82,6 +95,9 @@ where
             // hyper kept the I/O alive for an upgrade: the connection lives on in the handler.
             this.link.mark_upgraded();
             this.tracker.upgraded();
+            if this.close_asked {
+                ask_handler_to_close(&this.tracker, &this.link);
+            }
         }
         if this.link.register_drop(cx.waker()) {
             Poll::Ready(Ok(()))
@@ -106,13 +122,16 @@ where
     ///
     /// [`PooledConnection::closing`]: crate::http::PooledConnection::closing
     fn close_politely(mut self: Pin<&mut Self>) {
-        match self.serving.as_mut() {
-            Some(conn) => conn.as_mut().graceful_shutdown(),
-            None => {
-                // The handler's goodbye and the peer's answer are bounded like a ping's.
-                self.tracker.close_sent();
-                self.link.ask_to_close();
+        let this = &mut *self;
+        this.close_asked = true;
+        match this.serving.as_mut() {
+            // An upgrade being answered completes first; `poll` then passes the request on to
+            // the handler (upgraded) or closes (answered without an upgrade).
+            Some(_) if this.link.upgrade_asked() && this.tracker.activity().in_flight > 0 => {
+                this.close_deferred = true;
             }
+            Some(conn) => conn.as_mut().graceful_shutdown(),
+            None => ask_handler_to_close(&this.tracker, &this.link),
         }
     }
 
@@ -129,6 +148,13 @@ where
     fn timer_at(deadline: Instant, a: &Activity, c: &PoolConfig) -> Instant {
         http1_timer_at(deadline, a, c)
     }
+}
+
+/// Asks the handler that took the connection over to close; its goodbye and the peer's answer
+/// are bounded like a ping's.
+fn ask_handler_to_close(tracker: &ConnectionTracker, link: &UpgradeLink) {
+    tracker.close_sent();
+    link.ask_to_close();
 }
 
 /// Serves one admitted HTTP/1.1 connection to its end.
@@ -158,6 +184,8 @@ where
         serving: Some(Box::pin(serving)),
         link,
         tracker,
+        close_asked: false,
+        close_deferred: false,
     };
     guard.serve(conn).await
 }
