@@ -45,16 +45,12 @@ fn bearer_token(value: &[u8]) -> Option<&[u8]> {
     (!token.is_empty()).then_some(token)
 }
 
-/// Whether `presented` is `expected`, reading every byte of `expected` whatever `presented`
-/// holds: the time taken depends on the expected token's length only, so a caller cannot
-/// learn a token byte by byte from how fast wrong guesses are refused.
+/// Whether `presented` is `expected`, in time that does not depend on where a wrong token
+/// first differs (`subtle`), so a caller cannot learn a token byte by byte from how fast wrong
+/// guesses are refused; only a length mismatch is told at once.
 fn same_token(presented: &[u8], expected: &[u8]) -> bool {
-    let mut differ = u8::from(presented.len() != expected.len());
-    for (i, e) in expected.iter().enumerate() {
-        differ |= presented.get(i).copied().unwrap_or(0) ^ e;
-    }
-    // Kept opaque so the fold is not turned into a comparison that stops at the first mismatch.
-    std::hint::black_box(differ) == 0
+    use subtle::ConstantTimeEq;
+    bool::from(presented.ct_eq(expected))
 }
 
 #[cfg(test)]

@@ -25,6 +25,8 @@ pub const ADMIN_POOL: &str = "admin";
 pub fn default_admin_pool() -> PoolConfig {
     PoolConfig {
         max_connections: Some(64),
+        // One address cannot take every slot and fail the liveness probes of the rest.
+        max_connections_per_ip: Some(16),
         headers_timeout: Duration::from_secs(5),
         request_timeout: Duration::from_secs(10),
         ..PoolConfig::default()
@@ -257,6 +259,14 @@ impl FileConfig {
                     "admin.token",
                     "\"\"",
                     "must not be empty (leave it out for no token)",
+                ));
+            } else if t.trim() != t || t.chars().any(char::is_control) {
+                // A presented token is read up to the header's end: spaces around it, or a
+                // control character in it, could never match.
+                errors.push(field_error(
+                    "admin.token",
+                    "(hidden)",
+                    "must not start or end with whitespace nor hold control characters",
                 ));
             }
         }
@@ -590,6 +600,23 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("max_conns"), "{err}");
+    }
+
+    #[test]
+    fn an_admin_token_that_could_never_match_is_refused() {
+        for token in [" secret", "secret\\n", "se\\tcret"] {
+            let err = RunConfig::from_toml(&format!(
+                "[admin]\ntoken = \"{token}\"\n[[server]]\nname = \"web\"\nprotocol = \"http\"\n\
+                 listen = \"127.0.0.1:0\"\n"
+            ))
+            .unwrap_err();
+            assert_eq!(err.0[0].field, "admin.token", "{token:?}: {err}");
+            assert!(
+                !err.to_string().contains("secret"),
+                "the token stays hidden: {err}"
+            );
+        }
+        assert_eq!(default_admin_pool().max_connections_per_ip, Some(16));
     }
 
     #[test]

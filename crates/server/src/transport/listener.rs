@@ -111,7 +111,7 @@ pub(crate) async fn bind(addr: SocketAddr, config: &PoolConfig) -> io::Result<Li
     };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
-    socket2::SockRef::from(&socket).set_tcp_keepalive(&keepalive(config))?;
+    set_liveness(socket2::SockRef::from(&socket), config)?;
     let socket = socket.listen(1024)?;
     let local_addr = socket.local_addr()?;
     Ok(Listener { socket, local_addr })
@@ -216,18 +216,23 @@ const MAX_KEEPALIVE_IDLE: Duration = Duration::from_secs(32_767);
 /// That matters where nobody else pings: a connection a handler took over with an upgrade.
 /// Applied again on every config change, to the connections accepted after it.
 fn set_keepalive(listener: &TcpListener, config: &PoolConfig, name: &str) {
-    if let Err(e) = socket2::SockRef::from(listener).set_tcp_keepalive(&keepalive(config)) {
+    if let Err(e) = set_liveness(socket2::SockRef::from(listener), config) {
         tracing::warn!(server = %name, error = %e, "could not set TCP keepalive");
     }
 }
 
-fn keepalive(config: &PoolConfig) -> socket2::TcpKeepalive {
+/// TCP keepalive, and `TCP_USER_TIMEOUT` for a vanished peer with data still unacknowledged
+/// (keepalive does not probe then): `ping_interval + pong_timeout` without an
+/// acknowledgement closes the socket.
+fn set_liveness(socket: socket2::SockRef<'_>, config: &PoolConfig) -> io::Result<()> {
     let ws = &config.websocket;
     let bounded = |d: Duration| d.clamp(Duration::from_secs(1), MAX_KEEPALIVE_IDLE);
-    socket2::TcpKeepalive::new()
+    let keepalive = socket2::TcpKeepalive::new()
         .with_time(bounded(ws.ping_interval))
         .with_interval(bounded(ws.pong_timeout / 3))
-        .with_retries(3)
+        .with_retries(3);
+    socket.set_tcp_keepalive(&keepalive)?;
+    socket.set_tcp_user_timeout(Some(ws.ping_interval.saturating_add(ws.pong_timeout)))
 }
 
 fn is_per_connection_error(e: &io::Error) -> bool {
