@@ -55,8 +55,6 @@ pub(crate) struct ConnectionShared {
     shed_claimed: AtomicBool,
     /// Set when the pool's side of the driver (control channel, timer) woke the task.
     pool_side_woken: AtomicBool,
-    /// The peer broke off a request body; failures that follow are its doing, not ours.
-    peer_failed: AtomicBool,
     /// The task driving the connection, woken on the pool's behalf. Replaced only when the
     /// driver's waker changes (a tokio task's never does), so a poll takes no lock.
     driver_task: Mutex<Option<Waker>>,
@@ -94,7 +92,6 @@ impl ConnectionShared {
             upgraded: AtomicBool::new(false),
             multiplexed: AtomicBool::new(false),
             closing: AtomicBool::new(false),
-            peer_failed: AtomicBool::new(false),
             shed_claimed: AtomicBool::new(false),
             pool_side_woken: AtomicBool::new(true),
             driver_task: Mutex::new(None),
@@ -430,18 +427,13 @@ impl ConnectionTracker {
             caller_deadline_ms: NO_CALLER_DEADLINE,
             error: false,
             finished: false,
+            body_broken_off: None,
         }
     }
 
     /// The current request's body has fully arrived; the request timeout no longer applies.
     pub fn body_received(&self) {
         self.shared.body_received();
-    }
-
-    /// The peer broke off a request body (a reset, a truncated upload): a response failing
-    /// because of it is not counted as this server's error.
-    pub fn request_body_failed(&self) {
-        self.shared.peer_failed.store(true, Ordering::Relaxed);
     }
 
     /// Reports a connection-level error (counted, announced and weighed in health).
@@ -474,16 +466,6 @@ impl ConnectionTracker {
     /// The pool's `request_timeout` in force.
     pub fn request_timeout(&self) -> std::time::Duration {
         self.shared.core.config().request_timeout
-    }
-
-    /// One request of a multiplexed connection overran `request_timeout` (its body did not
-    /// arrive in time): counted as a `request` timeout; the connection and its other streams go
-    /// on, so no close is recorded.
-    pub fn request_timed_out(&self) {
-        let s = &self.shared;
-        s.core.counters.timeouts[TimeoutKind::Request.index()].fetch_add(1, Ordering::Relaxed);
-        s.peer_failed.store(true, Ordering::Relaxed);
-        tracing::debug!(pool = %s.core.name, id = s.id, "request timed out on a multiplexed connection");
     }
 
     /// The connection multiplexes requests as streams (HTTP/2): bytes between streams do not
@@ -589,7 +571,7 @@ fn caller_clock_allowance(deadline: u64) -> u64 {
 }
 
 // Moved with every response (in its future, then its body): kept small.
-const _: () = assert!(std::mem::size_of::<RequestTracker>() <= 32);
+const _: () = assert!(std::mem::size_of::<RequestTracker>() <= 40);
 
 /// One request in flight; finishing or dropping it records its duration and outcome.
 #[derive(Debug)]
@@ -606,12 +588,31 @@ pub struct RequestTracker {
     caller_deadline_ms: u32,
     error: bool,
     finished: bool,
+    /// Set by the request's [`RequestBodyTracker`] when the peer broke its body off; `None`
+    /// for a request whose body was complete with its head (most are), which needs no cell.
+    /// Per request, not per connection: on a multiplexed connection one stream's broken body
+    /// says nothing of another's failure, and a long-lived connection outlives it.
+    body_broken_off: Option<Arc<AtomicBool>>,
 }
 
 impl RequestTracker {
     /// The whole request body has arrived; the request timeout no longer applies.
     pub fn body_received(&self) {
         self.conn.body_received();
+    }
+
+    /// A tracker for this request's body, for the code that hands the body on to the handler
+    /// while the request is still arriving: through it the body reports its end, and a peer
+    /// that broke it off, which exempts this request's failure from the error count.
+    pub fn body_tracker(&mut self) -> RequestBodyTracker {
+        let broken_off = self
+            .body_broken_off
+            .get_or_insert_with(|| Arc::new(AtomicBool::new(false)))
+            .clone();
+        RequestBodyTracker {
+            conn: self.conn.clone(),
+            broken_off,
+        }
     }
 
     /// The response head is ready; `error` marks a server-side failure (a 5xx). The time to
@@ -667,9 +668,13 @@ impl RequestTracker {
     }
 
     /// Marks the request as failed (the response body broke off, say), unless the peer broke
-    /// off its request body first.
+    /// off this request's body first (see [`RequestBodyTracker::broken_off`]).
     pub fn fail(&mut self) {
-        if !self.conn.peer_failed.load(Ordering::Relaxed) {
+        if !self
+            .body_broken_off
+            .as_ref()
+            .is_some_and(|b| b.load(Ordering::Relaxed))
+        {
             self.error = true;
         }
     }
@@ -736,5 +741,44 @@ impl RequestTracker {
 impl Drop for RequestTracker {
     fn drop(&mut self) {
         self.record(false);
+    }
+}
+
+/// What one request's body reports while it arrives, handed to the code that reads it: its
+/// end, and a peer that broke it off. Made by [`RequestTracker::body_tracker`]; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct RequestBodyTracker {
+    conn: Arc<ConnectionShared>,
+    broken_off: Arc<AtomicBool>,
+}
+
+impl RequestBodyTracker {
+    /// The whole body has arrived (or the handler let go of it); the request timeout no longer
+    /// applies.
+    pub fn received(&self) {
+        self.conn.body_received();
+    }
+
+    /// The peer broke the body off (a reset stream, a truncated upload): a failure of this
+    /// request is then the peer's doing and is not counted as this server's error. Other
+    /// requests of the connection, before and after, are counted as ever.
+    pub fn broken_off(&self) {
+        self.broken_off.store(true, Ordering::Relaxed);
+    }
+
+    /// The body of a request on a multiplexed connection did not arrive within
+    /// `request_timeout`: counted as a `request` timeout, and, like a body the peer broke off,
+    /// the request's failure is not this server's error. The connection and its other streams
+    /// go on, so no close is recorded.
+    pub fn timed_out(&self) {
+        let s = &self.conn;
+        s.core.counters.timeouts[TimeoutKind::Request.index()].fetch_add(1, Ordering::Relaxed);
+        self.broken_off();
+        tracing::debug!(pool = %s.core.name, id = s.id, "request timed out on a multiplexed connection");
+    }
+
+    /// The pool's `request_timeout` in force.
+    pub fn request_timeout(&self) -> std::time::Duration {
+        self.conn.core.config().request_timeout
     }
 }

@@ -722,6 +722,37 @@ async fn a_stream_is_timed_from_the_read_that_brought_it() {
     assert_eq!(pool.metrics().requests_in_flight, 0);
 }
 
+/// A body the peer broke off excuses that request's failure and no other: not a stream in
+/// flight beside it, not a request after it on the same connection.
+#[tokio::test]
+async fn a_body_the_peer_broke_off_excuses_only_its_own_request() {
+    let pool = pool(PoolSettings::default());
+    let guard = pool.admit(None).unwrap();
+    let t = guard.tracker();
+    t.multiplexed();
+    let mut reset = t.request_started();
+    let mut beside = t.request_started();
+    let reset_body = reset.body_tracker();
+    let _beside_body = beside.body_tracker();
+    reset_body.broken_off();
+    reset.fail();
+    beside.fail();
+    drop(reset);
+    drop(beside);
+    assert_eq!(pool.metrics().errors, 1, "the stream beside it failed");
+    let mut later = t.request_started();
+    later.fail();
+    later.finish();
+    // One whose body timed out is excused the same way, and counted as a request timeout.
+    let mut slow = t.request_started();
+    slow.body_tracker().timed_out();
+    slow.fail();
+    slow.finish();
+    let m = pool.metrics();
+    assert_eq!((m.requests, m.errors), (4, 2));
+    assert!(m.timeouts.contains(&("request", 1)), "{:?}", m.timeouts);
+}
+
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
