@@ -322,13 +322,10 @@ impl ConnectionTracker {
         if s.phase.load(Ordering::Relaxed) == Phase::Idle as u8
             && s.in_flight.load(Ordering::Relaxed) == 0
         {
-            if s.requests.load(Ordering::Relaxed) == 0 {
-                // A new connection's first head is timed from when it was opened.
-                s.phase.store(Phase::ReadingHead as u8, Ordering::Relaxed);
-            } else {
-                // Also the start of the request this head begins (see `request_started`).
-                s.set_phase(Phase::ReadingHead, s.now());
-            }
+            // Also the start of the request this head begins (see `request_started`), which
+            // `request_timeout` counts from, the first request's as every later one's. A new
+            // connection's first head stays bounded from the open too (`Activity::opened_at`).
+            s.set_phase(Phase::ReadingHead, s.now());
         }
     }
 
@@ -396,13 +393,12 @@ impl ConnectionTracker {
     pub fn request_started(&self) -> RequestTracker {
         let s = &self.shared;
         let phase = Phase::from_u8(s.phase.load(Ordering::Relaxed));
-        // A later request on a kept-alive connection started when its head's first byte came,
-        // and a stream when the read that brought it came, both stamped by `bytes_read`: no
-        // clock read here. A first request (its head is timed from the open, not stamped) and
-        // a pipelined one read the clock.
+        // A request started when its head's first byte came, and a stream when the read that
+        // brought it came, both stamped by `bytes_read`: no clock read here. A pipelined
+        // request, whose bytes came while another was in flight, reads the clock.
         let started = if s.multiplexed.load(Ordering::Relaxed) {
             s.last_read.load(Ordering::Relaxed)
-        } else if phase == Phase::ReadingHead && s.requests.load(Ordering::Relaxed) > 0 {
+        } else if phase == Phase::ReadingHead {
             s.phase_since.load(Ordering::Relaxed)
         } else {
             s.now()

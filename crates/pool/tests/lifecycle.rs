@@ -103,6 +103,10 @@ impl ManagedConnection for MemoryConnection {
                 after(c.keep_alive_timeout, TimeoutKind::KeepAlive),
                 after(c.connection_timeout, TimeoutKind::Idle),
             ),
+            (Phase::ReadingHead, 0) => earliest(
+                Some((a.opened_at + c.headers_timeout, TimeoutKind::Headers)),
+                after(c.request_timeout, TimeoutKind::Request),
+            ),
             (Phase::ReadingHead, _) => earliest(
                 after(c.headers_timeout, TimeoutKind::Headers),
                 after(c.request_timeout, TimeoutKind::Request),

@@ -2,9 +2,9 @@
 //!
 //! Bounds, phase by phase (the rule is `http/deadline.rs`'s, shared with WebSocket): the first
 //! request head within `headers_timeout` of accept, a head within `headers_timeout` of its first
-//! byte and a whole request within `request_timeout`, `keep_alive_timeout` between requests
-//! (never past `connection_timeout`), a write the peer leaves unread for `connection_timeout`;
-//! a response being produced or streamed is never cut. A head over `http1.max_header_size` gets
+//! byte and a whole request within `request_timeout` of its first byte, `keep_alive_timeout`
+//! between requests (never past `connection_timeout`), a write the peer leaves unread for
+//! `connection_timeout`; a response being produced or streamed is never cut. A head over `http1.max_header_size` gets
 //! 431. A polite close is `Connection: close` on the response in flight. A handler may take the
 //! connection over with an upgrade: it stays pooled, under the upgraded rule, until the
 //! upgraded I/O is dropped (`http/upgrade.rs`).
