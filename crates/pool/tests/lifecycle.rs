@@ -264,6 +264,139 @@ async fn a_per_ip_refusal_is_the_clients_limit_not_pool_pressure() {
     assert!(!names.contains(&"health_status_changed"), "{names:?}");
 }
 
+/// A client at its per-IP limit is refused as that, never as the pool's limit, even when the
+/// pool is full at that moment.
+#[tokio::test]
+async fn a_client_at_its_own_limit_is_refused_per_ip_even_when_the_pool_is_full() {
+    let pool = pool(PoolSettings {
+        max_connections: Some(2),
+        max_connections_per_ip: Some(1),
+        ..Default::default()
+    });
+    let noisy = "10.0.0.1:1000".parse().ok();
+    let _held = [pool.admit(noisy).unwrap(), pool.admit(None).unwrap()];
+    assert_eq!(pool.admit(noisy).unwrap_err(), Refusal::PerIpLimit);
+    assert_eq!(pool.admit(None).unwrap_err(), Refusal::AtLimit);
+    let m = pool.metrics();
+    assert!(
+        m.rejected_by_reason.contains(&("per_ip", 1))
+            && m.rejected_by_reason.contains(&("max_connections", 1)),
+        "{:?}",
+        m.rejected_by_reason
+    );
+}
+
+/// The pool one slot short of its limit, a client at its per-IP limit retrying as fast as it
+/// can and another client taking and giving back the last slot meanwhile, on threads of their
+/// own: the noisy client never holds a pool slot, even for a moment, so the other is never
+/// refused, and every refusal of the noisy one is its own limit.
+#[test]
+fn a_client_at_its_own_limit_never_takes_a_pool_slot_even_briefly() {
+    const ROUNDS: usize = 50_000;
+    let (config, _) = PoolConfig::default()
+        .apply(
+            &PoolSettings {
+                max_connections: Some(4),
+                max_connections_per_ip: Some(1),
+                ..Default::default()
+            },
+            "",
+        )
+        .unwrap();
+    let pool = Pool::new("test", DefaultPolicy("http"), config);
+    let noisy = "10.0.0.1:1000".parse().ok();
+    let legit = "10.0.0.2:1000".parse().ok();
+    let _held = [
+        pool.admit(noisy).unwrap(),
+        pool.admit(None).unwrap(),
+        pool.admit(None).unwrap(),
+    ];
+    let stop = AtomicBool::new(false);
+    let (noisy_wrong, legit_refused) = std::thread::scope(|s| {
+        let noisy_thread = s.spawn(|| {
+            let mut wrong = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                match pool.admit(noisy) {
+                    Err(Refusal::PerIpLimit) => {}
+                    _ => wrong += 1,
+                }
+            }
+            wrong
+        });
+        let legit_thread = s.spawn(|| {
+            let refused = (0..ROUNDS)
+                .filter(|_| pool.admit(legit).map(drop).is_err())
+                .count();
+            stop.store(true, Ordering::Relaxed);
+            refused
+        });
+        (noisy_thread.join().unwrap(), legit_thread.join().unwrap())
+    });
+    assert_eq!(legit_refused, 0, "the other client was refused");
+    assert_eq!(
+        noisy_wrong, 0,
+        "the noisy client was refused for the pool's limit"
+    );
+    let m = pool.metrics();
+    assert_eq!(m.accepted, 3 + ROUNDS as u64);
+    assert!(
+        m.rejected_by_reason.contains(&("max_connections", 0)),
+        "{:?}",
+        m.rejected_by_reason
+    );
+    assert_eq!(pool.active_connections(), 3);
+}
+
+/// IPv6 clients are keyed by their /64 by default, and by another prefix length once it is
+/// changed live; connections already open stay counted under the key they came in with.
+#[tokio::test]
+async fn ipv6_clients_of_one_prefix_share_the_per_ip_limit() {
+    let pool = pool(PoolSettings {
+        max_connections_per_ip: Some(1),
+        ..Default::default()
+    });
+    let addr = |s: &str| s.parse().ok();
+    let first = pool.admit(addr("[2001:db8:1:2::10]:1000")).unwrap();
+    assert_eq!(
+        pool.admit(addr("[2001:db8:1:2:ffff::20]:1000"))
+            .unwrap_err(),
+        Refusal::PerIpLimit,
+        "the same /64"
+    );
+    let other = pool.admit(addr("[2001:db8:1:3::10]:1000")).unwrap();
+    // IPv4 through a dual-stack socket is keyed by its whole address, not by a /64.
+    let v4 = pool.admit(addr("[::ffff:192.0.2.7]:1000")).unwrap();
+    let _v4_other = pool.admit(addr("[::ffff:192.0.2.8]:1000")).unwrap();
+    assert_eq!(
+        pool.admit(addr("192.0.2.7:2000")).unwrap_err(),
+        Refusal::PerIpLimit
+    );
+    drop(v4);
+
+    pool.update_config(&PoolSettings {
+        max_connections_per_ip_v6_prefix: Some(128),
+        ..Default::default()
+    })
+    .unwrap();
+    let _neighbour = pool.admit(addr("[2001:db8:1:2:ffff::20]:1000")).unwrap();
+    assert_eq!(
+        pool.admit(addr("[2001:db8:1:2:ffff::20]:2000"))
+            .unwrap_err(),
+        Refusal::PerIpLimit,
+        "the same address"
+    );
+    // Closing a connection admitted under the old key gives back that key's slot.
+    drop(first);
+    drop(other);
+    pool.update_config(&PoolSettings {
+        max_connections_per_ip_v6_prefix: Some(64),
+        ..Default::default()
+    })
+    .unwrap();
+    let _back = pool.admit(addr("[2001:db8:1:3::99]:1000")).unwrap();
+    assert_eq!(pool.metrics().rejected_by_reason[1], ("per_ip", 3));
+}
+
 #[tokio::test]
 async fn a_pool_churning_at_a_threshold_changes_status_once_each_way() {
     let pool = pool(PoolSettings {
