@@ -174,6 +174,15 @@ impl ConnectionShared {
         self.upgraded.load(Ordering::Relaxed)
     }
 
+    /// Whether a request head is partly in on a connection that reads one request at a time
+    /// (not multiplexed, not upgraded). Such a connection's protocol takes it for idle and
+    /// would drop the head on a polite close, so the close waits for the head (see the driver).
+    pub fn head_in_progress(&self) -> bool {
+        self.phase.load(Ordering::Relaxed) == Phase::ReadingHead as u8
+            && !self.multiplexed.load(Ordering::Relaxed)
+            && !self.upgraded.load(Ordering::Relaxed)
+    }
+
     pub fn is_idle(&self) -> bool {
         self.in_flight.load(Ordering::Relaxed) == 0
             && Phase::from_u8(self.phase.load(Ordering::Relaxed)) == Phase::Idle
@@ -647,13 +656,17 @@ impl RequestTracker {
             .unwrap_or(NO_CALLER_DEADLINE);
     }
 
-    /// Whether the connection should close after this response because the pool is over a
-    /// lowered limit: a protocol that can say so on the response (HTTP/1 `Connection: close`)
-    /// asks here as the response head is produced, so the client learns before reusing it.
+    /// Whether the connection should close after this response: it was asked to close (a drain
+    /// that waited for this request's head to come in), or the pool is over a lowered limit. A
+    /// protocol that can say so on the response (HTTP/1 `Connection: close`) asks here as the
+    /// response head is produced, so the client learns before reusing it.
     pub fn should_close_connection(&self) -> bool {
         // A multiplexed connection is shed by its driver with a GOAWAY instead.
         if self.conn.multiplexed.load(Ordering::Relaxed) {
             return false;
+        }
+        if self.conn.is_closing() {
+            return true;
         }
         if self.conn.try_claim_shed() {
             self.conn.mark_closing();

@@ -683,6 +683,52 @@ async fn close_all_lets_requests_finish_and_forces_the_rest_at_the_deadline() {
     drop(stuck);
 }
 
+/// A drain that finds a request head partly in marks the connection closing at once but asks
+/// it to close only once the head is in, and that request is told to close the connection; a
+/// head that never completes is still cut at `headers_timeout` from its first byte.
+#[tokio::test(start_paused = true)]
+async fn a_drain_waits_for_a_head_partly_in_within_its_bound() {
+    let pool = pool(PoolSettings {
+        headers_timeout: Some("2s".into()),
+        ..Default::default()
+    });
+    let (finishing, finishing_tracker, served_finishing) = open(&pool);
+    let (stuck, stuck_tracker, served_stuck) = open(&pool);
+    for (remote, tracker) in [(&finishing, &finishing_tracker), (&stuck, &stuck_tracker)] {
+        remote.begin(tracker);
+        remote.end();
+        tracker.bytes_read(5); // the next head's first bytes
+    }
+    let head_started = Instant::now();
+    let closing = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.close_all(Duration::from_secs(30)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(pool.metrics().closing, 2);
+    assert!(!finishing.politely_asked.load(Ordering::SeqCst));
+    // The head comes in: its request is told to close the connection, which is asked to.
+    finishing.begin(&finishing_tracker);
+    assert!(finishing
+        .request
+        .lock()
+        .unwrap()
+        .as_ref()
+        .unwrap()
+        .should_close_connection());
+    finishing.end();
+    assert_eq!(served_finishing.await.unwrap(), CloseReason::Shutdown);
+    assert!(finishing.politely_asked.load(Ordering::SeqCst));
+    assert_eq!(
+        served_stuck.await.unwrap(),
+        CloseReason::Timeout(TimeoutKind::Headers)
+    );
+    assert_eq!(head_started.elapsed(), Duration::from_secs(2));
+    assert!(!stuck.politely_asked.load(Ordering::SeqCst));
+    let report = closing.await.unwrap();
+    assert_eq!((report.open_at_start, report.forced), (2, 0));
+}
+
 #[tokio::test]
 async fn connection_errors_are_counted_and_weigh_in_health() {
     let pool = pool(PoolSettings::default());
