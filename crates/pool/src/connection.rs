@@ -586,7 +586,7 @@ pub struct RequestTracker {
     started: u64,
     /// Nanoseconds from the start to the response head, for a streamed response;
     /// `NO_RESPONSE_HEAD` before (a sentinel rather than an `Option`: the tracker is moved with
-    /// every response, and this keeps it at 32 bytes).
+    /// every response, and this keeps it at 40 bytes).
     response_after: u64,
     /// Whole milliseconds from the start to the caller's deadline, rounded down;
     /// `NO_CALLER_DEADLINE` when it set none (or one further off than this holds).
