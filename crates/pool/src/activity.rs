@@ -38,8 +38,8 @@ impl Phase {
 pub struct Activity {
     /// The current phase.
     pub phase: Phase,
-    /// When the current phase began (for a new connection's first request: when it was opened;
-    /// in `Responding`, which nothing times, when the request body began).
+    /// When the current phase began (for a new connection idle before its first byte: when it
+    /// was opened; in `Responding`, which nothing times, when the request body began).
     pub phase_since: Instant,
     /// When the connection was admitted.
     pub opened_at: Instant,

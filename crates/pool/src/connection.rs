@@ -55,8 +55,6 @@ pub(crate) struct ConnectionShared {
     shed_claimed: AtomicBool,
     /// Set when the pool's side of the driver (control channel, timer) woke the task.
     pool_side_woken: AtomicBool,
-    /// The peer broke off a request body; failures that follow are its doing, not ours.
-    peer_failed: AtomicBool,
     /// The task driving the connection, woken on the pool's behalf. Replaced only when the
     /// driver's waker changes (a tokio task's never does), so a poll takes no lock.
     driver_task: Mutex<Option<Waker>>,
@@ -94,7 +92,6 @@ impl ConnectionShared {
             upgraded: AtomicBool::new(false),
             multiplexed: AtomicBool::new(false),
             closing: AtomicBool::new(false),
-            peer_failed: AtomicBool::new(false),
             shed_claimed: AtomicBool::new(false),
             pool_side_woken: AtomicBool::new(true),
             driver_task: Mutex::new(None),
@@ -182,6 +179,15 @@ impl ConnectionShared {
 
     pub fn is_upgraded(&self) -> bool {
         self.upgraded.load(Ordering::Relaxed)
+    }
+
+    /// Whether a request head is partly in on a connection that reads one request at a time
+    /// (not multiplexed, not upgraded). Such a connection's protocol takes it for idle and
+    /// would drop the head on a polite close, so the close waits for the head (see the driver).
+    pub fn head_in_progress(&self) -> bool {
+        self.phase.load(Ordering::Relaxed) == Phase::ReadingHead as u8
+            && !self.multiplexed.load(Ordering::Relaxed)
+            && !self.upgraded.load(Ordering::Relaxed)
     }
 
     pub fn is_idle(&self) -> bool {
@@ -332,13 +338,10 @@ impl ConnectionTracker {
         if s.phase.load(Ordering::Relaxed) == Phase::Idle as u8
             && s.in_flight.load(Ordering::Relaxed) == 0
         {
-            if s.requests.load(Ordering::Relaxed) == 0 {
-                // A new connection's first head is timed from when it was opened.
-                s.phase.store(Phase::ReadingHead as u8, Ordering::Relaxed);
-            } else {
-                // Also the start of the request this head begins (see `request_started`).
-                s.set_phase(Phase::ReadingHead, s.now());
-            }
+            // Also the start of the request this head begins (see `request_started`), which
+            // `request_timeout` counts from, the first request's as every later one's. A new
+            // connection's first head stays bounded from the open too (`Activity::opened_at`).
+            s.set_phase(Phase::ReadingHead, s.now());
         }
     }
 
@@ -406,13 +409,12 @@ impl ConnectionTracker {
     pub fn request_started(&self) -> RequestTracker {
         let s = &self.shared;
         let phase = Phase::from_u8(s.phase.load(Ordering::Relaxed));
-        // A later request on a kept-alive connection started when its head's first byte came,
-        // and a stream when the read that brought it came, both stamped by `bytes_read`: no
-        // clock read here. A first request (its head is timed from the open, not stamped) and
-        // a pipelined one read the clock.
+        // A request started when its head's first byte came, and a stream when the read that
+        // brought it came, both stamped by `bytes_read`: no clock read here. A pipelined
+        // request, whose bytes came while another was in flight, reads the clock.
         let started = if s.multiplexed.load(Ordering::Relaxed) {
             s.last_read.load(Ordering::Relaxed)
-        } else if phase == Phase::ReadingHead && s.requests.load(Ordering::Relaxed) > 0 {
+        } else if phase == Phase::ReadingHead {
             s.phase_since.load(Ordering::Relaxed)
         } else {
             s.now()
@@ -437,18 +439,13 @@ impl ConnectionTracker {
             caller_deadline_ms: NO_CALLER_DEADLINE,
             error: false,
             finished: false,
+            body_broken_off: None,
         }
     }
 
     /// The current request's body has fully arrived; the request timeout no longer applies.
     pub fn body_received(&self) {
         self.shared.body_received();
-    }
-
-    /// The peer broke off a request body (a reset, a truncated upload): a response failing
-    /// because of it is not counted as this server's error.
-    pub fn request_body_failed(&self) {
-        self.shared.peer_failed.store(true, Ordering::Relaxed);
     }
 
     /// Reports a connection-level error (counted, announced and weighed in health).
@@ -481,16 +478,6 @@ impl ConnectionTracker {
     /// The pool's `request_timeout` in force.
     pub fn request_timeout(&self) -> std::time::Duration {
         self.shared.core.config().request_timeout
-    }
-
-    /// One request of a multiplexed connection overran `request_timeout` (its body did not
-    /// arrive in time): counted as a `request` timeout; the connection and its other streams go
-    /// on, so no close is recorded.
-    pub fn request_timed_out(&self) {
-        let s = &self.shared;
-        s.core.counters.timeouts[TimeoutKind::Request.index()].fetch_add(1, Ordering::Relaxed);
-        s.peer_failed.store(true, Ordering::Relaxed);
-        tracing::debug!(pool = %s.core.name, id = s.id, "request timed out on a multiplexed connection");
     }
 
     /// The connection multiplexes requests as streams (HTTP/2): bytes between streams do not
@@ -596,7 +583,7 @@ fn caller_clock_allowance(deadline: u64) -> u64 {
 }
 
 // Moved with every response (in its future, then its body): kept small.
-const _: () = assert!(std::mem::size_of::<RequestTracker>() <= 32);
+const _: () = assert!(std::mem::size_of::<RequestTracker>() <= 40);
 
 /// One request in flight; finishing or dropping it records its duration and outcome.
 #[derive(Debug)]
@@ -606,19 +593,38 @@ pub struct RequestTracker {
     started: u64,
     /// Nanoseconds from the start to the response head, for a streamed response;
     /// `NO_RESPONSE_HEAD` before (a sentinel rather than an `Option`: the tracker is moved with
-    /// every response, and this keeps it at 32 bytes).
+    /// every response, and this keeps it at 40 bytes).
     response_after: u64,
     /// Whole milliseconds from the start to the caller's deadline, rounded down;
     /// `NO_CALLER_DEADLINE` when it set none (or one further off than this holds).
     caller_deadline_ms: u32,
     error: bool,
     finished: bool,
+    /// Set by the request's [`RequestBodyTracker`] when the peer broke its body off; `None`
+    /// for a request whose body was complete with its head (most are), which needs no cell.
+    /// Per request, not per connection: on a multiplexed connection one stream's broken body
+    /// says nothing of another's failure, and a long-lived connection outlives it.
+    body_broken_off: Option<Arc<AtomicBool>>,
 }
 
 impl RequestTracker {
     /// The whole request body has arrived; the request timeout no longer applies.
     pub fn body_received(&self) {
         self.conn.body_received();
+    }
+
+    /// A tracker for this request's body, for the code that hands the body on to the handler
+    /// while the request is still arriving: through it the body reports its end, and a peer
+    /// that broke it off, which exempts this request's failure from the error count.
+    pub fn body_tracker(&mut self) -> RequestBodyTracker {
+        let broken_off = self
+            .body_broken_off
+            .get_or_insert_with(|| Arc::new(AtomicBool::new(false)))
+            .clone();
+        RequestBodyTracker {
+            conn: self.conn.clone(),
+            broken_off,
+        }
     }
 
     /// The response head is ready; `error` marks a server-side failure (a 5xx). The time to
@@ -657,13 +663,17 @@ impl RequestTracker {
             .unwrap_or(NO_CALLER_DEADLINE);
     }
 
-    /// Whether the connection should close after this response because the pool is over a
-    /// lowered limit: a protocol that can say so on the response (HTTP/1 `Connection: close`)
-    /// asks here as the response head is produced, so the client learns before reusing it.
+    /// Whether the connection should close after this response: it was asked to close (a drain
+    /// that waited for this request's head to come in), or the pool is over a lowered limit. A
+    /// protocol that can say so on the response (HTTP/1 `Connection: close`) asks here as the
+    /// response head is produced, so the client learns before reusing it.
     pub fn should_close_connection(&self) -> bool {
         // A multiplexed connection is shed by its driver with a GOAWAY instead.
         if self.conn.multiplexed.load(Ordering::Relaxed) {
             return false;
+        }
+        if self.conn.is_closing() {
+            return true;
         }
         if self.conn.try_claim_shed() {
             self.conn.mark_closing();
@@ -674,9 +684,13 @@ impl RequestTracker {
     }
 
     /// Marks the request as failed (the response body broke off, say), unless the peer broke
-    /// off its request body first.
+    /// off this request's body first (see [`RequestBodyTracker::broken_off`]).
     pub fn fail(&mut self) {
-        if !self.conn.peer_failed.load(Ordering::Relaxed) {
+        if !self
+            .body_broken_off
+            .as_ref()
+            .is_some_and(|b| b.load(Ordering::Relaxed))
+        {
             self.error = true;
         }
     }
@@ -743,5 +757,44 @@ impl RequestTracker {
 impl Drop for RequestTracker {
     fn drop(&mut self) {
         self.record(false);
+    }
+}
+
+/// What one request's body reports while it arrives, handed to the code that reads it: its
+/// end, and a peer that broke it off. Made by [`RequestTracker::body_tracker`]; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct RequestBodyTracker {
+    conn: Arc<ConnectionShared>,
+    broken_off: Arc<AtomicBool>,
+}
+
+impl RequestBodyTracker {
+    /// The whole body has arrived (or the handler let go of it); the request timeout no longer
+    /// applies.
+    pub fn received(&self) {
+        self.conn.body_received();
+    }
+
+    /// The peer broke the body off (a reset stream, a truncated upload): a failure of this
+    /// request is then the peer's doing and is not counted as this server's error. Other
+    /// requests of the connection, before and after, are counted as ever.
+    pub fn broken_off(&self) {
+        self.broken_off.store(true, Ordering::Relaxed);
+    }
+
+    /// The body of a request on a multiplexed connection did not arrive within
+    /// `request_timeout`: counted as a `request` timeout, and, like a body the peer broke off,
+    /// the request's failure is not this server's error. The connection and its other streams
+    /// go on, so no close is recorded.
+    pub fn timed_out(&self) {
+        let s = &self.conn;
+        s.core.counters.timeouts[TimeoutKind::Request.index()].fetch_add(1, Ordering::Relaxed);
+        self.broken_off();
+        tracing::debug!(pool = %s.core.name, id = s.id, "request timed out on a multiplexed connection");
+    }
+
+    /// The pool's `request_timeout` in force.
+    pub fn request_timeout(&self) -> std::time::Duration {
+        self.conn.core.config().request_timeout
     }
 }

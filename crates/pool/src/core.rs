@@ -5,7 +5,7 @@
 //! every connection's driver; admission is exact (one compare-and-swap), and every slot taken by
 //! [`PoolCore::admit`] is given back once, by the connection's guard.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -54,6 +54,8 @@ pub(crate) struct PoolCore {
     pub per_ip: PerIpLimiter,
     /// `max_connections_per_ip`, 0 when unset; kept apart so admission never locks the config.
     per_ip_limit: AtomicU32,
+    /// `max_connections_per_ip_v6_prefix`, kept apart for the same reason.
+    per_ip_v6_prefix: AtomicU8,
     pub counters: Counters,
     pub window: DecayingWindow,
     origin: Origin,
@@ -108,6 +110,7 @@ impl PoolCore {
             admission: AdmissionCounter::new(config.max_connections),
             per_ip: PerIpLimiter::default(),
             per_ip_limit: AtomicU32::new(0),
+            per_ip_v6_prefix: AtomicU8::new(config.max_connections_per_ip_v6_prefix),
             counters: Counters::default(),
             window: DecayingWindow::new(config.health.window),
             origin: Origin::now(clock),
@@ -254,6 +257,8 @@ impl PoolCore {
             config.max_connections_per_ip.unwrap_or(0),
             Ordering::Relaxed,
         );
+        self.per_ip_v6_prefix
+            .store(config.max_connections_per_ip_v6_prefix, Ordering::Relaxed);
     }
 
     /// Computes health, announcing a status change.
@@ -304,28 +309,45 @@ impl PoolCore {
 
     /// Takes a slot for a connection from `peer` (validated by the caller's policy), or
     /// refuses it: a refusal is counted, announced as `pool_limit_reached` and leaves nothing
-    /// behind. Returns the connection's id and whether it holds a per-IP slot.
+    /// behind. Returns the connection's id and the per-IP key it is counted under, if any.
+    ///
+    /// The client's own limit is checked before a pool slot is taken: a client at its per-IP
+    /// limit never holds one of the pool's slots, not even for a moment, so it cannot crowd
+    /// out another client's admission, and its refusal is always its own (`per_ip`), never
+    /// pressure on the pool.
     pub fn admit(
         &self,
         peer: Option<SocketAddr>,
         invalid: Option<&'static str>,
-    ) -> Result<(ConnectionId, bool), Refusal> {
+    ) -> Result<(ConnectionId, Option<IpAddr>), Refusal> {
         if let Some(word) = invalid {
             return Err(self.refuse(peer, Refusal::Invalid(word)));
         }
+        // A draining pool says so, whatever the client's own count.
+        if !self.admission.is_accepting() {
+            return Err(self.refuse(peer, Refusal::NotAccepting));
+        }
+        let limit = self.per_ip_limit.load(Ordering::Relaxed);
+        let per_ip = match (limit > 0, peer) {
+            (true, Some(addr)) => {
+                let prefix = self.per_ip_v6_prefix.load(Ordering::Relaxed);
+                let key = PerIpLimiter::key(addr.ip(), prefix);
+                if !self.per_ip.try_acquire(key, limit) {
+                    return Err(self.refuse(peer, Refusal::PerIpLimit));
+                }
+                Some(key)
+            }
+            _ => None,
+        };
         let open = match self.admission.try_admit() {
             Ok(open) => open,
-            Err(why) => return Err(self.refuse(peer, why)),
-        };
-        let mut per_ip = false;
-        let limit = self.per_ip_limit.load(Ordering::Relaxed);
-        if let (true, Some(addr)) = (limit > 0, peer) {
-            if !self.per_ip.try_acquire(addr.ip(), limit) {
-                self.admission.release(false);
-                return Err(self.refuse(peer, Refusal::PerIpLimit));
+            Err(why) => {
+                if let Some(key) = per_ip {
+                    self.per_ip.release(key);
+                }
+                return Err(self.refuse(peer, why));
             }
-            per_ip = true;
-        }
+        };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.counters.accepted.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(pool = %self.name, id, ?peer, "connection added");

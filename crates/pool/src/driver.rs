@@ -2,7 +2,8 @@
 //!
 //! Contract: [`ConnectionGuard::serve`](crate::ConnectionGuard::serve) polls the protocol's
 //! connection future together with (1) the pool's control channel — a config change re-arms
-//! the timeouts, a drain asks the connection to close politely, the drain deadline drops it —
+//! the timeouts, a drain asks the connection to close politely (once a request head partly in
+//! has come in), the drain deadline drops it —
 //! and (2) one timer armed at the deadline the connection's own rule
 //! ([`ManagedConnection::deadline`]) computes from its activity. Both are polled only
 //! when they woke the task (the timer also right after it is re-armed); the deadline is
@@ -195,6 +196,8 @@ enum Event<E> {
     Finished(Result<(), E>),
     Control,
     Expired(Expiry),
+    /// The request head a deferred polite close waited for is in (or gave way to idleness).
+    HeadIn,
 }
 
 /// Drives `conn` to its end under the pool's rules (timeouts, drain, live limit changes) and
@@ -221,11 +224,11 @@ pub(crate) async fn drive<C: ManagedConnection>(
         may_shed: true,
         goodbye: None,
     };
-    let mut closing: Option<CloseReason> = None;
+    let mut closing = Closing::default();
     match stage {
         Stage::Serving => {}
         Stage::Draining => {
-            close_politely(&shared, conn.as_mut(), &mut closing, CloseReason::Shutdown);
+            closing.ask(&shared, conn.as_mut(), CloseReason::Shutdown);
             timer.may_shed = false;
         }
         Stage::Forced => return CloseReason::ForcedShutdown,
@@ -247,6 +250,10 @@ pub(crate) async fn drive<C: ManagedConnection>(
             }
             if let Poll::Ready(result) = conn.as_mut().poll(cx) {
                 return Poll::Ready(Event::Finished(result));
+            }
+            // Looked at after every poll of the connection, as the head completes in one.
+            if closing.deferred && !shared.head_in_progress() {
+                return Poll::Ready(Event::HeadIn);
             }
             let woken = shared.take_pool_side_wake();
             let mut pool_cx = Context::from_waker(&pool_side);
@@ -270,7 +277,7 @@ pub(crate) async fn drive<C: ManagedConnection>(
                 }
                 return match result {
                     Ok(()) if shared.shed_claimed() => CloseReason::LimitLowered,
-                    Ok(()) => closing.unwrap_or(CloseReason::Completed),
+                    Ok(()) => closing.reason.unwrap_or(CloseReason::Completed),
                     Err(e) if C::timeout_kind(&e).is_some() => {
                         let kind = C::timeout_kind(&e).unwrap_or(TimeoutKind::Idle);
                         let id = shared.id;
@@ -280,11 +287,11 @@ pub(crate) async fn drive<C: ManagedConnection>(
                     }
                     Err(e) if C::is_peer_fault(&e) => {
                         ConnectionTracker::new(shared.clone()).peer_fault(&e);
-                        closing.unwrap_or(CloseReason::ProtocolError)
+                        closing.reason.unwrap_or(CloseReason::ProtocolError)
                     }
                     Err(e) => {
                         ConnectionTracker::new(shared.clone()).error(&e);
-                        closing.unwrap_or(CloseReason::Error)
+                        closing.reason.unwrap_or(CloseReason::Error)
                     }
                 };
             }
@@ -299,7 +306,7 @@ pub(crate) async fn drive<C: ManagedConnection>(
                     Stage::Forced => return CloseReason::ForcedShutdown,
                     Stage::Draining => {
                         timer.may_shed = false;
-                        close_politely(&shared, conn.as_mut(), &mut closing, CloseReason::Shutdown);
+                        closing.ask(&shared, conn.as_mut(), CloseReason::Shutdown);
                     }
                     Stage::Serving => {}
                 }
@@ -317,42 +324,56 @@ pub(crate) async fn drive<C: ManagedConnection>(
                 if !C::GOODBYE_ON_TIMEOUT
                     || kind == TimeoutKind::WriteStall
                     || !shared.has_read()
-                    || closing.is_some()
+                    || closing.reason.is_some()
                 {
                     return CloseReason::Timeout(kind);
                 }
                 timer.may_shed = false;
                 timer.goodbye = Some((Instant::now(), kind));
                 timer.armed = None;
-                close_politely(
-                    &shared,
-                    conn.as_mut(),
-                    &mut closing,
-                    CloseReason::Timeout(kind),
-                );
+                closing.ask(&shared, conn.as_mut(), CloseReason::Timeout(kind));
             }
             Event::Expired(Expiry::Shed) => {
-                close_politely(
-                    &shared,
-                    conn.as_mut(),
-                    &mut closing,
-                    CloseReason::LimitLowered,
-                );
+                closing.ask(&shared, conn.as_mut(), CloseReason::LimitLowered);
+            }
+            Event::HeadIn => {
+                closing.deferred = false;
+                conn.as_mut().close_politely();
             }
         }
     }
 }
 
-/// Asks `conn` to close politely, once, recording why.
-fn close_politely<C: ManagedConnection>(
-    shared: &ConnectionShared,
-    conn: Pin<&mut C>,
-    closing: &mut Option<CloseReason>,
-    reason: CloseReason,
-) {
-    if closing.is_none() {
-        *closing = Some(reason);
+/// The connection's polite close: asked for once, and why.
+#[derive(Default)]
+struct Closing {
+    reason: Option<CloseReason>,
+    /// Asked for while a request head was partly in: the protocol is told once the head is in
+    /// (its request then answers with the close, see `RequestTracker::should_close_connection`)
+    /// or the connection went idle. Meanwhile the head's own bound (`headers_timeout` from its
+    /// first byte) and the drain deadline still apply, so the wait is bounded.
+    deferred: bool,
+}
+
+impl Closing {
+    /// Asks `conn` to close politely, once, recording why. A connection whose request head is
+    /// partly in is marked closing at once, but its protocol is told only once the head is in:
+    /// HTTP/1 takes such a connection for idle and would close it, losing the request.
+    fn ask<C: ManagedConnection>(
+        &mut self,
+        shared: &ConnectionShared,
+        conn: Pin<&mut C>,
+        reason: CloseReason,
+    ) {
+        if self.reason.is_some() {
+            return;
+        }
+        self.reason = Some(reason);
         shared.mark_closing();
-        conn.close_politely();
+        if shared.head_in_progress() {
+            self.deferred = true;
+        } else {
+            conn.close_politely();
+        }
     }
 }

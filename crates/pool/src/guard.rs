@@ -4,6 +4,7 @@
 //! cancellation — releases the slot exactly once, so the open count can never leak.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -23,15 +24,17 @@ pub struct ConnectionGuard<P: ProtocolPolicy> {
     shared: Arc<ConnectionShared>,
     pool: Arc<PoolInner<P>>,
     reason: CloseReason,
-    per_ip: bool,
+    /// The per-IP key the connection is counted under, if any: kept, as the prefix that made
+    /// it may change while the connection is open.
+    per_ip: Option<IpAddr>,
 }
 
 impl<P: ProtocolPolicy> ConnectionGuard<P> {
-    /// The guard of an admitted connection; `per_ip` when it holds a per-IP slot.
+    /// The guard of an admitted connection; `per_ip`: the per-IP key it holds a slot under.
     pub(crate) fn new(
         shared: Arc<ConnectionShared>,
         pool: Arc<PoolInner<P>>,
-        per_ip: bool,
+        per_ip: Option<IpAddr>,
     ) -> Self {
         ConnectionGuard {
             shared,
@@ -121,10 +124,8 @@ impl<P: ProtocolPolicy> Drop for ConnectionGuard<P> {
         }
         let requests = s.requests();
         core.counters.count_close(self.reason, requests);
-        if self.per_ip {
-            if let Some(peer) = s.peer {
-                core.per_ip.release(peer.ip());
-            }
+        if let Some(key) = self.per_ip {
+            core.per_ip.release(key);
         }
         let open = core.admission.release(s.shed_claimed());
         // Reading the clock costs as much as the rest of the release: only when it is reported.

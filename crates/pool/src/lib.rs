@@ -44,7 +44,7 @@ pub use config::{
     PoolConfig, PoolSettings, WebSocketConfig, WebSocketSettings, MAX_CONNECTIONS_LIMIT,
     MAX_DURATION, MIN_STREAM_SEND_BUFFER,
 };
-pub use connection::{ConnectionTracker, RequestTracker};
+pub use connection::{ConnectionTracker, RequestBodyTracker, RequestTracker};
 pub use core::{ControlState, Stage, HEALTH_INTERVAL};
 pub use driver::{ManagedConnection, TIMEOUT_GOODBYE_GRACE};
 pub use events::{

@@ -103,6 +103,10 @@ impl ManagedConnection for MemoryConnection {
                 after(c.keep_alive_timeout, TimeoutKind::KeepAlive),
                 after(c.connection_timeout, TimeoutKind::Idle),
             ),
+            (Phase::ReadingHead, 0) => earliest(
+                Some((a.opened_at + c.headers_timeout, TimeoutKind::Headers)),
+                after(c.request_timeout, TimeoutKind::Request),
+            ),
             (Phase::ReadingHead, _) => earliest(
                 after(c.headers_timeout, TimeoutKind::Headers),
                 after(c.request_timeout, TimeoutKind::Request),
@@ -258,6 +262,139 @@ async fn a_per_ip_refusal_is_the_clients_limit_not_pool_pressure() {
     }
     assert!(names.contains(&"pool_limit_reached"), "{names:?}");
     assert!(!names.contains(&"health_status_changed"), "{names:?}");
+}
+
+/// A client at its per-IP limit is refused as that, never as the pool's limit, even when the
+/// pool is full at that moment.
+#[tokio::test]
+async fn a_client_at_its_own_limit_is_refused_per_ip_even_when_the_pool_is_full() {
+    let pool = pool(PoolSettings {
+        max_connections: Some(2),
+        max_connections_per_ip: Some(1),
+        ..Default::default()
+    });
+    let noisy = "10.0.0.1:1000".parse().ok();
+    let _held = [pool.admit(noisy).unwrap(), pool.admit(None).unwrap()];
+    assert_eq!(pool.admit(noisy).unwrap_err(), Refusal::PerIpLimit);
+    assert_eq!(pool.admit(None).unwrap_err(), Refusal::AtLimit);
+    let m = pool.metrics();
+    assert!(
+        m.rejected_by_reason.contains(&("per_ip", 1))
+            && m.rejected_by_reason.contains(&("max_connections", 1)),
+        "{:?}",
+        m.rejected_by_reason
+    );
+}
+
+/// The pool one slot short of its limit, a client at its per-IP limit retrying as fast as it
+/// can and another client taking and giving back the last slot meanwhile, on threads of their
+/// own: the noisy client never holds a pool slot, even for a moment, so the other is never
+/// refused, and every refusal of the noisy one is its own limit.
+#[test]
+fn a_client_at_its_own_limit_never_takes_a_pool_slot_even_briefly() {
+    const ROUNDS: usize = 50_000;
+    let (config, _) = PoolConfig::default()
+        .apply(
+            &PoolSettings {
+                max_connections: Some(4),
+                max_connections_per_ip: Some(1),
+                ..Default::default()
+            },
+            "",
+        )
+        .unwrap();
+    let pool = Pool::new("test", DefaultPolicy("http"), config);
+    let noisy = "10.0.0.1:1000".parse().ok();
+    let legit = "10.0.0.2:1000".parse().ok();
+    let _held = [
+        pool.admit(noisy).unwrap(),
+        pool.admit(None).unwrap(),
+        pool.admit(None).unwrap(),
+    ];
+    let stop = AtomicBool::new(false);
+    let (noisy_wrong, legit_refused) = std::thread::scope(|s| {
+        let noisy_thread = s.spawn(|| {
+            let mut wrong = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                match pool.admit(noisy) {
+                    Err(Refusal::PerIpLimit) => {}
+                    _ => wrong += 1,
+                }
+            }
+            wrong
+        });
+        let legit_thread = s.spawn(|| {
+            let refused = (0..ROUNDS)
+                .filter(|_| pool.admit(legit).map(drop).is_err())
+                .count();
+            stop.store(true, Ordering::Relaxed);
+            refused
+        });
+        (noisy_thread.join().unwrap(), legit_thread.join().unwrap())
+    });
+    assert_eq!(legit_refused, 0, "the other client was refused");
+    assert_eq!(
+        noisy_wrong, 0,
+        "the noisy client was refused for the pool's limit"
+    );
+    let m = pool.metrics();
+    assert_eq!(m.accepted, 3 + ROUNDS as u64);
+    assert!(
+        m.rejected_by_reason.contains(&("max_connections", 0)),
+        "{:?}",
+        m.rejected_by_reason
+    );
+    assert_eq!(pool.active_connections(), 3);
+}
+
+/// IPv6 clients are keyed by their /64 by default, and by another prefix length once it is
+/// changed live; connections already open stay counted under the key they came in with.
+#[tokio::test]
+async fn ipv6_clients_of_one_prefix_share_the_per_ip_limit() {
+    let pool = pool(PoolSettings {
+        max_connections_per_ip: Some(1),
+        ..Default::default()
+    });
+    let addr = |s: &str| s.parse().ok();
+    let first = pool.admit(addr("[2001:db8:1:2::10]:1000")).unwrap();
+    assert_eq!(
+        pool.admit(addr("[2001:db8:1:2:ffff::20]:1000"))
+            .unwrap_err(),
+        Refusal::PerIpLimit,
+        "the same /64"
+    );
+    let other = pool.admit(addr("[2001:db8:1:3::10]:1000")).unwrap();
+    // IPv4 through a dual-stack socket is keyed by its whole address, not by a /64.
+    let v4 = pool.admit(addr("[::ffff:192.0.2.7]:1000")).unwrap();
+    let _v4_other = pool.admit(addr("[::ffff:192.0.2.8]:1000")).unwrap();
+    assert_eq!(
+        pool.admit(addr("192.0.2.7:2000")).unwrap_err(),
+        Refusal::PerIpLimit
+    );
+    drop(v4);
+
+    pool.update_config(&PoolSettings {
+        max_connections_per_ip_v6_prefix: Some(128),
+        ..Default::default()
+    })
+    .unwrap();
+    let _neighbour = pool.admit(addr("[2001:db8:1:2:ffff::20]:1000")).unwrap();
+    assert_eq!(
+        pool.admit(addr("[2001:db8:1:2:ffff::20]:2000"))
+            .unwrap_err(),
+        Refusal::PerIpLimit,
+        "the same address"
+    );
+    // Closing a connection admitted under the old key gives back that key's slot.
+    drop(first);
+    drop(other);
+    pool.update_config(&PoolSettings {
+        max_connections_per_ip_v6_prefix: Some(64),
+        ..Default::default()
+    })
+    .unwrap();
+    let _back = pool.admit(addr("[2001:db8:1:3::99]:1000")).unwrap();
+    assert_eq!(pool.metrics().rejected_by_reason[1], ("per_ip", 3));
 }
 
 #[tokio::test]
@@ -546,6 +683,52 @@ async fn close_all_lets_requests_finish_and_forces_the_rest_at_the_deadline() {
     drop(stuck);
 }
 
+/// A drain that finds a request head partly in marks the connection closing at once but asks
+/// it to close only once the head is in, and that request is told to close the connection; a
+/// head that never completes is still cut at `headers_timeout` from its first byte.
+#[tokio::test(start_paused = true)]
+async fn a_drain_waits_for_a_head_partly_in_within_its_bound() {
+    let pool = pool(PoolSettings {
+        headers_timeout: Some("2s".into()),
+        ..Default::default()
+    });
+    let (finishing, finishing_tracker, served_finishing) = open(&pool);
+    let (stuck, stuck_tracker, served_stuck) = open(&pool);
+    for (remote, tracker) in [(&finishing, &finishing_tracker), (&stuck, &stuck_tracker)] {
+        remote.begin(tracker);
+        remote.end();
+        tracker.bytes_read(5); // the next head's first bytes
+    }
+    let head_started = Instant::now();
+    let closing = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.close_all(Duration::from_secs(30)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(pool.metrics().closing, 2);
+    assert!(!finishing.politely_asked.load(Ordering::SeqCst));
+    // The head comes in: its request is told to close the connection, which is asked to.
+    finishing.begin(&finishing_tracker);
+    assert!(finishing
+        .request
+        .lock()
+        .unwrap()
+        .as_ref()
+        .unwrap()
+        .should_close_connection());
+    finishing.end();
+    assert_eq!(served_finishing.await.unwrap(), CloseReason::Shutdown);
+    assert!(finishing.politely_asked.load(Ordering::SeqCst));
+    assert_eq!(
+        served_stuck.await.unwrap(),
+        CloseReason::Timeout(TimeoutKind::Headers)
+    );
+    assert_eq!(head_started.elapsed(), Duration::from_secs(2));
+    assert!(!stuck.politely_asked.load(Ordering::SeqCst));
+    let report = closing.await.unwrap();
+    assert_eq!((report.open_at_start, report.forced), (2, 0));
+}
+
 #[tokio::test]
 async fn connection_errors_are_counted_and_weigh_in_health() {
     let pool = pool(PoolSettings::default());
@@ -720,6 +903,37 @@ async fn a_stream_is_timed_from_the_read_that_brought_it() {
     assert!((latency - 0.050).abs() < 0.0015, "{latency}");
     assert_eq!(pool.metrics().requests, 2);
     assert_eq!(pool.metrics().requests_in_flight, 0);
+}
+
+/// A body the peer broke off excuses that request's failure and no other: not a stream in
+/// flight beside it, not a request after it on the same connection.
+#[tokio::test]
+async fn a_body_the_peer_broke_off_excuses_only_its_own_request() {
+    let pool = pool(PoolSettings::default());
+    let guard = pool.admit(None).unwrap();
+    let t = guard.tracker();
+    t.multiplexed();
+    let mut reset = t.request_started();
+    let mut beside = t.request_started();
+    let reset_body = reset.body_tracker();
+    let _beside_body = beside.body_tracker();
+    reset_body.broken_off();
+    reset.fail();
+    beside.fail();
+    drop(reset);
+    drop(beside);
+    assert_eq!(pool.metrics().errors, 1, "the stream beside it failed");
+    let mut later = t.request_started();
+    later.fail();
+    later.finish();
+    // One whose body timed out is excused the same way, and counted as a request timeout.
+    let mut slow = t.request_started();
+    slow.body_tracker().timed_out();
+    slow.fail();
+    slow.finish();
+    let m = pool.metrics();
+    assert_eq!((m.requests, m.errors), (4, 2));
+    assert!(m.timeouts.contains(&("request", 1)), "{:?}", m.timeouts);
 }
 
 fn ms(n: u64) -> Duration {

@@ -33,6 +33,9 @@ pub struct PoolSettings {
     pub max_connections: Option<i64>,
     /// Most connections open at once from one client IP address.
     pub max_connections_per_ip: Option<i64>,
+    /// How many leading bits of an IPv6 client address name one client for
+    /// `max_connections_per_ip`.
+    pub max_connections_per_ip_v6_prefix: Option<i64>,
     /// Idle time allowed with no request in flight.
     pub connection_timeout: Option<String>,
     /// Idle time allowed between requests on a kept-alive connection.
@@ -60,6 +63,10 @@ pub struct PoolConfig {
     pub max_connections: Option<u32>,
     /// Most connections open at once from one client IP; `None` is unlimited.
     pub max_connections_per_ip: Option<u32>,
+    /// The prefix length, 1 to 128, that keys an IPv6 client for `max_connections_per_ip`: a
+    /// host commonly holds a whole /64, so each of its addresses is the same client. IPv4
+    /// clients (and IPv4-mapped IPv6 ones) are keyed by their whole address.
+    pub max_connections_per_ip_v6_prefix: u8,
     /// Idle time allowed with no request in flight.
     pub connection_timeout: Duration,
     /// Idle time allowed between requests on a kept-alive connection.
@@ -85,6 +92,7 @@ impl Default for PoolConfig {
         PoolConfig {
             max_connections: None,
             max_connections_per_ip: None,
+            max_connections_per_ip_v6_prefix: 64,
             connection_timeout: Duration::from_secs(30),
             keep_alive_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
@@ -174,6 +182,13 @@ impl PoolConfig {
             MAX_CONNECTIONS_LIMIT,
             &mut self.max_connections_per_ip,
         );
+        a.count(
+            "max_connections_per_ip_v6_prefix",
+            s.max_connections_per_ip_v6_prefix,
+            1,
+            128,
+            &mut self.max_connections_per_ip_v6_prefix,
+        );
         a.duration(
             "connection_timeout",
             &s.connection_timeout,
@@ -202,6 +217,9 @@ impl PoolConfig {
         PoolSettings {
             max_connections: self.max_connections.map(i64::from),
             max_connections_per_ip: self.max_connections_per_ip.map(i64::from),
+            max_connections_per_ip_v6_prefix: Some(i64::from(
+                self.max_connections_per_ip_v6_prefix,
+            )),
             connection_timeout: d(self.connection_timeout),
             keep_alive_timeout: d(self.keep_alive_timeout),
             request_timeout: d(self.request_timeout),
@@ -338,6 +356,26 @@ mod tests {
                 .apply(&with(&field, "24h"), "pool.")
                 .unwrap_or_else(|e| panic!("{path}: {e}"));
             assert_ne!(cfg, PoolConfig::default(), "{path}");
+        }
+    }
+
+    #[test]
+    fn the_ipv6_prefix_of_the_per_ip_limit_is_1_to_128() {
+        let prefix = |n| PoolSettings {
+            max_connections_per_ip_v6_prefix: Some(n),
+            ..Default::default()
+        };
+        assert_eq!(PoolConfig::default().max_connections_per_ip_v6_prefix, 64);
+        for bad in [0, 129, -1] {
+            let err = PoolConfig::default()
+                .apply(&prefix(bad), "pool.")
+                .unwrap_err();
+            assert_eq!(err.0[0].field, "pool.max_connections_per_ip_v6_prefix");
+            assert_eq!(err.0[0].reason, "must be between 1 and 128");
+        }
+        for good in [1, 48, 128] {
+            let (cfg, _) = PoolConfig::default().apply(&prefix(good), "").unwrap();
+            assert_eq!(i64::from(cfg.max_connections_per_ip_v6_prefix), good);
         }
     }
 

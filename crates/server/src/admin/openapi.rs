@@ -62,6 +62,7 @@ pub fn document() -> Value {
                     "properties": {
                         "max_connections": { "type": ["integer", "null"] },
                         "max_connections_per_ip": { "type": ["integer", "null"] },
+                        "max_connections_per_ip_v6_prefix": { "type": ["integer", "null"] },
                         "connection_timeout": { "type": ["string", "null"] },
                         "keep_alive_timeout": { "type": ["string", "null"] },
                         "request_timeout": { "type": ["string", "null"] },

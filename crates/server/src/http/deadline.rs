@@ -5,7 +5,8 @@
 //!
 //! Request cycle: a new connection must deliver its first request head within
 //! `headers_timeout` of being opened; a head must arrive within `headers_timeout` of its first
-//! byte and a whole request within `request_timeout`; between requests a connection may idle
+//! byte and a whole request within `request_timeout` of its first byte (the first request's
+//! too: the wait for it is bounded by `headers_timeout`); between requests a connection may idle
 //! for `keep_alive_timeout` (never more than `connection_timeout`), counted from when the last
 //! response went out to the peer; a response being produced or streamed is never cut.
 //!
@@ -48,8 +49,11 @@ pub fn http1_timer_at(deadline: Instant, a: &Activity, c: &PoolConfig) -> Instan
 
 fn request_cycle(a: &Activity, c: &PoolConfig) -> Option<(Instant, TimeoutKind)> {
     let at = |d, kind| deadline_after(a.phase_since, d, kind);
+    // A new connection's first head is due `headers_timeout` after the open, however late its
+    // first byte came.
+    let first_head = || deadline_after(a.opened_at, c.headers_timeout, TimeoutKind::Headers);
     match a.phase {
-        Phase::Idle if a.requests == 0 => at(c.headers_timeout, TimeoutKind::Headers),
+        Phase::Idle if a.requests == 0 => first_head(),
         // The last response's tail is still waiting on the peer: the stall bound governs, and
         // the idle spell starts when the tail went out.
         Phase::Idle if a.write_blocked_since.is_some() => None,
@@ -57,6 +61,9 @@ fn request_cycle(a: &Activity, c: &PoolConfig) -> Option<(Instant, TimeoutKind)>
             at(c.keep_alive_timeout, TimeoutKind::KeepAlive),
             at(c.connection_timeout, TimeoutKind::Idle),
         ),
+        Phase::ReadingHead if a.requests == 0 => {
+            earliest(first_head(), at(c.request_timeout, TimeoutKind::Request))
+        }
         Phase::ReadingHead => earliest(
             at(c.headers_timeout, TimeoutKind::Headers),
             at(c.request_timeout, TimeoutKind::Request),
@@ -135,6 +142,35 @@ mod tests {
         assert_eq!(http1_deadline(&a, &c), None);
         a.write_blocked_since = Some(a.phase_since);
         assert_eq!(http1_deadline(&a, &c).unwrap().1, TimeoutKind::WriteStall);
+    }
+
+    #[test]
+    fn a_first_request_is_timed_from_its_first_byte_and_its_head_from_the_open() {
+        let c = PoolConfig {
+            headers_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(2),
+            ..PoolConfig::default()
+        };
+        // The first byte came 7 s after the open.
+        let mut a = activity(Phase::ReadingHead, 0);
+        a.phase_since = a.opened_at + Duration::from_secs(7);
+        assert_eq!(
+            http1_deadline(&a, &c),
+            Some((a.phase_since + c.request_timeout, TimeoutKind::Request))
+        );
+        // 9.5 s after the open: the head is still due 10 s after it.
+        a.phase_since = a.opened_at + Duration::from_millis(9_500);
+        assert_eq!(
+            http1_deadline(&a, &c),
+            Some((a.opened_at + c.headers_timeout, TimeoutKind::Headers))
+        );
+        // The head is in: the body has `request_timeout` from the first byte, not the open.
+        a.phase = Phase::ReadingBody;
+        a.phase_since = a.opened_at + Duration::from_secs(7);
+        assert_eq!(
+            http1_deadline(&a, &c),
+            Some((a.phase_since + c.request_timeout, TimeoutKind::Request))
+        );
     }
 
     #[test]

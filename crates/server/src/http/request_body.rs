@@ -7,7 +7,7 @@ use std::task::{ready, Context, Poll};
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
-use poolserve_pool::{later, ConnectionTracker};
+use poolserve_pool::{later, RequestBodyTracker};
 use tokio::time::{Instant, Sleep};
 
 /// The request body handlers receive: hyper's body, reporting to the pool when it is fully
@@ -21,7 +21,8 @@ use tokio::time::{Instant, Sleep};
 #[derive(Debug)]
 pub struct Body {
     inner: Incoming,
-    tracker: Option<ConnectionTracker>,
+    /// `None` once the body ended, failed or timed out (and for one complete with its head).
+    tracker: Option<RequestBodyTracker>,
     deadline: Option<Pin<Box<Sleep>>>,
 }
 
@@ -40,31 +41,26 @@ impl std::error::Error for RequestTimeout {}
 use super::errors::BoxError;
 
 impl Body {
-    /// `ended`: whether `inner` is already at its end (its `is_end_stream`, which for HTTP/2
-    /// takes the connection's stream lock, so the caller's answer is reused). `timed`: whether
+    /// A body already at its end (its head said so): nothing left to report.
+    pub(crate) fn ended(inner: Incoming) -> Self {
+        Body {
+            inner,
+            tracker: None,
+            deadline: None,
+        }
+    }
+
+    /// A body still arriving, reporting to its request through `tracker`. `timed`: whether
     /// this body enforces `request_timeout` itself (a stream of a multiplexed connection whose
     /// protocol does not bound it otherwise).
-    pub(crate) fn new(
-        inner: Incoming,
-        tracker: &ConnectionTracker,
-        ended: bool,
-        timed: bool,
-    ) -> Self {
-        if ended {
-            tracker.body_received();
-            return Body {
-                inner,
-                tracker: None,
-                deadline: None,
-            };
-        }
+    pub(crate) fn arriving(inner: Incoming, tracker: RequestBodyTracker, timed: bool) -> Self {
         let deadline = timed.then(|| {
             let at = later(Instant::now(), tracker.request_timeout());
             Box::pin(tokio::time::sleep_until(at))
         });
         Body {
             inner,
-            tracker: Some(tracker.clone()),
+            tracker: Some(tracker),
             deadline,
         }
     }
@@ -75,7 +71,7 @@ impl Drop for Body {
         // A handler that drops the body unread is done receiving; what is left is hyper's to
         // discard, and the request timeout stops applying.
         if let Some(t) = self.tracker.take() {
-            t.body_received();
+            t.received();
         }
     }
 }
@@ -96,7 +92,7 @@ impl HttpBody for Body {
                     ready!(deadline.as_mut().poll(cx));
                     this.deadline = None;
                     if let Some(t) = this.tracker.take() {
-                        t.request_timed_out();
+                        t.timed_out();
                     }
                     return Poll::Ready(Some(Err(Box::new(RequestTimeout))));
                 }
@@ -108,7 +104,7 @@ impl HttpBody for Body {
             Some(Ok(_)) => this.inner.is_end_stream(),
             Some(Err(_)) => {
                 if let Some(t) = this.tracker.take() {
-                    t.request_body_failed();
+                    t.broken_off();
                 }
                 false
             }
@@ -116,7 +112,7 @@ impl HttpBody for Body {
         if done {
             this.deadline = None;
             if let Some(t) = this.tracker.take() {
-                t.body_received();
+                t.received();
             }
         }
         Poll::Ready(frame.map(|f| f.map_err(Into::into)))

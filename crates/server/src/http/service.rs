@@ -54,12 +54,18 @@ where
         if let Some(timeout) = R::caller_deadline(&req) {
             request.caller_deadline(timeout);
         }
-        // A stream of a multiplexed connection times its own body unless its protocol bounds
-        // it otherwise; a request without a body (most are) needs neither the deadline nor the
-        // rules' look.
-        let ended = http_body::Body::is_end_stream(req.body());
-        let timed = !ended && self.tracker.is_multiplexed() && R::times_body(&req);
-        let mut req = req.map(|b| Body::new(b, &self.tracker, ended, timed));
+        // A body still arriving reports to its own request (a peer that breaks it off excuses
+        // that request's failure, no other's), and on a multiplexed connection times itself
+        // unless its protocol bounds it otherwise; a request without a body (most are) needs
+        // neither the report, the deadline nor the rules' look.
+        let mut req = if http_body::Body::is_end_stream(req.body()) {
+            request.body_received();
+            req.map(Body::ended)
+        } else {
+            let timed = self.tracker.is_multiplexed() && R::times_body(&req);
+            let body = request.body_tracker();
+            req.map(|b| Body::arriving(b, body, timed))
+        };
         // Only a request that can take the connection over needs the handle; leaving it off the
         // others spares every plain request an extensions map. hyper marks those requests (an
         // `Upgrade` header, `CONNECT`) with its `OnUpgrade`; looking that up in a request's

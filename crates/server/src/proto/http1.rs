@@ -2,12 +2,14 @@
 //!
 //! Bounds, phase by phase (the rule is `http/deadline.rs`'s, shared with WebSocket): the first
 //! request head within `headers_timeout` of accept, a head within `headers_timeout` of its first
-//! byte and a whole request within `request_timeout`, `keep_alive_timeout` between requests
-//! (never past `connection_timeout`), a write the peer leaves unread for `connection_timeout`;
-//! a response being produced or streamed is never cut. A head over `http1.max_header_size` gets
-//! 431. A polite close is `Connection: close` on the response in flight. A handler may take the
-//! connection over with an upgrade: it stays pooled, under the upgraded rule, until the
-//! upgraded I/O is dropped (`http/upgrade.rs`).
+//! byte and a whole request within `request_timeout` of its first byte, `keep_alive_timeout`
+//! between requests (never past `connection_timeout`), a write the peer leaves unread for
+//! `connection_timeout`; a response being produced or streamed is never cut. A head over
+//! `http1.max_header_size` gets 431. A polite close is `Connection: close` on the response in
+//! flight; hyper would take a connection whose head is partly in for idle and close it, so the
+//! pool's driver asks only once that head is in, and its response carries the close. A handler
+//! may take the connection over with an upgrade: it stays pooled, under the upgraded rule, until
+//! the upgraded I/O is dropped (`http/upgrade.rs`).
 
 use std::future::Future;
 use std::pin::Pin;

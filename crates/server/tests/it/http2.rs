@@ -533,3 +533,77 @@ async fn a_stream_opened_during_the_timeout_goodbye_is_answered() {
     assert!(sent_slow, "a GOAWAY came");
     assert_eq!(answered, vec![1, 3], "both streams answered");
 }
+
+/// A stream whose request body the client resets part-way is the client's doing, not a server
+/// error; that excuse belongs to that request alone: a handler failing later on the same
+/// long-lived connection is counted. A user's service on an `http2` server, an h2 client.
+#[tokio::test]
+async fn a_body_reset_by_the_client_excuses_only_its_own_request() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use poolserve_pool::{PoolConfig, PoolRegistry};
+    use poolserve_server::{BoxError, Protocol, Server, ServerOptions};
+
+    // `/upload` reads its whole body, failing when it cannot; `/fail` always fails.
+    let service = tower::service_fn(|req: http::Request<poolserve_server::Body>| async move {
+        match req.uri().path() {
+            "/upload" => {
+                let body = req.into_body().collect().await?.to_bytes();
+                Ok(http::Response::new(Full::new(body)))
+            }
+            _ => Err::<http::Response<Full<Bytes>>, BoxError>("the handler failed".into()),
+        }
+    });
+    let registry = PoolRegistry::new();
+    let options = ServerOptions {
+        name: "app".into(),
+        protocol: Protocol::Http2,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls: None,
+        pool: PoolConfig::default(),
+    };
+    let server = Server::start(&registry, options, service).await.unwrap();
+    let pool = server.pool().clone();
+
+    let tcp = TcpStream::connect(server.local_addr()).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+
+    // An upload the client gives up on half-way: RST_STREAM(CANCEL) while the handler reads.
+    let upload = http::Request::post("http://localhost/upload")
+        .body(())
+        .unwrap();
+    let (_response, mut body) = client.send_request(upload, false).unwrap();
+    body.send_data(Bytes::from_static(b"the first half"), false)
+        .unwrap();
+    wait_until("the upload in flight", || {
+        pool.metrics().requests_in_flight == 1
+    })
+    .await;
+    body.send_reset(h2::Reason::CANCEL);
+    wait_until("the upload recorded", || pool.metrics().requests == 1).await;
+    assert_eq!(
+        pool.metrics().errors,
+        0,
+        "a client's reset is not a server error"
+    );
+
+    // Later, on the same connection, the handler fails: that is the server's error.
+    let mut client = client.ready().await.unwrap();
+    let failing = http::Request::get("http://localhost/fail")
+        .body(())
+        .unwrap();
+    let (response, _) = client.send_request(failing, true).unwrap();
+    let reset = tokio::time::timeout(WAIT, response)
+        .await
+        .expect("the server answers the stream");
+    assert!(
+        reset.is_err(),
+        "a failed handler resets its stream: {reset:?}"
+    );
+    wait_until("the failure recorded", || pool.metrics().requests == 2).await;
+    let m = pool.metrics();
+    assert_eq!((m.accepted, m.active), (1, 1), "one long-lived connection");
+    assert_eq!(m.errors, 1, "the handler's failure is counted");
+}

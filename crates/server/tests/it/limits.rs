@@ -216,6 +216,84 @@ async fn per_ip_limit_applies_to_the_peer_address() {
     assert_eq!(events.rejected, 1);
 }
 
+/// A plain HTTP server of its own on `listen`, with a per-IP limit of 1.
+async fn one_per_ip_server(listen: &str) -> poolserve_server::Server {
+    let options = poolserve_server::ServerOptions {
+        name: "one-each".into(),
+        protocol: poolserve_server::Protocol::Http,
+        listen: listen.parse().unwrap(),
+        tls: None,
+        pool: pool(PoolSettings {
+            max_connections_per_ip: Some(1),
+            ..Default::default()
+        }),
+    };
+    let registry = poolserve_pool::PoolRegistry::new();
+    poolserve_server::Server::start(&registry, options, poolserve_demo::routes::service())
+        .await
+        .unwrap()
+}
+
+/// A connection from `from` to `to` and the status of one `GET /` on it (a refusal is a 503);
+/// the connection is kept open.
+async fn client_from(from: &str, to: std::net::SocketAddr) -> (TcpStream, u16) {
+    use tokio::io::AsyncWriteExt;
+    let from: std::net::SocketAddr = from.parse().unwrap();
+    let socket = if from.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .unwrap();
+    socket.bind(from).unwrap();
+    let mut stream = socket.connect(to).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    tokio::time::timeout(WAIT, stream.read_exact(&mut head))
+        .await
+        .expect("an answer")
+        .unwrap();
+    let status = std::str::from_utf8(&head[9..12]).unwrap().parse().unwrap();
+    (stream, status)
+}
+
+/// Real IPv6 peers: the per-IP limit applies to a client on ::1 (keyed by its /64, the only
+/// IPv6 loopback address there is: two distinct addresses of one /64 are shown by the pool's
+/// own test, `ipv6_clients_of_one_prefix_share_the_per_ip_limit`). IPv4 clients of a
+/// dual-stack socket arrive as IPv4-mapped IPv6 addresses, which all share one /64: each is
+/// still its own client.
+#[tokio::test]
+async fn the_per_ip_limit_keys_ipv6_peers_and_keeps_ipv4_mapped_ones_apart() {
+    let v6 = one_per_ip_server("[::1]:0").await;
+    let (_held, status) = client_from("[::1]:0", v6.local_addr()).await;
+    assert_eq!(status, 200);
+    let (_, status) = client_from("[::1]:0", v6.local_addr()).await;
+    assert_eq!(status, 503, "a second connection from ::1");
+    assert!(
+        v6.pool()
+            .metrics()
+            .rejected_by_reason
+            .contains(&("per_ip", 1)),
+        "{:?}",
+        v6.pool().metrics().rejected_by_reason
+    );
+
+    // An IPv6 socket bound to the IPv4-mapped loopback address takes IPv4 connections.
+    let mapped = one_per_ip_server("[::ffff:127.0.0.1]:0").await;
+    let to = std::net::SocketAddr::from(([127, 0, 0, 1], mapped.local_addr().port()));
+    let (_first, status) = client_from("127.0.0.1:0", to).await;
+    assert_eq!(status, 200);
+    let (_second, status) = client_from("127.0.0.2:0", to).await;
+    assert_eq!(status, 200, "127.0.0.2 is another client than 127.0.0.1");
+    let (_, status) = client_from("127.0.0.1:0", to).await;
+    assert_eq!(status, 503, "a second connection from 127.0.0.1");
+    let m = mapped.pool().metrics();
+    assert_eq!((m.active, m.rejected), (2, 1));
+}
+
 #[tokio::test]
 async fn one_client_at_its_per_ip_limit_leaves_the_instance_in_rotation() {
     // 2 % utilisation, one client at its own limit.

@@ -126,3 +126,92 @@ async fn readiness_turns_503_while_draining() {
     assert_eq!(slow.await.unwrap().status(), 200);
     shutdown.await.unwrap();
 }
+
+/// Reads one HTTP/1.1 response of known length off `s`.
+async fn read_response(s: &mut TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let text = String::from_utf8_lossy(&got).into_owned();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let length: usize = text[..end]
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .expect("a sized response")
+                    .parse()
+                    .unwrap();
+                if got.len() >= end + 4 + length {
+                    return text;
+                }
+            }
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed mid-response: {text}");
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("a response")
+}
+
+/// A kept-alive client that had sent half of its next request head when the drain started
+/// completes it and is answered, with `Connection: close`; one that never completes its head
+/// is closed at `headers_timeout` from its first byte, not held to the drain deadline.
+#[tokio::test]
+async fn a_head_half_sent_when_the_drain_starts_is_answered_with_connection_close() {
+    use tokio::io::AsyncWriteExt;
+    let _isolated = support::isolation::timing().await;
+    let h = start_with(
+        PoolSettings {
+            headers_timeout: Some("1s".into()),
+            ..Default::default()
+        },
+        Duration::from_secs(10),
+    )
+    .await;
+    let web = h.runtime.server("web").unwrap().pool().clone();
+    let first = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n";
+    // Answered at once by the handler: the answer carries the close as the head comes in.
+    let half = b"GET /?again HTTP/1.1\r\nhost: x\r\n";
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(h.http).await.unwrap();
+        s.write_all(first).await.unwrap();
+        assert!(read_response(&mut s).await.starts_with("HTTP/1.1 200 "));
+        s.write_all(half).await.unwrap();
+        clients.push(s);
+    }
+    let half_sent = std::time::Instant::now();
+    let sent = 2 * (first.len() + half.len()) as u64;
+    wait_until("the half heads read", || web.metrics().bytes_in == sent).await;
+
+    let shutdown = tokio::spawn(h.runtime.shutdown());
+    // The drain reached both connections: they are closing (or, without the wait for their
+    // heads, closed).
+    wait_until("the drain at both connections", || {
+        let m = web.metrics();
+        m.closing == 2 || m.active < 2
+    })
+    .await;
+    let (mut finishing, mut stuck) = (clients.remove(0), clients.remove(0));
+    finishing.write_all(b"\r\n").await.unwrap();
+    let reply = read_to_close(&mut finishing).await;
+    assert!(reply.starts_with("HTTP/1.1 200 "), "{reply:?}");
+    assert!(reply.contains("connection: close\r\n"), "{reply}");
+    assert!(reply.ends_with("hello"), "{reply}");
+
+    let got = read_to_close(&mut stuck).await;
+    assert!(got.is_empty(), "{got}");
+    let took = half_sent.elapsed();
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_millis(1500),
+        "the unfinished head was closed after {took:?}"
+    );
+    let reports = tokio::time::timeout(WAIT, shutdown).await.unwrap().unwrap();
+    let web_report = reports.iter().find(|(n, _)| n == "web").unwrap().1;
+    assert_eq!((web_report.open_at_start, web_report.forced), (2, 0));
+    let m = web.metrics();
+    assert!(m.timeouts.contains(&("headers", 1)), "{:?}", m.timeouts);
+    assert_eq!(m.requests, 3);
+}

@@ -147,9 +147,73 @@ async fn a_slow_request_body_is_cut_at_request_timeout() {
         let _ = s.read_to_end(&mut rest).await;
     });
     tokio::time::timeout(WAIT, drip).await.unwrap().unwrap();
-    // The request started at connect (first request), so the bound counts from there.
+    // The request started at its first byte, written as soon as the connection was open.
     assert_within(start.elapsed(), Duration::from_millis(700));
     wait_for_timeout(&h, TimeoutKind::Request).await;
+}
+
+/// A first request is timed from its first byte like any later one: its head may come late
+/// (within `headers_timeout` of the open) and its body still has the whole `request_timeout`.
+/// The head itself stays due `headers_timeout` after the open, however late its first byte.
+#[tokio::test]
+async fn a_first_request_has_request_timeout_from_its_first_byte() {
+    use http_body_util::{BodyExt, StreamBody};
+    let _isolated = support::isolation::timing().await;
+    let h = start(settings("2s", "1s", "30s", "30s")).await;
+
+    // The head 700 ms after the connect, the body over the next 500 ms: 1.2 s from the
+    // connect, 0.5 s from the first byte.
+    let stream = TcpStream::connect(h.http).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake::<_, _>(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let (tx, rx) =
+        tokio::sync::mpsc::channel::<Result<http_body::Frame<bytes::Bytes>, std::io::Error>>(1);
+    let body = StreamBody::new(Box::pin(futures_util::stream::unfold(
+        rx,
+        |mut rx| async move { rx.recv().await.map(|item| (item, rx)) },
+    )));
+    let req = http::Request::post("/echo")
+        .header("host", "x")
+        .body(body)
+        .unwrap();
+    let drip = tokio::spawn(async move {
+        for part in ["one ", "two ", "three ", "four ", "five"] {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            tx.send(Ok(http_body::Frame::data(bytes::Bytes::from(part))))
+                .await
+                .unwrap();
+        }
+    });
+    let res = tokio::time::timeout(WAIT, sender.send_request(req))
+        .await
+        .unwrap()
+        .expect("the response head");
+    assert_eq!(res.status(), 200);
+    let echoed = tokio::time::timeout(WAIT, res.into_body().collect())
+        .await
+        .unwrap()
+        .expect("the whole echo: the request was not cut")
+        .to_bytes();
+    assert_eq!(&echoed[..], b"one two three four five");
+    drip.await.unwrap();
+    let m = h.runtime.server("web").unwrap().pool().metrics();
+    assert!(m.timeouts.iter().all(|(_, n)| *n == 0), "{:?}", m.timeouts);
+
+    // A head begun 1.5 s after the connect and never finished: cut 2 s after the connect.
+    let start = Instant::now();
+    let mut late = TcpStream::connect(h.http).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    late.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let got = read_to_close(&mut late).await;
+    assert!(got.is_empty(), "{got}");
+    assert_within(start.elapsed(), Duration::from_secs(2));
+    wait_for_timeout(&h, TimeoutKind::Headers).await;
 }
 
 #[tokio::test]
