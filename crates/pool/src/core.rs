@@ -54,6 +54,9 @@ pub(crate) struct PoolCore {
     pub per_ip: PerIpLimiter,
     /// `max_connections_per_ip`, 0 when unset; kept apart so admission never locks the config.
     per_ip_limit: AtomicU32,
+    /// `max_requests_per_connection`, `u64::MAX` when unset: read where a request starts or
+    /// its response head is produced, so kept apart from the config, which costs a lock.
+    pub max_requests: AtomicU64,
     pub counters: Counters,
     pub window: DecayingWindow,
     origin: Origin,
@@ -108,6 +111,7 @@ impl PoolCore {
             admission: AdmissionCounter::new(config.max_connections),
             per_ip: PerIpLimiter::default(),
             per_ip_limit: AtomicU32::new(0),
+            max_requests: AtomicU64::new(u64::MAX),
             counters: Counters::default(),
             window: DecayingWindow::new(config.health.window),
             origin: Origin::now(clock),
@@ -252,6 +256,12 @@ impl PoolCore {
         self.overloaded_edge.store(overloaded, Ordering::Relaxed);
         self.per_ip_limit.store(
             config.max_connections_per_ip.unwrap_or(0),
+            Ordering::Relaxed,
+        );
+        self.max_requests.store(
+            config
+                .max_requests_per_connection
+                .map_or(u64::MAX, u64::from),
             Ordering::Relaxed,
         );
     }
