@@ -131,7 +131,11 @@ where
                 } else {
                     request.response_started(failed);
                 }
-                if request.should_close_connection() {
+                // A switch of protocols keeps its `Connection: upgrade`; the upgraded
+                // connection gets its own polite close (a WebSocket 1001) from the pool.
+                if res.status() != http::StatusCode::SWITCHING_PROTOCOLS
+                    && request.should_close_connection()
+                {
                     res.headers_mut().insert(
                         http::header::CONNECTION,
                         http::HeaderValue::from_static("close"),
