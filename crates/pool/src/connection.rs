@@ -22,7 +22,8 @@ use std::task::{Wake, Waker};
 use crate::activity::{Activity, Phase};
 use crate::core::PoolCore;
 use crate::events::{ConnectionId, PoolEventKind};
-use crate::metrics::TimeoutKind;
+use crate::lifetime::Retirement;
+use crate::metrics::{CloseReason, TimeoutKind};
 
 /// Activity shared by a connection's guard, its driver and its protocol code.
 ///
@@ -55,6 +56,8 @@ pub(crate) struct ConnectionShared {
     shed_claimed: AtomicBool,
     /// Set when the pool's side of the driver (control channel, timer) woke the task.
     pool_side_woken: AtomicBool,
+    /// Where the connection is in retiring for its age or request count, as `Retirement as u8`.
+    retirement: AtomicU8,
     /// The task driving the connection, woken on the pool's behalf. Replaced only when the
     /// driver's waker changes (a tokio task's never does), so a poll takes no lock.
     driver_task: Mutex<Option<Waker>>,
@@ -92,6 +95,7 @@ impl ConnectionShared {
             upgraded: AtomicBool::new(false),
             multiplexed: AtomicBool::new(false),
             closing: AtomicBool::new(false),
+            retirement: AtomicU8::new(Retirement::None as u8),
             shed_claimed: AtomicBool::new(false),
             pool_side_woken: AtomicBool::new(true),
             driver_task: Mutex::new(None),
@@ -222,6 +226,81 @@ impl ConnectionShared {
         self.shed_claimed.load(Ordering::Relaxed)
     }
 
+    pub fn retirement(&self) -> Retirement {
+        Retirement::from_u8(self.retirement.load(Ordering::Relaxed))
+    }
+
+    pub fn set_retirement(&self, r: Retirement) {
+        self.retirement.store(r as u8, Ordering::Relaxed);
+    }
+
+    /// Why the connection was retired, once its polite close for its age or request count
+    /// went out.
+    pub fn retired_reason(&self) -> Option<CloseReason> {
+        let r = self.retirement();
+        r.is_sent().then(|| r.reason()).flatten()
+    }
+
+    /// Whether the response whose head is being produced must carry the polite close for the
+    /// connection's age or request count (HTTP/1 only); records it as sent. One load when
+    /// neither bound is near: the driver flagged the age, and the request count is one compare
+    /// (`max_requests` is `u64::MAX` when unset).
+    #[inline]
+    fn retire_on_response(&self) -> bool {
+        let sent = match self.retirement() {
+            Retirement::AgeDue => Retirement::Age,
+            Retirement::None
+                if self.requests.load(Ordering::Relaxed) + 1
+                    >= self.core.max_requests.load(Ordering::Relaxed) =>
+            {
+                Retirement::Requests
+            }
+            _ => return false,
+        };
+        self.set_retirement(sent);
+        true
+    }
+
+    /// A stream started on a multiplexed connection, `in_flight_before` others being open:
+    /// when that makes `max_requests_per_connection`, the driver is asked for a GOAWAY.
+    #[inline]
+    fn count_stream_against_limit(&self, in_flight_before: u32) {
+        let limit = self.core.max_requests.load(Ordering::Relaxed);
+        // Finished and open streams, this one included. A stream finishing meanwhile may be
+        // counted twice, which can only bring the GOAWAY one stream early.
+        if self.requests.load(Ordering::Relaxed) + u64::from(in_flight_before) + 1 >= limit {
+            self.stream_limit_reached();
+        }
+    }
+
+    #[cold]
+    fn stream_limit_reached(&self) {
+        let due = self.retirement.compare_exchange(
+            Retirement::None as u8,
+            Retirement::RequestsDue as u8,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+        if due.is_ok() {
+            // The stream runs in a task of its own: wake the driver to send the GOAWAY.
+            self.wake_driver();
+        }
+    }
+
+    /// Wakes the driver on the pool's behalf (see the `Wake` impl).
+    fn wake_driver(&self) {
+        self.pool_side_woken.store(true, Ordering::Release);
+        // Cloned out of the lock: waking runs the scheduler, which need not wait on it.
+        let waker = self
+            .driver_task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
     /// Whether the connection was asked to close.
     pub fn is_closing(&self) -> bool {
         self.closing.load(Ordering::Relaxed)
@@ -285,16 +364,7 @@ impl Wake for ConnectionShared {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        self.pool_side_woken.store(true, Ordering::Release);
-        // Cloned out of the lock: waking runs the scheduler, which need not wait on it.
-        let waker = self
-            .driver_task
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        if let Some(w) = waker {
-            w.wake();
-        }
+        self.wake_driver();
     }
 }
 
@@ -409,10 +479,11 @@ impl ConnectionTracker {
     pub fn request_started(&self) -> RequestTracker {
         let s = &self.shared;
         let phase = Phase::from_u8(s.phase.load(Ordering::Relaxed));
+        let multiplexed = s.multiplexed.load(Ordering::Relaxed);
         // A request started when its head's first byte came, and a stream when the read that
         // brought it came, both stamped by `bytes_read`: no clock read here. A pipelined
         // request, whose bytes came while another was in flight, reads the clock.
-        let started = if s.multiplexed.load(Ordering::Relaxed) {
+        let started = if multiplexed {
             s.last_read.load(Ordering::Relaxed)
         } else if phase == Phase::ReadingHead {
             s.phase_since.load(Ordering::Relaxed)
@@ -423,7 +494,13 @@ impl ConnectionTracker {
             .counters
             .requests_started
             .fetch_add(1, Ordering::Relaxed);
-        if s.adjust_in_flight(true) == 0 {
+        let in_flight_before = s.adjust_in_flight(true);
+        // An HTTP/1 request's count is checked as its response head is produced
+        // (`RequestTracker::should_close_connection`).
+        if multiplexed {
+            s.count_stream_against_limit(in_flight_before);
+        }
+        if in_flight_before == 0 {
             s.core.counters.busy.fetch_add(1, Ordering::Relaxed);
             // The body is timed from the head's start, which `bytes_read` recorded.
             if phase == Phase::ReadingHead {
@@ -664,15 +741,18 @@ impl RequestTracker {
     }
 
     /// Whether the connection should close after this response: it was asked to close (a drain
-    /// that waited for this request's head to come in), or the pool is over a lowered limit. A
-    /// protocol that can say so on the response (HTTP/1 `Connection: close`) asks here as the
-    /// response head is produced, so the client learns before reusing it.
+    /// that waited for this request's head to come in), it reached its `max_connection_age` or
+    /// `max_requests_per_connection`, or the pool is over a lowered limit. A protocol that can
+    /// say so on the response (HTTP/1 `Connection: close`) asks here as the response head is
+    /// produced, so the client learns before reusing it.
     pub fn should_close_connection(&self) -> bool {
-        // A multiplexed connection is shed by its driver with a GOAWAY instead.
+        // A multiplexed connection is retired and shed by its driver with a GOAWAY instead.
         if self.conn.multiplexed.load(Ordering::Relaxed) {
             return false;
         }
-        if self.conn.is_closing() {
+        // A connection closing anyway takes no shedding claim from another.
+        if self.conn.is_closing() || self.conn.retire_on_response() {
+            self.conn.mark_closing();
             return true;
         }
         if self.conn.try_claim_shed() {

@@ -56,6 +56,9 @@ pub(crate) struct PoolCore {
     per_ip_limit: AtomicU32,
     /// `max_connections_per_ip_v6_prefix`, kept apart for the same reason.
     per_ip_v6_prefix: AtomicU8,
+    /// `max_requests_per_connection`, `u64::MAX` when unset: read where a request starts or
+    /// its response head is produced, so kept apart from the config, which costs a lock.
+    pub max_requests: AtomicU64,
     pub counters: Counters,
     pub window: DecayingWindow,
     origin: Origin,
@@ -111,6 +114,7 @@ impl PoolCore {
             per_ip: PerIpLimiter::default(),
             per_ip_limit: AtomicU32::new(0),
             per_ip_v6_prefix: AtomicU8::new(config.max_connections_per_ip_v6_prefix),
+            max_requests: AtomicU64::new(u64::MAX),
             counters: Counters::default(),
             window: DecayingWindow::new(config.health.window),
             origin: Origin::now(clock),
@@ -259,6 +263,12 @@ impl PoolCore {
         );
         self.per_ip_v6_prefix
             .store(config.max_connections_per_ip_v6_prefix, Ordering::Relaxed);
+        self.max_requests.store(
+            config
+                .max_requests_per_connection
+                .map_or(u64::MAX, u64::from),
+            Ordering::Relaxed,
+        );
     }
 
     /// Computes health, announcing a status change.

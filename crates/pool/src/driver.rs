@@ -20,11 +20,12 @@ use tokio::time::Instant;
 
 use tokio::time::Sleep;
 
-use crate::activity::{idle_deadline, Activity};
+use crate::activity::{idle_deadline, later, Activity};
 use crate::config::PoolConfig;
 use crate::connection::{ConnectionShared, ConnectionTracker};
 use crate::core::{PoolCore, Stage};
 use crate::events::PoolEventKind;
+use crate::lifetime::{age_limit, Retirement};
 use crate::metrics::{CloseReason, TimeoutKind};
 
 /// A protocol connection the pool can drive: a future that serves it to the end, plus the
@@ -85,6 +86,23 @@ enum Expiry {
     Timeout(TimeoutKind),
     /// The pool is over its limit and this idle connection took a shedding claim.
     Shed,
+    /// The connection reached its age ([`CloseReason::MaxAge`]) or its request limit
+    /// ([`CloseReason::MaxRequests`]): it gets its polite close.
+    Retire(CloseReason),
+    /// The grace after a polite close ran out: the connection is dropped, closed for this
+    /// reason.
+    GraceOver(CloseReason),
+}
+
+/// What a deadline of the connection's timer brings.
+#[derive(Clone, Copy)]
+enum Due {
+    /// A bound of the protocol's rule.
+    Timeout(TimeoutKind),
+    /// The connection's age limit.
+    Age,
+    /// The end of a polite close's grace.
+    GraceOver(CloseReason),
 }
 
 /// One connection's timer, armed at the deadline its rule computes.
@@ -112,6 +130,9 @@ struct PhaseTimer<'a, C> {
     /// Set once a timeout's goodbye was sent (when, and for which timeout): from then on the
     /// deadline is the end of its grace once no request is in flight.
     goodbye: Option<(Instant, TimeoutKind)>,
+    /// Set once the connection started retiring for its age or request count, with when: it is
+    /// dropped `max_connection_age_grace` later, while the protocol's own bounds still apply.
+    retiring: Option<(Instant, CloseReason)>,
 }
 
 impl<C: ManagedConnection> PhaseTimer<'_, C> {
@@ -140,17 +161,39 @@ impl<C: ManagedConnection> PhaseTimer<'_, C> {
             self.may_shed = false;
             return Poll::Ready(Expiry::Shed);
         }
+        let retirement = self.conn.retirement();
+        // A retirement waiting for its polite close, which the driver sends on a multiplexed
+        // connection (the request path asked for it) or on one upgraded since its age passed.
+        if retirement.is_due()
+            && (self.conn.is_multiplexed() || self.conn.is_upgraded())
+            && !self.conn.is_closing()
+        {
+            if let Some(reason) = retirement.reason() {
+                return Poll::Ready(Expiry::Retire(reason));
+            }
+        }
+        // An HTTP/1 response carried the polite close: the grace starts now.
+        if self.retiring.is_none() && retirement.is_sent() {
+            self.retiring = retirement.reason().map(|r| (Instant::now(), r));
+        }
         let activity = self.conn.activity();
         let rule = match self.goodbye {
             // A stream accepted before the goodbye took effect is answered: the grace runs
             // from when the last one finished.
             Some((sent, kind)) if activity.in_flight == 0 => Some((
-                crate::activity::later(sent.max(activity.phase_since), TIMEOUT_GOODBYE_GRACE),
-                kind,
+                later(sent.max(activity.phase_since), TIMEOUT_GOODBYE_GRACE),
+                Due::GraceOver(CloseReason::Timeout(kind)),
             )),
-            _ => C::deadline(&activity, &self.config),
+            Some(_) => C::deadline(&activity, &self.config).map(|(at, k)| (at, Due::Timeout(k))),
+            None => {
+                let own = C::deadline(&activity, &self.config).map(|(at, k)| (at, Due::Timeout(k)));
+                match (own, self.lifetime(&activity)) {
+                    (Some(o), Some(l)) => Some(if l.0 < o.0 { l } else { o }),
+                    (o, l) => o.or(l),
+                }
+            }
         };
-        let Some((deadline, kind)) = rule else {
+        let Some((deadline, due)) = rule else {
             // No deadline in this phase: an armed timer stays armed and only causes a re-check.
             // One that fired is no longer armed, so the next deadline arms it again.
             if woken && self.armed.is_some() && self.sleep.as_mut().poll(cx).is_ready() {
@@ -160,9 +203,9 @@ impl<C: ManagedConnection> PhaseTimer<'_, C> {
         };
         let mut rearmed = false;
         if self.armed.is_none_or(|armed| deadline < armed) {
-            let at = match self.goodbye {
-                Some(_) => deadline,
-                None => C::timer_at(deadline, &activity, &self.config).min(deadline),
+            let at = match due {
+                Due::Timeout(_) => C::timer_at(deadline, &activity, &self.config).min(deadline),
+                Due::Age | Due::GraceOver(_) => deadline,
             };
             self.armed = Some(at);
             self.sleep.as_mut().reset(at);
@@ -178,7 +221,11 @@ impl<C: ManagedConnection> PhaseTimer<'_, C> {
                 Poll::Pending => return Poll::Pending,
                 // The armed deadline was the current one: it passed.
                 Poll::Ready(()) if self.armed == Some(deadline) => {
-                    return Poll::Ready(Expiry::Timeout(kind));
+                    return Poll::Ready(match due {
+                        Due::Timeout(kind) => Expiry::Timeout(kind),
+                        Due::Age => Expiry::Retire(CloseReason::MaxAge),
+                        Due::GraceOver(reason) => Expiry::GraceOver(reason),
+                    });
                 }
                 // An earlier arming fired before the deadline (which activity moved out, or
                 // which `timer_at` armed ahead of): re-arm at the deadline itself.
@@ -188,6 +235,22 @@ impl<C: ManagedConnection> PhaseTimer<'_, C> {
                 }
             }
         }
+    }
+}
+
+impl<C> PhaseTimer<'_, C> {
+    /// The connection's lifetime deadline: the end of its retirement's grace once it is
+    /// retiring, else its age limit, unless it is closing for another reason.
+    fn lifetime(&self, a: &Activity) -> Option<(Instant, Due)> {
+        if let Some((since, reason)) = self.retiring {
+            let end = later(since, self.config.max_connection_age_grace);
+            return Some((end, Due::GraceOver(reason)));
+        }
+        let age = self.config.max_connection_age?;
+        if a.closing || self.conn.retirement() != Retirement::None {
+            return None;
+        }
+        Some((later(a.opened_at, age_limit(age, self.conn.id)), Due::Age))
     }
 }
 
@@ -223,6 +286,7 @@ pub(crate) async fn drive<C: ManagedConnection>(
         key: None,
         may_shed: true,
         goodbye: None,
+        retiring: None,
     };
     let mut closing = Closing::default();
     match stage {
@@ -277,7 +341,10 @@ pub(crate) async fn drive<C: ManagedConnection>(
                 }
                 return match result {
                     Ok(()) if shared.shed_claimed() => CloseReason::LimitLowered,
-                    Ok(()) => closing.reason.unwrap_or(CloseReason::Completed),
+                    Ok(()) => closing
+                        .reason
+                        .or_else(|| shared.retired_reason())
+                        .unwrap_or(CloseReason::Completed),
                     Err(e) if C::timeout_kind(&e).is_some() => {
                         let kind = C::timeout_kind(&e).unwrap_or(TimeoutKind::Idle);
                         let id = shared.id;
@@ -311,11 +378,28 @@ pub(crate) async fn drive<C: ManagedConnection>(
                     Stage::Serving => {}
                 }
             }
-            Event::Expired(Expiry::Timeout(kind)) => {
-                if timer.goodbye.is_some() {
-                    // The goodbye's grace ran out.
-                    return CloseReason::Timeout(kind);
+            Event::Expired(Expiry::GraceOver(reason)) => {
+                let id = shared.id;
+                tracing::debug!(pool = %core.name, id, reason = %reason, "polite close's grace ran out");
+                return reason;
+            }
+            Event::Expired(Expiry::Retire(reason)) => {
+                let id = shared.id;
+                tracing::debug!(pool = %core.name, id, reason = %reason, "connection retiring");
+                // HTTP/1 says it on its next response (`RequestTracker::should_close_connection`);
+                // a multiplexed or upgraded connection gets its GOAWAY or close frame now.
+                if shared.is_multiplexed() || shared.is_upgraded() {
+                    shared.set_retirement(Retirement::sent(reason));
+                    closing.ask(&shared, conn.as_mut(), reason);
+                } else if shared.retirement() == Retirement::None {
+                    shared.set_retirement(Retirement::AgeDue);
                 }
+                if timer.retiring.is_none() {
+                    timer.retiring = Some((Instant::now(), reason));
+                }
+                timer.armed = None;
+            }
+            Event::Expired(Expiry::Timeout(kind)) => {
                 let id = shared.id;
                 tracing::debug!(pool = %core.name, id, kind = kind.as_str(), "connection timed out");
                 core.publish(|| PoolEventKind::ConnectionTimeout { id, kind });

@@ -26,6 +26,7 @@ mod events;
 mod guard;
 mod health;
 mod histogram;
+mod lifetime;
 mod metrics;
 mod per_ip;
 mod policy;
@@ -56,6 +57,7 @@ pub use health::{
     MIN_REQUESTS_FOR_RATES, UTILIZATION_HYSTERESIS,
 };
 pub use histogram::{HistogramSnapshot, LatencyHistogram, BOUNDS_MICROS};
+pub use lifetime::{age_limit, AGE_JITTER};
 pub use metrics::{CloseReason, MetricsSnapshot, TimeoutKind, CLOSE_CODES};
 pub use per_ip::PerIpLimiter;
 pub use policy::{DefaultPolicy, ProtocolPolicy};

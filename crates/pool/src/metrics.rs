@@ -28,17 +28,27 @@ pub enum CloseReason {
     ForcedShutdown,
     /// Closed to bring the pool under a lowered `max_connections`.
     LimitLowered,
+    /// Closed politely for reaching its `max_connection_age`, or cut when its grace ran out.
+    MaxAge,
+    /// Closed politely for reaching `max_requests_per_connection`, or cut when its grace ran
+    /// out.
+    MaxRequests,
 }
+
+/// The slot of `Counters::closed` that counts every timeout: the one after the other reasons.
+const TIMEOUT_SLOT: usize = CloseReason::ALL.len();
 
 impl CloseReason {
     /// Every reason, for metrics that list them all.
-    pub const ALL: [CloseReason; 6] = [
+    pub const ALL: [CloseReason; 8] = [
         CloseReason::Completed,
         CloseReason::Error,
         CloseReason::ProtocolError,
         CloseReason::Shutdown,
         CloseReason::ForcedShutdown,
         CloseReason::LimitLowered,
+        CloseReason::MaxAge,
+        CloseReason::MaxRequests,
     ];
 
     /// The label used in metrics and events (`timeout` for every timeout kind).
@@ -51,6 +61,8 @@ impl CloseReason {
             CloseReason::Shutdown => "shutdown",
             CloseReason::ForcedShutdown => "forced_shutdown",
             CloseReason::LimitLowered => "limit_lowered",
+            CloseReason::MaxAge => "max_age",
+            CloseReason::MaxRequests => "max_requests",
         }
     }
 
@@ -62,7 +74,9 @@ impl CloseReason {
             CloseReason::ForcedShutdown => 3,
             CloseReason::LimitLowered => 4,
             CloseReason::ProtocolError => 5,
-            CloseReason::Timeout(_) => 6,
+            CloseReason::MaxAge => 6,
+            CloseReason::MaxRequests => 7,
+            CloseReason::Timeout(_) => TIMEOUT_SLOT,
         }
     }
 }
@@ -157,7 +171,7 @@ pub(crate) struct Counters {
     /// Requests ended by their caller's deadline (in the latency histogram, not in `errors`).
     pub deadline_exceeded: AtomicU64,
     /// Indexed by `CloseReason::index`; the last slot counts all timeouts.
-    pub closed: [AtomicU64; 7],
+    pub closed: [AtomicU64; TIMEOUT_SLOT + 1],
     pub timeouts: [AtomicU64; TimeoutKind::ALL.len()],
     /// Connections asked to close politely that are still open.
     pub closing: AtomicU64,
@@ -286,7 +300,7 @@ impl Counters {
             .iter()
             .map(|r| (r.as_str(), load(&self.closed[r.index()])))
             .collect();
-        closed.push(("timeout", load(&self.closed[6])));
+        closed.push(("timeout", load(&self.closed[TIMEOUT_SLOT])));
         let closed_total: u64 = closed.iter().map(|(_, n)| n).sum();
         let latency = self.latency.snapshot();
         MetricsSnapshot {
@@ -338,5 +352,33 @@ impl Counters {
                 .zip(self.close_codes.iter().map(load))
                 .collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_close_reason_has_its_own_slot_and_label() {
+        let timeout = CloseReason::Timeout(TimeoutKind::Idle);
+        let mut slots: Vec<usize> = CloseReason::ALL.iter().map(CloseReason::index).collect();
+        slots.push(timeout.index());
+        slots.sort_unstable();
+        assert_eq!(slots, (0..=TIMEOUT_SLOT).collect::<Vec<_>>());
+        let counters = Counters::default();
+        counters.count_close(CloseReason::MaxAge, 3);
+        counters.count_close(CloseReason::MaxRequests, 100);
+        counters.count_close(timeout, 0);
+        let m = counters.snapshot("p", "http", Duration::ZERO, 0, None);
+        for (label, n) in [
+            ("max_age", 1),
+            ("max_requests", 1),
+            ("timeout", 1),
+            ("completed", 0),
+        ] {
+            assert!(m.closed.contains(&(label, n)), "{label}: {:?}", m.closed);
+        }
+        assert_eq!(m.closed.len(), CloseReason::ALL.len() + 1);
     }
 }

@@ -939,3 +939,245 @@ async fn a_body_the_peer_broke_off_excuses_only_its_own_request() {
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
+
+/// Settings whose timeouts are far past any age or grace of these tests.
+fn patient() -> PoolSettings {
+    PoolSettings {
+        keep_alive_timeout: Some("1h".into()),
+        connection_timeout: Some("1h".into()),
+        headers_timeout: Some("1h".into()),
+        request_timeout: Some("1h".into()),
+        ..Default::default()
+    }
+}
+
+/// A pool with `max_connection_age` and a grace, and timeouts far past both.
+fn aging_pool(age: &str, grace: &str) -> Pool<DefaultPolicy> {
+    pool(PoolSettings {
+        max_connection_age: Some(age.into()),
+        max_connection_age_grace: Some(grace.into()),
+        ..patient()
+    })
+}
+
+/// `a` is `b`, give or take the timer's millisecond.
+fn about(a: Duration, b: Duration) -> bool {
+    a.abs_diff(b) <= ms(1)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_multiplexed_connection_is_asked_to_close_at_its_own_age_and_cut_when_the_grace_ends() {
+    let pool = aging_pool("100s", "10s");
+    let opened = Instant::now();
+    let (remote, tracker, served) = open(&pool);
+    tracker.multiplexed();
+    // A stream that outlives the age and its grace.
+    remote.begin(&tracker);
+    let age = poolserve_pool::age_limit(Duration::from_secs(100), tracker.id());
+    assert!(
+        age >= Duration::from_secs(90) && age < Duration::from_secs(110),
+        "{age:?}"
+    );
+    tokio::time::sleep_until(opened + age - ms(1)).await;
+    assert!(!remote.politely_asked.load(Ordering::SeqCst));
+    tokio::time::sleep(ms(3)).await;
+    assert!(
+        remote.politely_asked.load(Ordering::SeqCst),
+        "GOAWAY at the age"
+    );
+    assert_eq!(pool.metrics().closing, 1);
+    // The stream in flight gets the grace, then the connection is cut.
+    assert_eq!(served.await.unwrap(), CloseReason::MaxAge);
+    assert!(about(opened.elapsed(), age + Duration::from_secs(10)));
+    let m = pool.metrics();
+    assert!(m.closed.contains(&("max_age", 1)), "{:?}", m.closed);
+    assert_eq!(m.active, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn connections_opened_together_reach_their_age_apart() {
+    let pool = aging_pool("100s", "30s");
+    let opened = Instant::now();
+    let conns: Vec<_> = (0..20).map(|_| open(&pool)).collect();
+    for (_, tracker, _) in &conns {
+        tracker.multiplexed();
+    }
+    let ended: Vec<_> = conns
+        .into_iter()
+        .map(|(remote, _, served)| {
+            tokio::spawn(async move {
+                // No stream open: the polite close ends it at once.
+                assert_eq!(served.await.unwrap(), CloseReason::MaxAge);
+                assert!(remote.politely_asked.load(Ordering::SeqCst));
+                opened.elapsed()
+            })
+        })
+        .collect();
+    let mut ages = Vec::new();
+    for end in ended {
+        ages.push(end.await.unwrap());
+    }
+    ages.sort();
+    assert!(ages[0] >= Duration::from_secs(90) && ages[19] < Duration::from_secs(110));
+    assert!(ages[19] - ages[0] > Duration::from_secs(10), "{ages:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_http1_connection_past_its_age_says_so_on_its_next_response_only() {
+    let pool = aging_pool("10s", "30s");
+    let (remote, tracker, served) = open(&pool);
+    remote.begin(&tracker);
+    let early = remote
+        .request
+        .lock()
+        .unwrap()
+        .as_ref()
+        .unwrap()
+        .should_close_connection();
+    assert!(!early, "no close before the age");
+    remote.end();
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    // Past its age while idle: not closed under a client that may be sending a request now.
+    assert!(!served.is_finished());
+    assert!(!remote.politely_asked.load(Ordering::SeqCst));
+    assert_eq!(pool.metrics().closing, 0);
+    remote.begin(&tracker);
+    let close = remote
+        .request
+        .lock()
+        .unwrap()
+        .as_ref()
+        .unwrap()
+        .should_close_connection();
+    assert!(close, "the next response carries Connection: close");
+    assert_eq!(pool.metrics().closing, 1);
+    remote.end();
+    // The client closes after that response.
+    remote.close();
+    assert_eq!(served.await.unwrap(), CloseReason::MaxAge);
+    assert!(pool.metrics().closed.contains(&("max_age", 1)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_http1_connection_left_idle_past_its_age_is_closed_when_the_grace_ends() {
+    let pool = aging_pool("10s", "5s");
+    let opened = Instant::now();
+    let (remote, tracker, served) = open(&pool);
+    remote.begin(&tracker);
+    remote.end();
+    assert_eq!(served.await.unwrap(), CloseReason::MaxAge);
+    let age = poolserve_pool::age_limit(Duration::from_secs(10), tracker.id());
+    assert!(about(opened.elapsed(), age + Duration::from_secs(5)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_nth_http1_response_says_connection_close() {
+    let pool = pool(PoolSettings {
+        max_requests_per_connection: Some(3),
+        max_connection_age_grace: Some("5s".into()),
+        ..patient()
+    });
+    let (remote, tracker, served) = open(&pool);
+    let mut said = Vec::new();
+    for _ in 0..3 {
+        remote.begin(&tracker);
+        said.push(
+            remote
+                .request
+                .lock()
+                .unwrap()
+                .as_ref()
+                .unwrap()
+                .should_close_connection(),
+        );
+        remote.end();
+    }
+    assert_eq!(said, [false, false, true]);
+    // The client closes after the third response; until it does, the connection is closing.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(pool.metrics().closing, 1);
+    remote.close();
+    assert_eq!(served.await.unwrap(), CloseReason::MaxRequests);
+    // One that does not close is cut when the grace ends.
+    let (remote, tracker, served) = open(&pool);
+    for _ in 0..3 {
+        remote.begin(&tracker);
+        let _ = remote
+            .request
+            .lock()
+            .unwrap()
+            .as_ref()
+            .unwrap()
+            .should_close_connection();
+        remote.end();
+    }
+    let said_at = Instant::now();
+    assert_eq!(served.await.unwrap(), CloseReason::MaxRequests);
+    assert!(about(said_at.elapsed(), Duration::from_secs(5)));
+    assert!(pool.metrics().closed.contains(&("max_requests", 2)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_multiplexed_connection_gets_its_goaway_once_its_nth_stream_starts() {
+    let pool = pool(PoolSettings {
+        max_requests_per_connection: Some(3),
+        ..patient()
+    });
+    let (remote, tracker, served) = open(&pool);
+    tracker.multiplexed();
+    tracker.bytes_read(10);
+    let first = tracker.request_started();
+    first.finish();
+    let second = tracker.request_started();
+    tokio::task::yield_now().await;
+    assert!(!remote.politely_asked.load(Ordering::SeqCst));
+    // The third stream (held by the connection until `end`) makes the limit. Streams start in
+    // tasks of their own: the driver hears of it and sends the GOAWAY, and the streams in
+    // flight go on.
+    remote.begin(&tracker);
+    tokio::time::sleep(ms(1)).await;
+    assert!(remote.politely_asked.load(Ordering::SeqCst));
+    assert!(!served.is_finished());
+    assert!(!second.should_close_connection(), "no header on a stream");
+    second.finish();
+    remote.end();
+    assert_eq!(served.await.unwrap(), CloseReason::MaxRequests);
+    assert_eq!(pool.metrics().requests, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_age_set_live_applies_to_open_connections_and_a_drain_comes_first() {
+    let pool = pool(patient());
+    let (old, old_tracker, served_old) = open(&pool);
+    old_tracker.multiplexed();
+    tokio::time::sleep(Duration::from_secs(50)).await;
+    let (young, young_tracker, served_young) = open(&pool);
+    young_tracker.multiplexed();
+    young.begin(&young_tracker);
+    let changes = pool
+        .update_config(&PoolSettings {
+            max_connection_age: Some("20s".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(
+        (changes[0].field.as_str(), changes[0].old.as_str()),
+        ("max_connection_age", "none")
+    );
+    // Already older than its new age: asked at once.
+    assert_eq!(served_old.await.unwrap(), CloseReason::MaxAge);
+    assert!(old.politely_asked.load(Ordering::SeqCst));
+    // A drain before the age: the close is the shutdown's.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(!young.politely_asked.load(Ordering::SeqCst));
+    let closing = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.close_all(Duration::from_secs(60)).await })
+    };
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    assert!(young.politely_asked.load(Ordering::SeqCst));
+    assert!(!served_young.is_finished(), "its stream goes on");
+    young.end();
+    assert_eq!(served_young.await.unwrap(), CloseReason::Shutdown);
+    closing.await.unwrap();
+}

@@ -104,6 +104,25 @@ impl<'a> Applier<'a> {
         }
     }
 
+    /// An optional duration (absent: none), greater than zero and at most [`MAX_DURATION`] when
+    /// given; absent leaves it as it is.
+    pub fn optional_duration(
+        &mut self,
+        field: &str,
+        raw: &Option<String>,
+        target: &mut Option<Duration>,
+    ) {
+        let Some(raw) = raw else { return };
+        match parse_duration_setting(raw) {
+            Ok(d) => {
+                let old = target.map_or_else(|| "none".to_owned(), show_duration);
+                self.changed(field, old, show_duration(d));
+                *target = Some(d);
+            }
+            Err(reason) => self.error(field, quoted(raw), reason),
+        }
+    }
+
     pub fn count<T>(&mut self, field: &str, raw: Option<i64>, min: i64, max: i64, target: &mut T)
     where
         T: TryFrom<i64> + Copy + fmt::Display,

@@ -44,6 +44,14 @@ pub struct PoolSettings {
     pub request_timeout: Option<String>,
     /// Time allowed to receive a request head.
     pub headers_timeout: Option<String>,
+    /// Age after which a connection is closed politely (within ±10 % per connection); absent
+    /// means no limit.
+    pub max_connection_age: Option<String>,
+    /// Time a connection closed politely for its age or request count has before it is cut.
+    pub max_connection_age_grace: Option<String>,
+    /// Requests (HTTP/2 streams) after which a connection is closed politely; absent means no
+    /// limit.
+    pub max_requests_per_connection: Option<i64>,
     /// HTTP/1-specific settings.
     pub http1: Option<Http1Settings>,
     /// HTTP/2-specific settings (http2 and grpc servers).
@@ -75,6 +83,14 @@ pub struct PoolConfig {
     pub request_timeout: Duration,
     /// Time allowed to receive a request head (and, for a new connection, its first head).
     pub headers_timeout: Duration,
+    /// Age after which a connection is closed politely, each connection's within ±10 % of it
+    /// ([`crate::age_limit`]); `None` is no limit.
+    pub max_connection_age: Option<Duration>,
+    /// Time a connection closed politely for its age or request count has before it is cut.
+    pub max_connection_age_grace: Duration,
+    /// Requests (HTTP/2 streams) after which a connection is closed politely; `None` is no
+    /// limit.
+    pub max_requests_per_connection: Option<u32>,
     /// HTTP/1 settings.
     pub http1: Http1Config,
     /// HTTP/2 settings.
@@ -97,6 +113,9 @@ impl Default for PoolConfig {
             keep_alive_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
             headers_timeout: Duration::from_secs(10),
+            max_connection_age: None,
+            max_connection_age_grace: Duration::from_secs(30),
+            max_requests_per_connection: None,
             http1: Http1Config {
                 max_header_size: 16 * 1024,
             },
@@ -209,6 +228,22 @@ impl PoolConfig {
             &s.headers_timeout,
             &mut self.headers_timeout,
         );
+        a.optional_duration(
+            "max_connection_age",
+            &s.max_connection_age,
+            &mut self.max_connection_age,
+        );
+        a.duration(
+            "max_connection_age_grace",
+            &s.max_connection_age_grace,
+            &mut self.max_connection_age_grace,
+        );
+        a.limit(
+            "max_requests_per_connection",
+            s.max_requests_per_connection,
+            u32::MAX,
+            &mut self.max_requests_per_connection,
+        );
     }
 
     /// The config as settings, so it can be shown or written back.
@@ -224,6 +259,9 @@ impl PoolConfig {
             keep_alive_timeout: d(self.keep_alive_timeout),
             request_timeout: d(self.request_timeout),
             headers_timeout: d(self.headers_timeout),
+            max_connection_age: self.max_connection_age.map(show_duration),
+            max_connection_age_grace: d(self.max_connection_age_grace),
+            max_requests_per_connection: self.max_requests_per_connection.map(i64::from),
             http1: Some(self.http1.to_settings()),
             http2: Some(self.http2.to_settings()),
             grpc: Some(self.grpc.to_settings()),
@@ -311,6 +349,7 @@ mod tests {
         let mut base = PoolConfig::default().to_settings();
         // Unset by default: given a value so the walk finds it.
         base.websocket.as_mut().unwrap().idle_timeout = Some("1m".into());
+        base.max_connection_age = Some("1m".into());
         let mut out = Vec::new();
         walk(
             &serde_json::to_value(base).unwrap(),
@@ -341,7 +380,7 @@ mod tests {
     #[test]
     fn every_duration_has_an_upper_bound_named_in_its_error() {
         let fields = duration_fields();
-        assert_eq!(fields.len(), 12, "{fields:?}");
+        assert_eq!(fields.len(), 14, "{fields:?}");
         for field in fields {
             let path = format!("pool.{}", field.join("."));
             let err = PoolConfig::default()
@@ -377,6 +416,66 @@ mod tests {
             let (cfg, _) = PoolConfig::default().apply(&prefix(good), "").unwrap();
             assert_eq!(i64::from(cfg.max_connections_per_ip_v6_prefix), good);
         }
+    }
+
+    #[test]
+    fn connection_lifetime_bounds_are_optional_and_bounded() {
+        let base = PoolConfig::default();
+        assert_eq!(base.max_connection_age, None);
+        assert_eq!(base.max_requests_per_connection, None);
+        let s = PoolSettings {
+            max_connection_age: Some("10m".into()),
+            max_connection_age_grace: Some("5s".into()),
+            max_requests_per_connection: Some(1000),
+            ..Default::default()
+        };
+        let (cfg, changes) = base.apply(&s, "pool.").unwrap();
+        assert_eq!(cfg.max_connection_age, Some(Duration::from_secs(600)));
+        assert_eq!(cfg.max_connection_age_grace, Duration::from_secs(5));
+        assert_eq!(cfg.max_requests_per_connection, Some(1000));
+        let shown: Vec<_> = changes
+            .iter()
+            .map(|c| (c.field.as_str(), c.old.as_str(), c.new.as_str()))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("pool.max_connection_age", "none", "10m"),
+                ("pool.max_connection_age_grace", "30s", "5s"),
+                ("pool.max_requests_per_connection", "unlimited", "1000"),
+            ]
+        );
+        // Shown and written back as set; a patch leaving them out keeps them.
+        let (again, changes) = cfg.apply(&cfg.to_settings(), "").unwrap();
+        assert_eq!((again, changes.len()), (cfg.clone(), 0));
+        assert_eq!(cfg.apply(&PoolSettings::default(), "").unwrap().0, cfg);
+
+        let bad = PoolSettings {
+            max_connection_age: Some("0s".into()),
+            max_connection_age_grace: Some("25h".into()),
+            max_requests_per_connection: Some(0),
+            ..Default::default()
+        };
+        let err = base.apply(&bad, "pool.").unwrap_err();
+        let fields: Vec<_> = err.0.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "pool.max_connection_age",
+                "pool.max_connection_age_grace",
+                "pool.max_requests_per_connection",
+            ]
+        );
+        assert!(err.0[1].reason.contains("at most 24h"), "{err}");
+        assert!(
+            err.0[2].reason.contains("between 1 and 4294967295"),
+            "{err}"
+        );
+        let too_many = PoolSettings {
+            max_requests_per_connection: Some(1 << 32),
+            ..Default::default()
+        };
+        assert!(base.apply(&too_many, "").is_err());
     }
 
     #[test]

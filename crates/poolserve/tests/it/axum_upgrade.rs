@@ -130,6 +130,30 @@ async fn next_close(events: &mut poolserve_pool::Subscription) -> CloseReason {
     .expect("the pool closes the connection")
 }
 
+/// An upgrade that is the connection's last request allowed still switches protocols (its 101
+/// keeps `Connection: upgrade`), and the upgraded connection, past its age, hears the pool's
+/// polite close, which the handler turns into close 1001.
+#[tokio::test]
+async fn an_upgrade_at_the_request_limit_switches_and_gets_1001_at_its_age() {
+    let server = start_with(PoolSettings {
+        max_requests_per_connection: Some(1),
+        max_connection_age: Some("1s".into()),
+        ..Default::default()
+    })
+    .await;
+    let mut events = server.pool().subscribe();
+    let mut ws = connect(&server).await;
+    ws.send(Message::text("hi")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hi"));
+    let close = tokio::time::timeout(WAIT, ws.next()).await.unwrap();
+    match close {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(u16::from(frame.code), 1001),
+        other => panic!("expected close 1001, got {other:?}"),
+    }
+    drop(ws);
+    assert_eq!(next_close(&mut events).await, CloseReason::MaxAge);
+}
+
 /// A peer that stops reading what the handler writes is cut like on any connection: the
 /// blocked write in the handler's task becomes the pool's stall deadline.
 #[tokio::test]

@@ -504,6 +504,42 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_file_with_every_key_is_valid() {
+        let doc = include_str!("../../../../docs/configuration.md");
+        let start = doc.find("```toml\n").expect("a toml block") + "```toml\n".len();
+        let end = start + doc[start..].find("```").expect("its end");
+        let cfg = RunConfig::from_toml(&doc[start..end]).unwrap();
+        let pool = &cfg.servers[0].pool;
+        assert_eq!(pool.max_connection_age, Some(Duration::from_secs(600)));
+        assert_eq!(pool.max_connection_age_grace, Duration::from_secs(30));
+        assert_eq!(pool.max_requests_per_connection, Some(1000));
+    }
+
+    #[test]
+    fn connection_lifetime_bounds_are_named_when_bad() {
+        let err = RunConfig::from_toml(
+            r#"
+            [[server]]
+            name = "a"
+            protocol = "grpc"
+            listen = "127.0.0.1:0"
+            pool = { max_connection_age = "forever", max_connection_age_grace = "48h", max_requests_per_connection = 0 }
+            "#,
+        )
+        .unwrap_err();
+        let fields: Vec<_> = err.0.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "server[0] (a).pool.max_connection_age",
+                "server[0] (a).pool.max_connection_age_grace",
+                "server[0] (a).pool.max_requests_per_connection",
+            ]
+        );
+        assert!(err.0[1].reason.contains("at most 24h"), "{err}");
+    }
+
+    #[test]
     fn every_bad_field_is_named() {
         let err = RunConfig::from_toml(
             r#"

@@ -15,10 +15,16 @@ and checks grpc.health.v1 (grpcio-health-checking). Exits non-zero on any mismat
     grpc_client.py HOST:PORT --deadline-calls N
         makes N Echo.Stream calls of 100 replies 50 ms apart, each with a 0.1 s deadline, and
         exits 0 if every one ends with DEADLINE_EXCEEDED.
+    grpc_client.py HOST:PORT --calls-for SECONDS
+        on one channel, makes Echo.Unary calls back to back for SECONDS while one Echo.Stream
+        call of replies 200 ms apart spans the whole time; exits 0 if every call succeeds
+        (the server closes the channel's connections meanwhile: grpcio reconnects), printing
+        "calls ok N".
 """
 
 import argparse
 import sys
+import time
 
 import grpc
 from google.protobuf import descriptor_pool, message_factory
@@ -114,6 +120,25 @@ def deadline_calls(channel, n):
     print("deadlines ok", flush=True)
 
 
+def calls_for(channel, seconds):
+    EchoRequest, StreamRequest, unary, stream = echo_calls(channel)
+    count = int(seconds * 5) + 1
+    spanning = stream(
+        StreamRequest(message="span", count=count, interval_ms=200), timeout=seconds + TIMEOUT
+    )
+    calls = 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        reply = unary(EchoRequest(message=f"c{calls}"), timeout=TIMEOUT)
+        check(reply.message == f"c{calls}", f"call {calls}: {reply}")
+        calls += 1
+        time.sleep(0.01)
+    replies = [r.message for r in spanning]
+    check(replies == ["span"] * count, f"the spanning stream got {len(replies)} of {count}")
+    check(spanning.code() == grpc.StatusCode.OK, f"the spanning stream ended {spanning.code()}")
+    print(f"calls ok {calls}", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("target")
@@ -121,6 +146,7 @@ def main():
     parser.add_argument("--watch-until-not-serving", action="store_true")
     parser.add_argument("--streams-through-drain", type=int, metavar="N")
     parser.add_argument("--deadline-calls", type=int, metavar="N")
+    parser.add_argument("--calls-for", type=float, metavar="SECONDS")
     args = parser.parse_args()
     channel = channel_for(args)
     grpc.channel_ready_future(channel).result(timeout=TIMEOUT)
@@ -132,6 +158,9 @@ def main():
         return
     if args.deadline_calls:
         deadline_calls(channel, args.deadline_calls)
+        return
+    if args.calls_for:
+        calls_for(channel, args.calls_for)
         return
 
     EchoRequest, StreamRequest, unary, stream = echo_calls(channel)

@@ -394,7 +394,7 @@ async fn a_stream_is_timed_from_its_arrival_not_from_the_connection_s_last_activ
 
 /// Reads HTTP/2 frames until the server closes, acking its PINGs as a client does; returns
 /// each frame's type and payload, and when the close came.
-async fn frames_until_close(s: &mut TcpStream) -> (Vec<(u8, Vec<u8>)>, Instant) {
+pub(crate) async fn frames_until_close(s: &mut TcpStream) -> (Vec<(u8, Vec<u8>)>, Instant) {
     let mut frames = Vec::new();
     tokio::time::timeout(WAIT, async {
         loop {
@@ -421,7 +421,7 @@ async fn frames_until_close(s: &mut TcpStream) -> (Vec<(u8, Vec<u8>)>, Instant) 
 }
 
 /// The last-stream id of the last GOAWAY among `frames`, if any came.
-fn last_goaway(frames: &[(u8, Vec<u8>)]) -> Option<u32> {
+pub(crate) fn last_goaway(frames: &[(u8, Vec<u8>)]) -> Option<u32> {
     frames
         .iter()
         .rev()

@@ -12,6 +12,7 @@ mod grpc;
 mod http;
 mod http2;
 mod layers;
+mod lifetime;
 mod limits;
 mod outside_clients;
 mod outside_h2_grpc;

@@ -478,6 +478,13 @@ async fn every_pool_setting_reloads_under_load_without_a_failed_request() {
             headers_timeout: d("8s"),
             ..Default::default()
         },
+        // Far enough off that the kept connections of the load live on.
+        PoolSettings {
+            max_connection_age: d("1h"),
+            max_connection_age_grace: d("20s"),
+            max_requests_per_connection: Some(1_000_000),
+            ..Default::default()
+        },
         PoolSettings {
             http1: Some(Http1Settings {
                 max_header_size: Some(32768),
