@@ -10,6 +10,8 @@ use hyper::body::Incoming;
 use poolserve_pool::{later, ConnectionTracker};
 use tokio::time::{Instant, Sleep};
 
+use super::read_budget::ReadBudget;
+
 /// The request body handlers receive: hyper's body, reporting to the pool when it is fully
 /// received so the request timeout stops applying. On a multiplexed connection (HTTP/2), where
 /// the connection's timer leaves streams alone, the body itself enforces `request_timeout`: a
@@ -23,6 +25,7 @@ pub struct Body {
     inner: Incoming,
     tracker: Option<ConnectionTracker>,
     deadline: Option<Pin<Box<Sleep>>>,
+    read_budget: Option<ReadBudget>,
 }
 
 /// The error of a request body that did not arrive within `request_timeout`.
@@ -43,12 +46,14 @@ impl Body {
     /// `ended`: whether `inner` is already at its end (its `is_end_stream`, which for HTTP/2
     /// takes the connection's stream lock, so the caller's answer is reused). `timed`: whether
     /// this body enforces `request_timeout` itself (a stream of a multiplexed connection whose
-    /// protocol does not bound it otherwise).
+    /// protocol does not bound it otherwise). `read_budget`: the connection's, for a protocol
+    /// that reads ahead of its handler (see [`ReadBudget`]).
     pub(crate) fn new(
         inner: Incoming,
         tracker: &ConnectionTracker,
         ended: bool,
         timed: bool,
+        read_budget: Option<ReadBudget>,
     ) -> Self {
         if ended {
             tracker.body_received();
@@ -56,6 +61,7 @@ impl Body {
                 inner,
                 tracker: None,
                 deadline: None,
+                read_budget: None,
             };
         }
         let deadline = timed.then(|| {
@@ -66,7 +72,13 @@ impl Body {
             inner,
             tracker: Some(tracker.clone()),
             deadline,
+            read_budget,
         }
+    }
+
+    /// The connection's budget for bytes read ahead of the handler, when it has one.
+    pub(crate) fn read_budget(&self) -> Option<&ReadBudget> {
+        self.read_budget.as_ref()
     }
 }
 

@@ -13,6 +13,7 @@ use poolserve_pool::{ConnectionTracker, RequestTracker};
 use tower::util::Oneshot;
 use tower::{Service, ServiceExt};
 
+use super::read_budget::ReadBudget;
 use super::request_body::Body;
 use super::response_body::TrackedBody;
 use super::rules::RequestRules;
@@ -25,6 +26,7 @@ pub(crate) struct TrackedService<S, R> {
     inner: S,
     tracker: ConnectionTracker,
     link: Arc<UpgradeLink>,
+    read_budget: Option<ReadBudget>,
     rules: PhantomData<fn() -> R>,
 }
 
@@ -34,8 +36,15 @@ impl<S, R> TrackedService<S, R> {
             inner,
             tracker,
             link,
+            read_budget: None,
             rules: PhantomData,
         }
+    }
+
+    /// Hands every request body the connection's budget for bytes read ahead of the handler.
+    pub fn with_read_budget(mut self, budget: ReadBudget) -> Self {
+        self.read_budget = Some(budget);
+        self
     }
 }
 
@@ -59,7 +68,8 @@ where
         // rules' look.
         let ended = http_body::Body::is_end_stream(req.body());
         let timed = !ended && self.tracker.is_multiplexed() && R::times_body(&req);
-        let mut req = req.map(|b| Body::new(b, &self.tracker, ended, timed));
+        let budget = self.read_budget.as_ref().filter(|_| !ended).cloned();
+        let mut req = req.map(|b| Body::new(b, &self.tracker, ended, timed, budget));
         // Only a request that can take the connection over needs the handle; leaving it off the
         // others spares every plain request an extensions map. hyper marks those requests (an
         // `Upgrade` header, `CONNECT`) with its `OnUpgrade`; looking that up in a request's

@@ -15,6 +15,9 @@ use crate::http::RequestRules;
 pub struct GrpcRules;
 
 impl RequestRules for GrpcRules {
+    /// tonic reads each request message whole before decoding it.
+    const READS_AHEAD: bool = true;
+
     /// A gRPC call bounds itself by its `grpc-timeout`; anything else on the server (an axum
     /// route beside the services) by `request_timeout`.
     fn times_body<B>(request: &Request<B>) -> bool {
