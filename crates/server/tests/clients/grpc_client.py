@@ -15,6 +15,12 @@ and checks grpc.health.v1 (grpcio-health-checking). Exits non-zero on any mismat
     grpc_client.py HOST:PORT --deadline-calls N
         makes N Echo.Stream calls of 100 replies 50 ms apart, each with a 0.1 s deadline, and
         exits 0 if every one ends with DEADLINE_EXCEEDED.
+    grpc_client.py HOST:PORT --large-calls N --size BYTES
+        starts N Echo.Unary calls of a BYTES-long message at once on one channel, and exits 0
+        if every one is echoed back whole.
+    grpc_client.py HOST:PORT --gzip-expanding BYTES
+        sends one Echo.Unary call whose BYTES-long message is gzip-compressed to a few KiB, and
+        prints the status code it ends with (the test judges it).
 """
 
 import argparse
@@ -114,6 +120,27 @@ def deadline_calls(channel, n):
     print("deadlines ok", flush=True)
 
 
+def large_calls(channel, n, size):
+    EchoRequest, _, unary, _ = echo_calls(channel)
+    messages = [f"{i:>4}" * (size // 4) for i in range(n)]
+    calls = [unary.future(EchoRequest(message=m), timeout=TIMEOUT) for m in messages]
+    for i, (call, sent) in enumerate(zip(calls, messages)):
+        try:
+            check(call.result().message == sent, f"call {i} echoed something else")
+        except grpc.RpcError as e:
+            check(False, f"call {i}: {e.code()} {e.details()}")
+    print("large calls ok", flush=True)
+
+
+def gzip_expanding(channel, size):
+    EchoRequest, _, unary, _ = echo_calls(channel)
+    try:
+        unary(EchoRequest(message="z" * size), timeout=TIMEOUT, compression=grpc.Compression.Gzip)
+        print("OK", flush=True)
+    except grpc.RpcError as e:
+        print(e.code().name, e.details(), flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("target")
@@ -121,6 +148,9 @@ def main():
     parser.add_argument("--watch-until-not-serving", action="store_true")
     parser.add_argument("--streams-through-drain", type=int, metavar="N")
     parser.add_argument("--deadline-calls", type=int, metavar="N")
+    parser.add_argument("--large-calls", type=int, metavar="N")
+    parser.add_argument("--size", type=int, default=1 << 20, metavar="BYTES")
+    parser.add_argument("--gzip-expanding", type=int, metavar="BYTES")
     args = parser.parse_args()
     channel = channel_for(args)
     grpc.channel_ready_future(channel).result(timeout=TIMEOUT)
@@ -132,6 +162,12 @@ def main():
         return
     if args.deadline_calls:
         deadline_calls(channel, args.deadline_calls)
+        return
+    if args.large_calls:
+        large_calls(channel, args.large_calls, args.size)
+        return
+    if args.gzip_expanding:
+        gzip_expanding(channel, args.gzip_expanding)
         return
 
     EchoRequest, StreamRequest, unary, stream = echo_calls(channel)

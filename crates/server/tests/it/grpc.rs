@@ -1,7 +1,8 @@
 //! gRPC servers under the pool, with tonic's client: the demo Echo service (unary and
 //! streaming, plain and TLS), one pooled connection per channel, message limits answered with
 //! RESOURCE_EXHAUSTED, the caller's deadline, health following the pool, reflection, the limit
-//! enforced at accept, GOAWAY drain at shutdown and keep-alive pings.
+//! enforced at accept, GOAWAY drain at shutdown, keep-alive pings, and many large messages at
+//! once taking turns in a connection's budget for messages not yet whole.
 
 use crate::support;
 
@@ -10,7 +11,9 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use poolserve_demo::grpc::proto::echo_client::EchoClient;
 use poolserve_demo::grpc::proto::{EchoRequest, StreamRequest};
-use poolserve_pool::{CloseReason, GrpcSettings, PoolEventKind, PoolSettings, TimeoutKind};
+use poolserve_pool::{
+    CloseReason, GrpcSettings, Http2Settings, PoolEventKind, PoolSettings, TimeoutKind,
+};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -76,6 +79,43 @@ async fn unary_and_streaming_calls_share_one_pooled_connection() {
     let health = health(h.admin).await;
     assert_eq!(health["pools"]["rpc"]["protocol"], "grpc");
     assert_eq!(health["pools"]["rpc"]["active_connections"], 1);
+}
+
+#[tokio::test]
+async fn many_large_messages_sent_at_once_on_one_connection_all_get_through() {
+    // 2 MiB of session memory for 16 streams: 1 MiB for messages not yet whole, so the 900 KiB
+    // messages of 32 calls sent at once (16 streams at a time) are read one by one.
+    let h = start(PoolSettings {
+        http2: Some(Http2Settings {
+            max_session_memory: Some(2 << 20),
+            max_concurrent_streams: Some(16),
+            ..Default::default()
+        }),
+        grpc: Some(GrpcSettings {
+            max_receive_message_length: Some(1 << 20),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await;
+    let pool = h.runtime.server("rpc").unwrap().pool().clone();
+    let client = EchoClient::new(grpc_channel(h.grpc).await);
+    let calls: Vec<_> = (0..32)
+        .map(|i| {
+            let mut c = client.clone();
+            let message = format!("{i:>4}").repeat(225 << 10);
+            tokio::spawn(async move { (c.unary(echo(&message)).await, message) })
+        })
+        .collect();
+    for call in calls {
+        let (reply, sent) = tokio::time::timeout(WAIT, call)
+            .await
+            .expect("every call completes")
+            .unwrap();
+        assert!(reply.unwrap().into_inner().message == sent);
+    }
+    let m = pool.metrics();
+    assert_eq!((m.accepted, m.requests, m.errors), (1, 32, 0));
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use std::process::Stdio;
 
 use poolserve_demo::grpc::proto::echo_client::EchoClient;
 use poolserve_demo::grpc::proto::EchoRequest;
-use poolserve_pool::{Http2Settings, PoolSettings};
+use poolserve_pool::{GrpcSettings, Http2Settings, PoolSettings};
 use support::outside::{client_script, run, system_tool, venv_bin};
 use support::*;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
@@ -43,6 +43,38 @@ async fn python_grpcio_calls_the_demo_learned_by_reflection_plain_and_tls() {
         assert_eq!(m.requests_in_flight, 0, "{name}");
         assert!(m.requests >= 8, "{name}: {} calls", m.requests);
     }
+}
+
+#[tokio::test]
+async fn grpcio_sends_many_large_messages_at_once_and_every_call_is_answered() {
+    let _isolated = support::isolation::heavy().await;
+    // 1 MiB for messages not yet whole on each connection: grpcio's 32 calls of 900 KiB,
+    // started at once on one channel, take turns.
+    let h = start(PoolSettings {
+        http2: Some(Http2Settings {
+            max_session_memory: Some(2 << 20),
+            max_concurrent_streams: Some(16),
+            ..Default::default()
+        }),
+        grpc: Some(GrpcSettings {
+            max_receive_message_length: Some(1 << 20),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await;
+    let out = run(Command::new(venv_bin("python"))
+        .arg(client_script("grpc_client.py"))
+        .arg(h.grpc.to_string())
+        .arg("--large-calls")
+        .arg("32")
+        .arg("--size")
+        .arg((900 << 10).to_string()))
+    .await;
+    assert!(out.contains("large calls ok"), "{out}");
+    let m = h.runtime.server("rpc").unwrap().pool().metrics();
+    assert_eq!((m.requests_in_flight, m.errors), (0, 0));
+    assert!(m.requests >= 32, "{} calls", m.requests);
 }
 
 #[tokio::test]
