@@ -16,6 +16,7 @@ use tokio::time::{Instant, Sleep};
 use tonic::Status;
 
 use super::frames::{Cut, MessageCutter, MessageScanner};
+use super::status::is_grpc;
 use super::timeout::parse_grpc_timeout;
 use crate::http::{Body, ReadBudget, Reservation, Reserved};
 use crate::transport::policy::ServerPolicy;
@@ -56,14 +57,21 @@ where
             .and_then(|timeout| Instant::now().checked_add(timeout))
             .map(|at| Box::pin(tokio::time::sleep_until(at)));
         let receive_limit = config.grpc.max_receive_message_length;
-        let req = req.map(|body| {
-            let budget = body.read_budget().cloned();
-            GrpcRequestBody::new(body, receive_limit, budget)
-        });
+        // A request for an axum route beside the services carries no gRPC messages either way.
+        let framed = is_grpc(req.headers());
+        let req = if framed {
+            req.map(|body| {
+                let budget = body.read_budget().cloned();
+                GrpcRequestBody::new(body, receive_limit, budget)
+            })
+        } else {
+            req.map(GrpcRequestBody::unframed)
+        };
         GrpcCallFuture {
             inner: self.inner.call(req),
             deadline,
             send_limit: config.grpc.max_send_message_length,
+            framed,
         }
     }
 }
@@ -75,6 +83,7 @@ pin_project_lite::pin_project! {
         inner: F,
         deadline: Option<Pin<Box<Sleep>>>,
         send_limit: usize,
+        framed: bool,
     }
 }
 
@@ -89,6 +98,7 @@ where
         if let Poll::Ready(Ok(res)) = this.inner.poll(cx) {
             let body = GrpcResponseBody {
                 inner: None,
+                framed: *this.framed,
                 scanner: MessageScanner::default(),
                 send_limit: *this.send_limit,
                 deadline: this.deadline.take(),
@@ -130,6 +140,7 @@ pin_project_lite::pin_project! {
     pub(crate) struct GrpcRequestBody<B> {
         #[pin]
         inner: B,
+        framed: bool,
         cutter: MessageCutter,
         limit: usize,
         budget: Option<ReadBudget>,
@@ -144,6 +155,7 @@ impl<B> GrpcRequestBody<B> {
     fn new(inner: B, limit: usize, budget: Option<ReadBudget>) -> Self {
         GrpcRequestBody {
             inner,
+            framed: true,
             cutter: MessageCutter::default(),
             limit,
             budget,
@@ -151,6 +163,14 @@ impl<B> GrpcRequestBody<B> {
             reserved: None,
             pending: None,
             oversized: None,
+        }
+    }
+
+    /// A body passed on as it comes: not gRPC messages.
+    fn unframed(inner: B) -> Self {
+        GrpcRequestBody {
+            framed: false,
+            ..GrpcRequestBody::new(inner, usize::MAX, None)
         }
     }
 }
@@ -168,6 +188,9 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
+        if !*this.framed {
+            return this.inner.poll_frame(cx).map_err(Into::into);
+        }
         if let Some(frame) = this.pending.take() {
             return Poll::Ready(Some(Ok(frame)));
         }
@@ -223,6 +246,18 @@ where
             }
         }
     }
+
+    fn is_end_stream(&self) -> bool {
+        !self.framed && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        if self.framed {
+            http_body::SizeHint::default()
+        } else {
+            self.inner.size_hint()
+        }
+    }
 }
 
 fn oversized_request(declared: u64, limit: usize) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
@@ -254,10 +289,12 @@ fn data(bytes: Bytes) -> Result<Frame<Bytes>, BoxError> {
 pin_project_lite::pin_project! {
     /// A response body whose messages may not exceed `grpc.max_send_message_length` (a longer
     /// one ends the call with `RESOURCE_EXHAUSTED` trailers) and that ends with
-    /// `DEADLINE_EXCEEDED` trailers when the call's deadline passes mid-stream.
+    /// `DEADLINE_EXCEEDED` trailers when the call's deadline passes mid-stream. A response of
+    /// an axum route beside the services is not gRPC messages and passes as it comes.
     pub(crate) struct GrpcResponseBody<B> {
         #[pin]
         inner: Option<B>,
+        framed: bool,
         scanner: MessageScanner,
         send_limit: usize,
         deadline: Option<Pin<Box<Sleep>>>,
@@ -270,6 +307,7 @@ impl<B> GrpcResponseBody<B> {
     fn ended() -> Self {
         GrpcResponseBody {
             inner: None,
+            framed: true,
             scanner: MessageScanner::default(),
             send_limit: 0,
             deadline: None,
@@ -318,6 +356,9 @@ where
                     return Poll::Pending;
                 }
             };
+            if !*this.framed {
+                return Poll::Ready(Some(Ok(frame)));
+            }
             let chunk = match frame.into_data() {
                 Ok(chunk) => chunk,
                 Err(trailers) => {
