@@ -11,12 +11,17 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use poolserve_demo::grpc::proto::echo_client::EchoClient;
 use poolserve_demo::grpc::proto::{EchoRequest, StreamRequest};
+use poolserve_demo::grpc::{EchoService, DEMO_FILE_DESCRIPTOR_SET};
+use poolserve_pool::PoolRegistry;
 use poolserve_pool::{
     CloseReason, GrpcSettings, Http2Settings, PoolEventKind, PoolSettings, TimeoutKind,
 };
+use poolserve_server::grpc::GrpcServices;
+use poolserve_server::{Protocol, Server, ServerOptions};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tonic::codec::CompressionEncoding;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -611,4 +616,55 @@ async fn a_drain_tells_health_watchers_not_serving_and_ends_their_streams() {
         "drained in {:?}",
         started.elapsed()
     );
+}
+
+/// The demo's Echo accepting gzip-compressed requests (tonic's `gzip` feature is on in the
+/// tests only; the server's own build compiles no compression in), on a `grpc` server whose
+/// receive limit is 1 MiB, mounted the way `mount` says.
+pub async fn gzip_echo_server(mount: fn(GrpcServices) -> GrpcServices) -> Server {
+    let options = ServerOptions {
+        name: "gzip".into(),
+        protocol: Protocol::Grpc,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls: None,
+        pool: pool(grpc_settings(GrpcSettings {
+            max_receive_message_length: Some(1 << 20),
+            ..Default::default()
+        })),
+    };
+    let services = mount(GrpcServices::new()).add_file_descriptor_set(DEMO_FILE_DESCRIPTOR_SET);
+    Server::start_grpc(&PoolRegistry::new(), options, services)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_limited_service_decompresses_no_message_past_the_pools_limit_whatever_it_becomes() {
+    let server = gzip_echo_server(|s| {
+        s.add_limited_service(|limit| {
+            EchoService::server(limit).accept_compressed(CompressionEncoding::Gzip)
+        })
+    })
+    .await;
+    let mut client = EchoClient::new(grpc_channel(server.local_addr()).await)
+        .send_compressed(CompressionEncoding::Gzip);
+    // 2 MiB that gzip makes a few KiB: small on the wire, past the limit once decompressed.
+    let expanding = "z".repeat(2 << 20);
+    let err = client.unary(echo(&expanding)).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("decompressing"), "{err:?}");
+    // Under the limit it is decompressed and served.
+    let reply = client.unary(echo(&"z".repeat(1000))).await.unwrap();
+    assert_eq!(reply.into_inner().message.len(), 1000);
+    // The service's own limit follows the pool's from the next call.
+    server
+        .pool()
+        .update_config(&grpc_settings(GrpcSettings {
+            max_receive_message_length: Some(4 << 20),
+            ..Default::default()
+        }))
+        .unwrap();
+    let reply = client.unary(echo(&expanding)).await.unwrap();
+    assert_eq!(reply.into_inner().message.len(), 2 << 20);
+    assert_eq!(server.pool().metrics().accepted, 1);
 }

@@ -59,7 +59,7 @@ where
         let receive_limit = config.grpc.max_receive_message_length;
         // A request for an axum route beside the services carries no gRPC messages either way.
         let framed = is_grpc(req.headers());
-        let req = if framed {
+        let mut req = if framed {
             req.map(|body| {
                 let budget = body.read_budget().cloned();
                 GrpcRequestBody::new(body, receive_limit, budget)
@@ -67,6 +67,7 @@ where
         } else {
             req.map(GrpcRequestBody::unframed)
         };
+        req.extensions_mut().insert(ReceiveLimit(receive_limit));
         GrpcCallFuture {
             inner: self.inner.call(req),
             deadline,
@@ -117,6 +118,11 @@ where
         Poll::Pending
     }
 }
+
+/// The call's `grpc.max_receive_message_length`, in its request's extensions, for services
+/// built per call (`GrpcServices::add_limited_service`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReceiveLimit(pub usize);
 
 fn deadline_exceeded() -> Status {
     Status::deadline_exceeded("the call's grpc-timeout passed")
