@@ -15,6 +15,8 @@ use poolserve_demo::grpc::EchoService;
 
 /// poolserve's default `http2.max_concurrent_streams`.
 const MAX_CONCURRENT_STREAMS: u32 = 250;
+/// poolserve's default `grpc.max_receive_message_length` (tonic's default too).
+const MAX_RECEIVE_MESSAGE_LENGTH: usize = 4 << 20;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -31,7 +33,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .http2_keepalive_interval(keep_alive)
         .http2_keepalive_timeout(keep_alive.map(|_| Duration::from_secs(10)))
-        .add_service(EchoService::server())
+        .add_service(EchoService::server(MAX_RECEIVE_MESSAGE_LENGTH))
         .serve(addr)
         .await?;
     Ok(())

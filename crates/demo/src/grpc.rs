@@ -29,7 +29,7 @@ pub const MAX_STREAM_INTERVAL_MS: u32 = 60_000;
 /// The demo's gRPC services for a `grpc` server: `poolserve.demo.Echo`, described to reflection.
 pub fn services() -> GrpcServices {
     GrpcServices::new()
-        .add_service(EchoService::server())
+        .add_limited_service(EchoService::server)
         .add_file_descriptor_set(DEMO_FILE_DESCRIPTOR_SET)
 }
 
@@ -38,11 +38,14 @@ pub fn services() -> GrpcServices {
 pub struct EchoService;
 
 impl EchoService {
-    /// The service ready to mount. Message sizes are left to the pool's gRPC limits, which
-    /// answer `RESOURCE_EXHAUSTED`, so tonic's own 4 MiB decoding default is lifted.
-    pub fn server() -> EchoServer<EchoService> {
+    /// The service ready to mount, decoding messages of up to `max_message` bytes: the pool's
+    /// `grpc.max_receive_message_length` when mounted with
+    /// [`GrpcServices::add_limited_service`], so tonic's own limit (also its bound on a
+    /// compressed message once decompressed) is the pool's. Replies are left to the pool's
+    /// send limit, which answers `RESOURCE_EXHAUSTED`.
+    pub fn server(max_message: usize) -> EchoServer<EchoService> {
         EchoServer::new(EchoService)
-            .max_decoding_message_size(usize::MAX)
+            .max_decoding_message_size(max_message)
             .max_encoding_message_size(usize::MAX)
     }
 }

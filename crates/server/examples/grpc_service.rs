@@ -49,8 +49,9 @@ impl Echo for Shouter {
 /// and a plain axum route.
 pub fn services() -> GrpcServices {
     GrpcServices::new()
-        // The pool enforces the message limits; lift tonic's own 4 MiB default.
-        .add_service(EchoServer::new(Shouter).max_decoding_message_size(usize::MAX))
+        // Built per call with the pool's receive limit as tonic's own decoding limit, so a
+        // compressed message is bounded once decompressed too.
+        .add_limited_service(|limit| EchoServer::new(Shouter).max_decoding_message_size(limit))
         .add_file_descriptor_set(DEMO_FILE_DESCRIPTOR_SET)
         .add_router(axum::Router::new().route("/status", get(|| async { "up" })))
 }

@@ -4,12 +4,13 @@
 //! received and finished, the rules a protocol adds to them ([`RequestRules`]), keeping an
 //! upgraded connection pooled, the timeout rule of an HTTP/1.1 connection (with the rule of an
 //! upgraded one, which reads the `websocket` settings: an HTTP/1.1 handler's upgrade and a `ws`
-//! server end the same way), and which errors are the peer's. It knows no protocol's code above
-//! HTTP.
+//! server end the same way), which errors are the peer's, and a connection's budget for bytes
+//! read ahead of its handlers. It knows no protocol's code above HTTP.
 
 mod deadline;
 mod errors;
 mod handler;
+mod read_budget;
 mod request_body;
 mod response_body;
 mod rules;
@@ -20,6 +21,7 @@ pub use deadline::{http1_deadline, http1_timer_at};
 pub(crate) use errors::is_peer_fault;
 pub use errors::BoxError;
 pub use handler::{Handler, ResponseBody};
+pub(crate) use read_budget::{ReadBudget, Reservation, Reserved};
 pub use request_body::{Body, RequestTimeout};
 pub use response_body::TrackedBody;
 pub use rules::{PlainHttp, RequestRules};

@@ -10,6 +10,8 @@ use hyper::body::Incoming;
 use poolserve_pool::{later, RequestBodyTracker};
 use tokio::time::{Instant, Sleep};
 
+use super::read_budget::ReadBudget;
+
 /// The request body handlers receive: hyper's body, reporting to the pool when it is fully
 /// received so the request timeout stops applying. On a multiplexed connection (HTTP/2), where
 /// the connection's timer leaves streams alone, the body itself enforces `request_timeout`: a
@@ -24,6 +26,7 @@ pub struct Body {
     /// `None` once the body ended, failed or timed out (and for one complete with its head).
     tracker: Option<RequestBodyTracker>,
     deadline: Option<Pin<Box<Sleep>>>,
+    read_budget: Option<ReadBudget>,
 }
 
 /// The error of a request body that did not arrive within `request_timeout`.
@@ -47,13 +50,20 @@ impl Body {
             inner,
             tracker: None,
             deadline: None,
+            read_budget: None,
         }
     }
 
     /// A body still arriving, reporting to its request through `tracker`. `timed`: whether
     /// this body enforces `request_timeout` itself (a stream of a multiplexed connection whose
-    /// protocol does not bound it otherwise).
-    pub(crate) fn arriving(inner: Incoming, tracker: RequestBodyTracker, timed: bool) -> Self {
+    /// protocol does not bound it otherwise). `read_budget`: the connection's, for a protocol
+    /// that reads ahead of its handler (see [`ReadBudget`]).
+    pub(crate) fn arriving(
+        inner: Incoming,
+        tracker: RequestBodyTracker,
+        timed: bool,
+        read_budget: Option<ReadBudget>,
+    ) -> Self {
         let deadline = timed.then(|| {
             let at = later(Instant::now(), tracker.request_timeout());
             Box::pin(tokio::time::sleep_until(at))
@@ -62,7 +72,13 @@ impl Body {
             inner,
             tracker: Some(tracker),
             deadline,
+            read_budget,
         }
+    }
+
+    /// The connection's budget for bytes read ahead of the handler, when it has one.
+    pub(crate) fn read_budget(&self) -> Option<&ReadBudget> {
+        self.read_budget.as_ref()
     }
 }
 

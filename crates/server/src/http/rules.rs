@@ -10,6 +10,13 @@ use http::{HeaderMap, Request, Response};
 /// Per-request rules of the protocol a server runs over HTTP. Its functions are called for
 /// every request, so they take no `self`: a server's rules are a type, chosen when it starts.
 pub trait RequestRules: Send + Sync + 'static {
+    /// Whether the protocol reads request bodies ahead of its handlers into buffers of its own
+    /// (a decoder that reads each message whole before decoding it). Its HTTP/2 connections then hand
+    /// every body a budget for those bytes (`ReadBudget`), and give each stream an equal part
+    /// of the receive window, so streams waiting for the budget never fill the window that the
+    /// stream holding it needs.
+    const READS_AHEAD: bool = false;
+
     /// Whether a stream of a multiplexed connection bounds its own body by `request_timeout`
     /// (the connection's timer leaves streams alone). A protocol whose calls carry their own
     /// deadline says no.

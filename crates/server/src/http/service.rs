@@ -13,6 +13,7 @@ use poolserve_pool::{ConnectionTracker, RequestTracker};
 use tower::util::Oneshot;
 use tower::{Service, ServiceExt};
 
+use super::read_budget::ReadBudget;
 use super::request_body::Body;
 use super::response_body::TrackedBody;
 use super::rules::RequestRules;
@@ -25,6 +26,7 @@ pub(crate) struct TrackedService<S, R> {
     inner: S,
     tracker: ConnectionTracker,
     link: Arc<UpgradeLink>,
+    read_budget: Option<ReadBudget>,
     rules: PhantomData<fn() -> R>,
 }
 
@@ -34,8 +36,15 @@ impl<S, R> TrackedService<S, R> {
             inner,
             tracker,
             link,
+            read_budget: None,
             rules: PhantomData,
         }
+    }
+
+    /// Hands every request body the connection's budget for bytes read ahead of the handler.
+    pub fn with_read_budget(mut self, budget: ReadBudget) -> Self {
+        self.read_budget = Some(budget);
+        self
     }
 }
 
@@ -57,14 +66,15 @@ where
         // A body still arriving reports to its own request (a peer that breaks it off excuses
         // that request's failure, no other's), and on a multiplexed connection times itself
         // unless its protocol bounds it otherwise; a request without a body (most are) needs
-        // neither the report, the deadline nor the rules' look.
+        // neither the report, the deadline, the read budget nor the rules' look.
         let mut req = if http_body::Body::is_end_stream(req.body()) {
             request.body_received();
             req.map(Body::ended)
         } else {
             let timed = self.tracker.is_multiplexed() && R::times_body(&req);
             let body = request.body_tracker();
-            req.map(|b| Body::arriving(b, body, timed))
+            let budget = self.read_budget.clone();
+            req.map(|b| Body::arriving(b, body, timed, budget))
         };
         // Only a request that can take the connection over needs the handle; leaving it off the
         // others spares every plain request an extensions map. hyper marks those requests (an

@@ -3,7 +3,8 @@
 //! One pooled connection is one HTTP/2 connection; its streams are its requests. The
 //! protocol's own limits come from the pool config: `http2.max_concurrent_streams` and
 //! `http2.max_header_list_size` as SETTINGS, `http2.max_session_memory` as the flow-control
-//! windows and send buffers, and keep-alive pings whose unanswered timeout closes the connection
+//! windows and send buffers (and, for a protocol that reads ahead of its handlers, the budget
+//! of bytes read ahead), and keep-alive pings whose unanswered timeout closes the connection
 //! as a `pong` timeout. A polite close is a GOAWAY: streams in flight finish, new ones are
 //! refused.
 
@@ -23,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
 use crate::http::upgrade::UpgradeLink;
-use crate::http::{is_peer_fault, Handler, RequestRules, ResponseBody, TrackedService};
+use crate::http::{is_peer_fault, Handler, ReadBudget, RequestRules, ResponseBody, TrackedService};
 use crate::transport::io::TrackedIo;
 use crate::transport::policy::ServerPolicy;
 
@@ -31,26 +32,34 @@ use crate::transport::policy::ServerPolicy;
 const MAX_WINDOW: usize = (1 << 31) - 1;
 
 /// How `http2.max_session_memory` is split: the bytes a peer may send before we read them
-/// (flow-control windows) and the bytes we buffer towards it (send buffers).
+/// (flow-control windows) and the bytes we buffer towards it (send buffers); on a connection
+/// whose protocol reads ahead of its handlers (gRPC), also the bytes read ahead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct SessionBudget {
     /// Connection-level receive window: all streams' unread request data together.
     pub connection_window: u32,
-    /// Per-stream receive window: the whole connection window, since the connection window
-    /// already bounds what all streams together may send unread; one busy stream (an upload)
-    /// may use all of it.
+    /// Per-stream receive window. Normally the whole connection window, since that already
+    /// bounds what all streams together may send unread; one busy stream (an upload) may use
+    /// all of it. When the protocol reads ahead, an equal part of it per stream instead, so
+    /// streams nobody reads (waiting for the read-ahead budget, or for their handler) can never
+    /// fill it and starve the stream whose reading would free the budget.
     pub stream_window: u32,
     /// Per-stream send buffer.
     pub send_buffer: usize,
+    /// The bytes all streams together may hold read ahead of their handlers (messages not yet
+    /// whole, for gRPC): as much as the receive window; `None` when the protocol does not read
+    /// ahead.
+    pub read_ahead: Option<u32>,
 }
 
 impl SessionBudget {
     /// Half the session memory for received data (the connection's window, which any stream
-    /// may fill), half for data being sent, shared by `max_concurrent_streams` streams (each
-    /// stream's send buffer is its own, so that half is divided). A validated config leaves
-    /// each stream at least [`poolserve_pool::MIN_STREAM_SEND_BUFFER`]; the send shares are
-    /// never raised to meet it, so they stay within the budget whatever the config.
-    pub fn new(max_session_memory: usize, max_concurrent_streams: u32) -> Self {
+    /// may fill unless the protocol reads ahead), half for data being sent, shared by
+    /// `max_concurrent_streams` streams (each stream's send buffer is its own, so that half is
+    /// divided). A validated config leaves each stream at least
+    /// [`poolserve_pool::MIN_STREAM_SEND_BUFFER`] of each half; the shares are never raised to
+    /// meet it, so they stay within the budget whatever the config.
+    pub fn new(max_session_memory: usize, max_concurrent_streams: u32, reads_ahead: bool) -> Self {
         // HTTP/2 never lets a receive window go below 65,535 bytes: validation keeps the
         // budget's half at least that.
         let half = (max_session_memory / 2).clamp(65_535, MAX_WINDOW);
@@ -58,8 +67,13 @@ impl SessionBudget {
         let share = (half / streams).max(1);
         SessionBudget {
             connection_window: half as u32,
-            stream_window: half as u32,
+            stream_window: if reads_ahead {
+                share as u32
+            } else {
+                half as u32
+            },
             send_buffer: share,
+            read_ahead: reads_ahead.then_some(half as u32),
         }
     }
 }
@@ -167,9 +181,16 @@ where
     // HTTP/2 has no upgrades; the link only satisfies the shared request wrapper.
     let link = Arc::new(UpgradeLink::default());
     let io = TokioIo::new(TrackedIo::new(io, tracker.clone()));
-    let service = TrackedService::<_, R>::new(service, tracker, link);
     let h2 = &config.http2;
-    let budget = SessionBudget::new(h2.max_session_memory, h2.max_concurrent_streams);
+    let budget = SessionBudget::new(
+        h2.max_session_memory,
+        h2.max_concurrent_streams,
+        R::READS_AHEAD,
+    );
+    let mut service = TrackedService::<_, R>::new(service, tracker, link);
+    if let Some(bytes) = budget.read_ahead {
+        service = service.with_read_budget(ReadBudget::new(bytes));
+    }
     // The builder lives in this block only, so it takes no room in the connection's task.
     let conn = {
         let mut builder = http2::Builder::new(TokioExecutor::new());
@@ -232,20 +253,38 @@ mod tests {
 
     #[test]
     fn session_memory_is_split_between_receiving_and_sending() {
-        let b = SessionBudget::new(10 << 20, 250);
+        let b = SessionBudget::new(10 << 20, 250, false);
         assert_eq!(b.connection_window, 5 << 20);
         assert_eq!(b.send_buffer, (5 << 20) / 250);
         // One stream may fill the connection's window; together they never exceed it.
         assert_eq!(b.stream_window, 5 << 20);
-        let roomy = SessionBudget::new(64 << 20, 4);
+        let roomy = SessionBudget::new(64 << 20, 4, false);
         assert_eq!(roomy.send_buffer, 8 << 20);
+    }
+
+    #[test]
+    fn reading_ahead_divides_the_receive_window_among_the_streams() {
+        let b = SessionBudget::new(10 << 20, 250, true);
+        assert_eq!(b.connection_window, 5 << 20);
+        assert_eq!(b.read_ahead, Some(5 << 20));
+        assert_eq!(b.stream_window, (5 << 20) / 250);
+        // Every stream's window full together still fits the connection's, so no stream left
+        // unread can take the room another needs.
+        for (memory, streams) in [(10 << 20, 250), (10 << 20, 320), (1 << 20, 7), (131_072, 4)] {
+            let b = SessionBudget::new(memory, streams, true);
+            assert!(
+                b.stream_window as u64 * u64::from(streams) <= u64::from(b.connection_window),
+                "{memory} bytes, {streams} streams: {b:?}"
+            );
+        }
+        assert_eq!(SessionBudget::new(10 << 20, 250, false).read_ahead, None);
     }
 
     #[test]
     fn the_smallest_valid_budget_keeps_the_protocols_window_and_the_streams_share() {
         let smallest = 131_072;
         let streams = (smallest / 2 / MIN_STREAM_SEND_BUFFER) as u32;
-        let b = SessionBudget::new(smallest, streams);
+        let b = SessionBudget::new(smallest, streams, false);
         assert_eq!(b.connection_window, 65_536);
         assert_eq!(b.stream_window, 65_536);
         assert_eq!(b.send_buffer, MIN_STREAM_SEND_BUFFER);
@@ -255,7 +294,7 @@ mod tests {
     #[test]
     fn send_buffers_together_never_exceed_their_half() {
         for (memory, streams) in [(10 << 20, 250), (10 << 20, 320), (1 << 20, 7), (131_072, 1)] {
-            let b = SessionBudget::new(memory, streams);
+            let b = SessionBudget::new(memory, streams, false);
             assert!(
                 b.send_buffer * streams as usize <= memory / 2,
                 "{memory} bytes, {streams} streams: {b:?}"

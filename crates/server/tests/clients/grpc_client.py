@@ -20,6 +20,12 @@ and checks grpc.health.v1 (grpcio-health-checking). Exits non-zero on any mismat
         call of replies 200 ms apart spans the whole time; exits 0 if every call succeeds
         (the server closes the channel's connections meanwhile: grpcio reconnects), printing
         "calls ok N".
+    grpc_client.py HOST:PORT --large-calls N --size BYTES
+        starts N Echo.Unary calls of a BYTES-long message at once on one channel, and exits 0
+        if every one is echoed back whole.
+    grpc_client.py HOST:PORT --gzip-expanding BYTES
+        sends one Echo.Unary call whose BYTES-long message is gzip-compressed to a few KiB, and
+        prints the status code it ends with (the test judges it).
 """
 
 import argparse
@@ -139,6 +145,27 @@ def calls_for(channel, seconds):
     print(f"calls ok {calls}", flush=True)
 
 
+def large_calls(channel, n, size):
+    EchoRequest, _, unary, _ = echo_calls(channel)
+    messages = [f"{i:>4}" * (size // 4) for i in range(n)]
+    calls = [unary.future(EchoRequest(message=m), timeout=TIMEOUT) for m in messages]
+    for i, (call, sent) in enumerate(zip(calls, messages)):
+        try:
+            check(call.result().message == sent, f"call {i} echoed something else")
+        except grpc.RpcError as e:
+            check(False, f"call {i}: {e.code()} {e.details()}")
+    print("large calls ok", flush=True)
+
+
+def gzip_expanding(channel, size):
+    EchoRequest, _, unary, _ = echo_calls(channel)
+    try:
+        unary(EchoRequest(message="z" * size), timeout=TIMEOUT, compression=grpc.Compression.Gzip)
+        print("OK", flush=True)
+    except grpc.RpcError as e:
+        print(e.code().name, e.details(), flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("target")
@@ -147,6 +174,9 @@ def main():
     parser.add_argument("--streams-through-drain", type=int, metavar="N")
     parser.add_argument("--deadline-calls", type=int, metavar="N")
     parser.add_argument("--calls-for", type=float, metavar="SECONDS")
+    parser.add_argument("--large-calls", type=int, metavar="N")
+    parser.add_argument("--size", type=int, default=1 << 20, metavar="BYTES")
+    parser.add_argument("--gzip-expanding", type=int, metavar="BYTES")
     args = parser.parse_args()
     channel = channel_for(args)
     grpc.channel_ready_future(channel).result(timeout=TIMEOUT)
@@ -161,6 +191,12 @@ def main():
         return
     if args.calls_for:
         calls_for(channel, args.calls_for)
+        return
+    if args.large_calls:
+        large_calls(channel, args.large_calls, args.size)
+        return
+    if args.gzip_expanding:
+        gzip_expanding(channel, args.gzip_expanding)
         return
 
     EchoRequest, StreamRequest, unary, stream = echo_calls(channel)

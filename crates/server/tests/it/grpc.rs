@@ -1,7 +1,8 @@
 //! gRPC servers under the pool, with tonic's client: the demo Echo service (unary and
 //! streaming, plain and TLS), one pooled connection per channel, message limits answered with
 //! RESOURCE_EXHAUSTED, the caller's deadline, health following the pool, reflection, the limit
-//! enforced at accept, GOAWAY drain at shutdown and keep-alive pings.
+//! enforced at accept, GOAWAY drain at shutdown, keep-alive pings, and many large messages at
+//! once taking turns in a connection's budget for messages not yet whole.
 
 use crate::support;
 
@@ -10,10 +11,17 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use poolserve_demo::grpc::proto::echo_client::EchoClient;
 use poolserve_demo::grpc::proto::{EchoRequest, StreamRequest};
-use poolserve_pool::{CloseReason, GrpcSettings, PoolEventKind, PoolSettings, TimeoutKind};
+use poolserve_demo::grpc::{EchoService, DEMO_FILE_DESCRIPTOR_SET};
+use poolserve_pool::PoolRegistry;
+use poolserve_pool::{
+    CloseReason, GrpcSettings, Http2Settings, PoolEventKind, PoolSettings, TimeoutKind,
+};
+use poolserve_server::grpc::GrpcServices;
+use poolserve_server::{Protocol, Server, ServerOptions};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tonic::codec::CompressionEncoding;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -76,6 +84,43 @@ async fn unary_and_streaming_calls_share_one_pooled_connection() {
     let health = health(h.admin).await;
     assert_eq!(health["pools"]["rpc"]["protocol"], "grpc");
     assert_eq!(health["pools"]["rpc"]["active_connections"], 1);
+}
+
+#[tokio::test]
+async fn many_large_messages_sent_at_once_on_one_connection_all_get_through() {
+    // 2 MiB of session memory for 16 streams: 1 MiB for messages not yet whole, so the 900 KiB
+    // messages of 32 calls sent at once (16 streams at a time) are read one by one.
+    let h = start(PoolSettings {
+        http2: Some(Http2Settings {
+            max_session_memory: Some(2 << 20),
+            max_concurrent_streams: Some(16),
+            ..Default::default()
+        }),
+        grpc: Some(GrpcSettings {
+            max_receive_message_length: Some(1 << 20),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await;
+    let pool = h.runtime.server("rpc").unwrap().pool().clone();
+    let client = EchoClient::new(grpc_channel(h.grpc).await);
+    let calls: Vec<_> = (0..32)
+        .map(|i| {
+            let mut c = client.clone();
+            let message = format!("{i:>4}").repeat(225 << 10);
+            tokio::spawn(async move { (c.unary(echo(&message)).await, message) })
+        })
+        .collect();
+    for call in calls {
+        let (reply, sent) = tokio::time::timeout(WAIT, call)
+            .await
+            .expect("every call completes")
+            .unwrap();
+        assert!(reply.unwrap().into_inner().message == sent);
+    }
+    let m = pool.metrics();
+    assert_eq!((m.accepted, m.requests, m.errors), (1, 32, 0));
 }
 
 #[tokio::test]
@@ -571,4 +616,55 @@ async fn a_drain_tells_health_watchers_not_serving_and_ends_their_streams() {
         "drained in {:?}",
         started.elapsed()
     );
+}
+
+/// The demo's Echo accepting gzip-compressed requests (tonic's `gzip` feature is on in the
+/// tests only; the server's own build compiles no compression in), on a `grpc` server whose
+/// receive limit is 1 MiB, mounted the way `mount` says.
+pub async fn gzip_echo_server(mount: fn(GrpcServices) -> GrpcServices) -> Server {
+    let options = ServerOptions {
+        name: "gzip".into(),
+        protocol: Protocol::Grpc,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls: None,
+        pool: pool(grpc_settings(GrpcSettings {
+            max_receive_message_length: Some(1 << 20),
+            ..Default::default()
+        })),
+    };
+    let services = mount(GrpcServices::new()).add_file_descriptor_set(DEMO_FILE_DESCRIPTOR_SET);
+    Server::start_grpc(&PoolRegistry::new(), options, services)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_limited_service_decompresses_no_message_past_the_pools_limit_whatever_it_becomes() {
+    let server = gzip_echo_server(|s| {
+        s.add_limited_service(|limit| {
+            EchoService::server(limit).accept_compressed(CompressionEncoding::Gzip)
+        })
+    })
+    .await;
+    let mut client = EchoClient::new(grpc_channel(server.local_addr()).await)
+        .send_compressed(CompressionEncoding::Gzip);
+    // 2 MiB that gzip makes a few KiB: small on the wire, past the limit once decompressed.
+    let expanding = "z".repeat(2 << 20);
+    let err = client.unary(echo(&expanding)).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("decompressing"), "{err:?}");
+    // Under the limit it is decompressed and served.
+    let reply = client.unary(echo(&"z".repeat(1000))).await.unwrap();
+    assert_eq!(reply.into_inner().message.len(), 1000);
+    // The service's own limit follows the pool's from the next call.
+    server
+        .pool()
+        .update_config(&grpc_settings(GrpcSettings {
+            max_receive_message_length: Some(4 << 20),
+            ..Default::default()
+        }))
+        .unwrap();
+    let reply = client.unary(echo(&expanding)).await.unwrap();
+    assert_eq!(reply.into_inner().message.len(), 2 << 20);
+    assert_eq!(server.pool().metrics().accepted, 1);
 }

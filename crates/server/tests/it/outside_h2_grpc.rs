@@ -9,12 +9,14 @@ use std::process::Stdio;
 
 use poolserve_demo::grpc::proto::echo_client::EchoClient;
 use poolserve_demo::grpc::proto::EchoRequest;
-use poolserve_pool::{Http2Settings, PoolSettings};
+use poolserve_demo::grpc::EchoService;
+use poolserve_pool::{GrpcSettings, Http2Settings, PoolSettings};
 use support::outside::{client_script, run, system_tool, venv_bin};
 use support::*;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::Command;
+use tonic::codec::CompressionEncoding;
 
 fn ca_file(h: &Harness, dir: &TempDir) -> std::path::PathBuf {
     let ca = dir.0.join("ca.pem");
@@ -43,6 +45,82 @@ async fn python_grpcio_calls_the_demo_learned_by_reflection_plain_and_tls() {
         assert_eq!(m.requests_in_flight, 0, "{name}");
         assert!(m.requests >= 8, "{name}: {} calls", m.requests);
     }
+}
+
+#[tokio::test]
+async fn grpcio_sends_many_large_messages_at_once_and_every_call_is_answered() {
+    let _isolated = support::isolation::heavy().await;
+    // 1 MiB for messages not yet whole on each connection: grpcio's 32 calls of 900 KiB,
+    // started at once on one channel, take turns.
+    let h = start(PoolSettings {
+        http2: Some(Http2Settings {
+            max_session_memory: Some(2 << 20),
+            max_concurrent_streams: Some(16),
+            ..Default::default()
+        }),
+        grpc: Some(GrpcSettings {
+            max_receive_message_length: Some(1 << 20),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await;
+    let out = run(Command::new(venv_bin("python"))
+        .arg(client_script("grpc_client.py"))
+        .arg(h.grpc.to_string())
+        .arg("--large-calls")
+        .arg("32")
+        .arg("--size")
+        .arg((900 << 10).to_string()))
+    .await;
+    assert!(out.contains("large calls ok"), "{out}");
+    let m = h.runtime.server("rpc").unwrap().pool().metrics();
+    assert_eq!((m.requests_in_flight, m.errors), (0, 0));
+    assert!(m.requests >= 32, "{} calls", m.requests);
+}
+
+#[tokio::test]
+async fn a_gzip_message_from_grpcio_is_never_decompressed_past_the_limit() {
+    let _isolated = support::isolation::heavy().await;
+    // 3 MiB that gzip makes a few KiB, against a 1 MiB receive limit.
+    let gzip_expanding = |addr: std::net::SocketAddr| async move {
+        run(Command::new(venv_bin("python"))
+            .arg(client_script("grpc_client.py"))
+            .arg(addr.to_string())
+            .arg("--gzip-expanding")
+            .arg((3 << 20).to_string()))
+        .await
+    };
+    // The demo, as the poolserve binary serves it, accepts no compression (nor does the
+    // server's own build compile any in): the call is refused before anything is decompressed.
+    let h = start(PoolSettings {
+        grpc: Some(GrpcSettings {
+            max_receive_message_length: Some(1 << 20),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await;
+    let out = gzip_expanding(h.grpc).await;
+    assert!(out.starts_with("UNIMPLEMENTED"), "{out}");
+    // A service that accepts gzip, mounted with its decoding limit following the pool's: tonic
+    // stops decompressing at the limit.
+    let limited = crate::grpc::gzip_echo_server(|s| {
+        s.add_limited_service(|limit| {
+            EchoService::server(limit).accept_compressed(CompressionEncoding::Gzip)
+        })
+    })
+    .await;
+    let out = gzip_expanding(limited.local_addr()).await;
+    assert!(out.starts_with("RESOURCE_EXHAUSTED"), "{out}");
+    // The pool sees only the compressed bytes on the wire: a service that lifts its own
+    // limit decompresses all 3 MiB (and echoes them), which is why none should.
+    let lifted = crate::grpc::gzip_echo_server(|s| {
+        s.add_service(EchoService::server(usize::MAX).accept_compressed(CompressionEncoding::Gzip))
+    })
+    .await;
+    let out = gzip_expanding(lifted.local_addr()).await;
+    assert!(out.starts_with("OK"), "{out}");
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! `http2.max_session_memory` bounds what one HTTP/2 connection buffers, both ways: request data
 //! the handler has not read (the receive window, half the budget) and response data the peer has
-//! not taken (each stream's send buffer, the other half divided among the streams).
+//! not taken (each stream's send buffer, the other half divided among the streams); on a `grpc`
+//! server also the request messages tonic has begun to read but that are not yet whole.
 
 use crate::support;
 
@@ -16,7 +17,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
-use poolserve_pool::{Http2Settings, PoolConfig, PoolRegistry, PoolSettings};
+use poolserve_pool::{GrpcSettings, Http2Settings, PoolConfig, PoolRegistry, PoolSettings};
 use poolserve_server::{Body, Protocol, Server, ServerOptions};
 use support::*;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -215,4 +216,156 @@ async fn response_data_the_peer_does_not_take_stops_at_the_streams_send_buffer()
     );
     // Without the limit (hyper's default is 400 KiB per stream) far more would pile up.
     assert!(last as usize > share, "only {last} bytes produced");
+}
+
+/// A gRPC connection's messages not yet whole: 2 MiB of session memory, so a 1 MiB receive
+/// window and 1 MiB of messages in progress, for 16 streams.
+const GRPC_MEMORY: usize = 2 << 20;
+const GRPC_STREAMS: usize = 16;
+/// Each call's message: 768 KiB, so two never fit in the budget together.
+const GRPC_MESSAGE: usize = 768 << 10;
+
+/// An `Echo.Unary` request body: one gRPC message of exactly `len` bytes (an `EchoRequest`
+/// whose `message` fills it).
+fn echo_unary_frame(len: usize) -> Bytes {
+    // Field 1, length-delimited, with a three-byte varint length.
+    let text = len - 4;
+    assert!((1 << 14..1 << 21).contains(&text));
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(len as u32).to_be_bytes());
+    frame.extend_from_slice(&[
+        0x0a,
+        (text & 0x7f) as u8 | 0x80,
+        ((text >> 7) & 0x7f) as u8 | 0x80,
+        (text >> 14) as u8,
+    ]);
+    frame.resize(5 + len, b'm');
+    Bytes::from(frame)
+}
+
+#[tokio::test]
+async fn grpc_messages_not_yet_whole_stop_at_the_read_ahead_budget_and_every_call_completes() {
+    let settings = PoolSettings {
+        http2: Some(Http2Settings {
+            max_session_memory: Some(GRPC_MEMORY as i64),
+            max_concurrent_streams: Some(GRPC_STREAMS as i64),
+            ..Default::default()
+        }),
+        grpc: Some(GrpcSettings {
+            max_receive_message_length: Some(1 << 20),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let options = ServerOptions {
+        name: "rpc".into(),
+        protocol: Protocol::Grpc,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls: None,
+        pool: PoolConfig::default().apply(&settings, "").unwrap().0,
+    };
+    let server = Server::start_grpc(
+        &PoolRegistry::new(),
+        options,
+        poolserve_demo::grpc::services(),
+    )
+    .await
+    .unwrap();
+    let pool = server.pool().clone();
+    let tcp = TcpStream::connect(server.local_addr()).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    // Every call sends all of its message but the last byte at once, as fast as the server's
+    // windows let it, then waits for the test to send that byte.
+    let frame = echo_unary_frame(GRPC_MESSAGE);
+    let sent = Arc::new(AtomicU64::new(0));
+    let last_bytes = Arc::new(Semaphore::new(0));
+    let mut calls = Vec::new();
+    for _ in 0..GRPC_STREAMS {
+        let req = Request::post("http://localhost/poolserve.demo.Echo/Unary")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        let (response, mut upload) = client.send_request(req, false).unwrap();
+        client = client.ready().await.unwrap();
+        let (frame, sent, last_bytes) = (frame.clone(), sent.clone(), last_bytes.clone());
+        calls.push(tokio::spawn(async move {
+            let last = frame.len() - 1;
+            let mut at = 0;
+            while at <= last {
+                if at == last {
+                    let _go = last_bytes.acquire().await.unwrap();
+                }
+                upload.reserve_capacity(frame.len() - at);
+                // Capacity left over from an earlier grant is used first: poll_capacity only
+                // reports an increase.
+                let mut granted = upload.capacity();
+                if granted == 0 {
+                    granted = std::future::poll_fn(|cx| upload.poll_capacity(cx))
+                        .await
+                        .expect("the stream stays open")
+                        .unwrap();
+                }
+                let n = granted.min(if at < last { last - at } else { 1 });
+                upload
+                    .send_data(frame.slice(at..at + n), at + n == frame.len())
+                    .unwrap();
+                at += n;
+                sent.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            let (head, mut body) = response.await.unwrap().into_parts();
+            assert_eq!(head.status, 200);
+            let mut reply = 0;
+            while let Some(chunk) = body.data().await {
+                let chunk = chunk.unwrap();
+                reply += chunk.len();
+                body.flow_control().release_capacity(chunk.len()).unwrap();
+            }
+            let trailers = body.trailers().await.unwrap().unwrap_or_default();
+            (trailers.get("grpc-status").cloned(), reply)
+        }));
+    }
+    // The server grants what it will, then nothing more; nothing signals when, so the count
+    // is watched until it has stood still for a while.
+    let mut last = 0;
+    tokio::time::timeout(WAIT, async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let now = sent.load(Ordering::Relaxed);
+            if now == last && now > 0 {
+                break;
+            }
+            last = now;
+        }
+    })
+    .await
+    .expect("the calls are held back");
+    // What the client could send is what the server holds: the receive window (each stream
+    // an equal part of it), the messages in progress (the budget: one 768 KiB message), and
+    // the one DATA frame each waiting stream read to see its message's prefix.
+    let window = GRPC_MEMORY / 2;
+    let bound = window + GRPC_MEMORY / 2 + GRPC_STREAMS * (16 << 10);
+    assert!(
+        (last as usize) <= bound,
+        "{last} bytes of {} sent before any message was whole, bound {bound}",
+        GRPC_STREAMS * frame.len()
+    );
+    // The call holding the budget received all it was sent.
+    assert!(last as usize >= GRPC_MESSAGE, "only {last} bytes sent");
+    let read = pool.metrics().bytes_in as usize;
+    assert!(read <= bound + (64 << 10), "the server read {read} bytes");
+    // Each last byte finishes a message; its bytes go back to the budget and the next call
+    // in line takes them, until every call is answered.
+    last_bytes.add_permits(GRPC_STREAMS);
+    for call in calls {
+        let (status, reply) = tokio::time::timeout(WAIT, call)
+            .await
+            .expect("every call completes")
+            .unwrap();
+        assert_eq!(status.as_ref().map(|s| s.as_bytes()), Some(&b"0"[..]));
+        assert_eq!(reply, frame.len());
+    }
+    assert_eq!(pool.metrics().errors, 0);
 }

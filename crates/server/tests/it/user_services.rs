@@ -13,6 +13,7 @@ use crate::support;
 use poolserve_demo::grpc::proto::echo_client::EchoClient;
 use poolserve_demo::grpc::proto::EchoRequest;
 use poolserve_pool::{PoolConfig, PoolRegistry};
+use poolserve_server::grpc::GrpcServices;
 use poolserve_server::{Protocol, Server, ServerOptions};
 use support::*;
 use tonic_health::pb::health_client::HealthClient;
@@ -57,6 +58,26 @@ async fn a_users_tonic_service_and_axum_route_share_a_grpc_server() {
     assert_eq!(&status.body()[..], b"up");
     let m = server.pool().metrics();
     assert_eq!((m.accepted, m.requests), (2, 3));
+}
+
+#[tokio::test]
+async fn a_route_beside_the_grpc_services_reads_its_body_as_it_came() {
+    // A plain body is no gRPC message: the pool's message rules leave it alone (its first five
+    // bytes, read as a message prefix, would declare 1.7 GB).
+    let services = GrpcServices::new().add_router(axum::Router::new().route(
+        "/upper",
+        axum::routing::post(|body: String| async move { body.to_uppercase() }),
+    ));
+    let server = Server::start_grpc(&PoolRegistry::new(), options(Protocol::Grpc), services)
+        .await
+        .unwrap();
+    let (mut h2, _conn) = H2Client::connect(server.local_addr()).await;
+    let res = h2
+        .try_request("POST", "/upper", "hello, plain route")
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(&res.body()[..], b"HELLO, PLAIN ROUTE");
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! The pool's rules for each gRPC call, applied in front of any tonic service: message size
-//! limits (`RESOURCE_EXHAUSTED`, where tonic alone answers `OUT_OF_RANGE`) and the caller's
-//! `grpc-timeout` as a deadline on the whole call, streamed responses included.
+//! limits (`RESOURCE_EXHAUSTED`, where tonic alone answers `OUT_OF_RANGE`), the connection's
+//! budget for request messages not yet whole, and the caller's `grpc-timeout` as a deadline on
+//! the whole call, streamed responses included.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -14,9 +15,10 @@ use poolserve_pool::Pool;
 use tokio::time::{Instant, Sleep};
 use tonic::Status;
 
-use super::frames::MessageScanner;
+use super::frames::{Cut, MessageCutter, MessageScanner};
+use super::status::is_grpc;
 use super::timeout::parse_grpc_timeout;
-use crate::http::Body;
+use crate::http::{Body, ReadBudget, Reservation, Reserved};
 use crate::transport::policy::ServerPolicy;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -55,11 +57,22 @@ where
             .and_then(|timeout| Instant::now().checked_add(timeout))
             .map(|at| Box::pin(tokio::time::sleep_until(at)));
         let receive_limit = config.grpc.max_receive_message_length;
-        let req = req.map(|body| GrpcRequestBody::new(body, receive_limit));
+        // A request for an axum route beside the services carries no gRPC messages either way.
+        let framed = is_grpc(req.headers());
+        let mut req = if framed {
+            req.map(|body| {
+                let budget = body.read_budget().cloned();
+                GrpcRequestBody::new(body, receive_limit, budget)
+            })
+        } else {
+            req.map(GrpcRequestBody::unframed)
+        };
+        req.extensions_mut().insert(ReceiveLimit(receive_limit));
         GrpcCallFuture {
             inner: self.inner.call(req),
             deadline,
             send_limit: config.grpc.max_send_message_length,
+            framed,
         }
     }
 }
@@ -71,6 +84,7 @@ pin_project_lite::pin_project! {
         inner: F,
         deadline: Option<Pin<Box<Sleep>>>,
         send_limit: usize,
+        framed: bool,
     }
 }
 
@@ -85,6 +99,7 @@ where
         if let Poll::Ready(Ok(res)) = this.inner.poll(cx) {
             let body = GrpcResponseBody {
                 inner: None,
+                framed: *this.framed,
                 scanner: MessageScanner::default(),
                 send_limit: *this.send_limit,
                 deadline: this.deadline.take(),
@@ -104,6 +119,11 @@ where
     }
 }
 
+/// The call's `grpc.max_receive_message_length`, in its request's extensions, for services
+/// built per call (`GrpcServices::add_limited_service`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReceiveLimit(pub usize);
+
 fn deadline_exceeded() -> Status {
     Status::deadline_exceeded("the call's grpc-timeout passed")
 }
@@ -116,26 +136,47 @@ fn trailers(status: Status) -> HeaderMap {
 }
 
 pin_project_lite::pin_project! {
-    /// A request body whose messages may not exceed `grpc.max_receive_message_length`: a longer
-    /// one is never read in, and the service sees `RESOURCE_EXHAUSTED` instead.
+    /// A request body whose messages may not exceed `grpc.max_receive_message_length` (a
+    /// longer one is never read in, and the service sees `RESOURCE_EXHAUSTED` instead) and
+    /// whose messages not yet whole are paid for out of the connection's read budget: a
+    /// message's declared length is reserved before its prefix is passed on, and given back
+    /// once its last byte is (tonic decodes it then, within the same poll). A stream that
+    /// cannot reserve reads nothing more, so what its peer sends waits in the stream's
+    /// flow-control window.
     pub(crate) struct GrpcRequestBody<B> {
         #[pin]
         inner: B,
-        scanner: MessageScanner,
+        framed: bool,
+        cutter: MessageCutter,
         limit: usize,
+        budget: Option<ReadBudget>,
+        reserving: Option<Reservation>,
+        reserved: Option<Reserved>,
         pending: Option<Frame<Bytes>>,
         oversized: Option<u64>,
     }
 }
 
 impl<B> GrpcRequestBody<B> {
-    fn new(inner: B, limit: usize) -> Self {
+    fn new(inner: B, limit: usize, budget: Option<ReadBudget>) -> Self {
         GrpcRequestBody {
             inner,
-            scanner: MessageScanner::default(),
+            framed: true,
+            cutter: MessageCutter::default(),
             limit,
+            budget,
+            reserving: None,
+            reserved: None,
             pending: None,
             oversized: None,
+        }
+    }
+
+    /// A body passed on as it comes: not gRPC messages.
+    fn unframed(inner: B) -> Self {
+        GrpcRequestBody {
+            framed: false,
+            ..GrpcRequestBody::new(inner, usize::MAX, None)
         }
     }
 }
@@ -153,6 +194,9 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
+        if !*this.framed {
+            return this.inner.poll_frame(cx).map_err(Into::into);
+        }
         if let Some(frame) = this.pending.take() {
             return Poll::Ready(Some(Ok(frame)));
         }
@@ -160,27 +204,64 @@ where
             return oversized_request(declared, *this.limit);
         }
         loop {
-            let frame = match ready!(this.inner.as_mut().poll_frame(cx)) {
-                Some(Ok(frame)) => frame,
-                Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
-                None => return Poll::Ready(this.scanner.take_unfinished().map(data)),
-            };
-            let chunk = match frame.into_data() {
-                Ok(chunk) => chunk,
-                Err(trailers) => {
-                    return Poll::Ready(Some(Ok(before(this.scanner, this.pending, trailers))));
+            let cut = match this.cutter.next(*this.limit) {
+                Cut::Starts(declared) => {
+                    if let Some(budget) = this.budget.as_ref() {
+                        let reserving = this
+                            .reserving
+                            .get_or_insert_with(|| Reservation::new(budget, declared));
+                        let reserved = ready!(reserving.poll_reserve(cx));
+                        *this.reserving = None;
+                        *this.reserved = Some(reserved);
+                    }
+                    this.cutter.start()
                 }
+                cut => cut,
             };
-            let scanned = this.scanner.scan(chunk, *this.limit);
-            if let Some(declared) = scanned.oversized {
-                *this.oversized = Some(declared);
-                if scanned.pass.is_empty() {
+            match cut {
+                Cut::Pass { bytes, ends } => {
+                    if ends {
+                        *this.reserved = None;
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(bytes))));
+                }
+                Cut::Oversized(declared) => {
+                    *this.oversized = Some(declared);
                     return oversized_request(declared, *this.limit);
                 }
+                Cut::Starts(_) | Cut::NeedMore => {}
             }
-            if !scanned.pass.is_empty() {
-                return Poll::Ready(Some(Ok(Frame::data(scanned.pass))));
+            let frame = match ready!(this.inner.as_mut().poll_frame(cx)) {
+                Some(Ok(frame)) => frame,
+                Some(Err(e)) => {
+                    *this.reserved = None;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+                None => {
+                    *this.reserved = None;
+                    return Poll::Ready(this.cutter.take_unfinished().map(data));
+                }
+            };
+            match frame.into_data() {
+                Ok(chunk) => this.cutter.push(chunk),
+                Err(trailers) => {
+                    *this.reserved = None;
+                    let unfinished = this.cutter.take_unfinished();
+                    return Poll::Ready(Some(Ok(before(unfinished, this.pending, trailers))));
+                }
             }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        !self.framed && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        if self.framed {
+            http_body::SizeHint::default()
+        } else {
+            self.inner.size_hint()
         }
     }
 }
@@ -194,11 +275,11 @@ fn oversized_request(declared: u64, limit: usize) -> Poll<Option<Result<Frame<By
 /// The frame to pass on when trailers arrive: bytes of a prefix the peer never finished go
 /// first (the receiver judges them), the trailers wait in `pending`.
 fn before(
-    scanner: &mut MessageScanner,
+    unfinished: Option<Bytes>,
     pending: &mut Option<Frame<Bytes>>,
     trailers: Frame<Bytes>,
 ) -> Frame<Bytes> {
-    match scanner.take_unfinished() {
+    match unfinished {
         Some(rest) => {
             *pending = Some(trailers);
             Frame::data(rest)
@@ -214,10 +295,12 @@ fn data(bytes: Bytes) -> Result<Frame<Bytes>, BoxError> {
 pin_project_lite::pin_project! {
     /// A response body whose messages may not exceed `grpc.max_send_message_length` (a longer
     /// one ends the call with `RESOURCE_EXHAUSTED` trailers) and that ends with
-    /// `DEADLINE_EXCEEDED` trailers when the call's deadline passes mid-stream.
+    /// `DEADLINE_EXCEEDED` trailers when the call's deadline passes mid-stream. A response of
+    /// an axum route beside the services is not gRPC messages and passes as it comes.
     pub(crate) struct GrpcResponseBody<B> {
         #[pin]
         inner: Option<B>,
+        framed: bool,
         scanner: MessageScanner,
         send_limit: usize,
         deadline: Option<Pin<Box<Sleep>>>,
@@ -230,6 +313,7 @@ impl<B> GrpcResponseBody<B> {
     fn ended() -> Self {
         GrpcResponseBody {
             inner: None,
+            framed: true,
             scanner: MessageScanner::default(),
             send_limit: 0,
             deadline: None,
@@ -278,10 +362,14 @@ where
                     return Poll::Pending;
                 }
             };
+            if !*this.framed {
+                return Poll::Ready(Some(Ok(frame)));
+            }
             let chunk = match frame.into_data() {
                 Ok(chunk) => chunk,
                 Err(trailers) => {
-                    return Poll::Ready(Some(Ok(before(this.scanner, this.pending, trailers))));
+                    let unfinished = this.scanner.take_unfinished();
+                    return Poll::Ready(Some(Ok(before(unfinished, this.pending, trailers))));
                 }
             };
             let scanned = this.scanner.scan(chunk, *this.send_limit);

@@ -2,6 +2,8 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::marker::PhantomData;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::Request;
@@ -9,7 +11,10 @@ use poolserve_pool::{Pool, PoolConfig};
 use tonic::body::Body as TonicBody;
 use tonic::server::NamedService;
 use tonic::service::Routes;
+use tower::util::Oneshot;
+use tower::ServiceExt;
 
+use super::call::ReceiveLimit;
 use super::health;
 use crate::transport::policy::ServerPolicy;
 
@@ -36,8 +41,13 @@ impl GrpcServices {
 
     /// Mounts a tonic service; its name also gets a health status.
     ///
-    /// The pool enforces `grpc.max_receive_message_length` in front of the service; raise the
-    /// service's own decoding limit (tonic's default is 4 MiB) if the pool's is higher.
+    /// The pool enforces `grpc.max_receive_message_length` on each message as it arrives, in
+    /// front of the service. The service's own decoding limit (`max_decoding_message_size`,
+    /// tonic's default 4 MiB) applies after it, and is also tonic's only bound on the size of
+    /// a compressed message once decompressed, which the pool cannot see: set it to the pool's
+    /// limit, never to `usize::MAX` on a service that accepts compressed messages, or mount
+    /// the service with [`add_limited_service`](Self::add_limited_service), which keeps it
+    /// equal to the pool's.
     pub fn add_service<S>(mut self, service: S) -> Self
     where
         S: tower::Service<Request<TonicBody>, Error = Infallible>
@@ -52,6 +62,30 @@ impl GrpcServices {
         self.names.push(S::NAME.to_string());
         self.routes = self.routes.add_service(service);
         self
+    }
+
+    /// Mounts a tonic service built for each call by `make`, given the call's
+    /// `grpc.max_receive_message_length`, for the service's `max_decoding_message_size`:
+    /// tonic's own limit, and with it its bound on a decompressed message, then follows the
+    /// pool's, reloads included. Its name also gets a health status.
+    ///
+    /// ```text
+    /// let echo = Arc::new(MyEcho::default());
+    /// services.add_limited_service(move |limit| {
+    ///     EchoServer::from_arc(echo.clone()).max_decoding_message_size(limit)
+    /// })
+    /// ```
+    pub fn add_limited_service<F, S>(self, make: F) -> Self
+    where
+        F: Fn(usize) -> S + Clone + Send + Sync + 'static,
+        S: tower::Service<Request<TonicBody>, Error = Infallible> + NamedService + Send + 'static,
+        S::Response: axum::response::IntoResponse,
+        S::Future: Send + 'static,
+    {
+        self.add_service(PerCallLimit {
+            make,
+            service: PhantomData,
+        })
     }
 
     /// Mounts an axum router beside the gRPC services (for plain HTTP/2 routes on the same
@@ -104,5 +138,50 @@ impl GrpcServices {
             .add_service(v1alpha)
             .prepare();
         Ok((routes, follow))
+    }
+}
+
+/// tonic's own default decoding limit, for a call that came without the pool's (never, under
+/// `GrpcCall`).
+const TONIC_DEFAULT_DECODING_LIMIT: usize = 4 << 20;
+
+/// A tonic service built for each call with the call's receive limit.
+struct PerCallLimit<F, S> {
+    make: F,
+    service: PhantomData<fn() -> S>,
+}
+
+impl<F: Clone, S> Clone for PerCallLimit<F, S> {
+    fn clone(&self) -> Self {
+        PerCallLimit {
+            make: self.make.clone(),
+            service: PhantomData,
+        }
+    }
+}
+
+impl<F, S: NamedService> NamedService for PerCallLimit<F, S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<F, S> tower::Service<Request<TonicBody>> for PerCallLimit<F, S>
+where
+    F: Fn(usize) -> S,
+    S: tower::Service<Request<TonicBody>, Error = Infallible>,
+{
+    type Response = S::Response;
+    type Error = Infallible;
+    type Future = Oneshot<S, Request<TonicBody>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<TonicBody>) -> Self::Future {
+        let limit = req
+            .extensions()
+            .get::<ReceiveLimit>()
+            .map_or(TONIC_DEFAULT_DECODING_LIMIT, |l| l.0);
+        (self.make)(limit).oneshot(req)
     }
 }

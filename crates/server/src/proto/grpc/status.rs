@@ -15,13 +15,13 @@ use crate::http::RequestRules;
 pub struct GrpcRules;
 
 impl RequestRules for GrpcRules {
+    /// tonic reads each request message whole before decoding it.
+    const READS_AHEAD: bool = true;
+
     /// A gRPC call bounds itself by its `grpc-timeout`; anything else on the server (an axum
     /// route beside the services) by `request_timeout`.
     fn times_body<B>(request: &Request<B>) -> bool {
-        !request
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+        !is_grpc(request.headers())
     }
 
     /// The call's `grpc-timeout`: its DEADLINE_EXCEEDED (from the pool's own timer, see
@@ -39,6 +39,14 @@ impl RequestRules for GrpcRules {
     fn trailers_failed(trailers: &HeaderMap) -> bool {
         is_server_failure(trailers)
     }
+}
+
+/// Whether a request's `headers` make it a gRPC call (`application/grpc`, `+proto` and the
+/// like), rather than a request for an axum route beside the services.
+pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
 /// Whether `headers` (trailers, or a trailers-only response's headers) end a call with a status
