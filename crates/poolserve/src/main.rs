@@ -147,6 +147,15 @@ async fn run(
     config: RunConfig,
     file: Option<(PathBuf, Option<std::time::SystemTime>)>,
 ) -> ExitCode {
+    // Listened to before anything starts: a signal sent as soon as the servers are up (or while
+    // they start) finds its handler, not the default action.
+    let mut signals = match Signals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install signal handlers");
+            return ExitCode::FAILURE;
+        }
+    };
     let servers = match Runtime::start_with_grpc(
         &config,
         poolserve_demo::routes::service(),
@@ -176,15 +185,15 @@ async fn run(
     }
     tracing::info!(admin = %servers.admin_addr(), "poolserve is up");
     let signal = match &file {
-        Some((path, loaded)) => watch_config(&servers, path, *loaded).await,
-        None => wait_for_signal().await,
+        Some((path, loaded)) => watch_config(&servers, path, *loaded, &mut signals).await,
+        None => signals.stop().await,
     };
     tracing::info!(signal, "draining");
     let shutdown = servers.shutdown();
     tokio::pin!(shutdown);
     tokio::select! {
         _ = &mut shutdown => ExitCode::SUCCESS,
-        second = wait_for_signal() => {
+        second = signals.stop() => {
             tracing::warn!(signal = second, "second signal during drain: exiting at once");
             ExitCode::from(130)
         }
@@ -196,32 +205,20 @@ async fn watch_config(
     servers: &Runtime,
     path: &std::path::Path,
     loaded: Option<std::time::SystemTime>,
+    signals: &mut Signals,
 ) -> &'static str {
     let mut seen = loaded;
     let mut tick = tokio::time::interval(WATCH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    #[cfg(unix)]
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    let stop = wait_for_signal();
-    tokio::pin!(stop);
     loop {
-        #[cfg(unix)]
-        let hup = async {
-            match hangup.as_mut() {
-                Some(h) => {
-                    h.recv().await;
-                }
-                None => std::future::pending().await,
-            }
-        };
-        #[cfg(not(unix))]
-        let hup = std::future::pending::<()>();
         tokio::select! {
-            signal = &mut stop => return signal,
-            () = hup => {
-                seen = modified(path);
-                reload(servers, path, "SIGHUP").await;
-            }
+            signal = signals.next() => match signal {
+                Signal::Stop(name) => return name,
+                Signal::Hangup => {
+                    seen = modified(path);
+                    reload(servers, path, "SIGHUP").await;
+                }
+            },
             _ = tick.tick() => {
                 let now = modified(path);
                 // Read only a file that has settled: one still being written (truncated, say)
@@ -235,26 +232,48 @@ async fn watch_config(
     }
 }
 
-async fn wait_for_signal() -> &'static str {
-    #[cfg(unix)]
-    {
+/// The signals the process answers: SIGTERM and SIGINT drain, SIGHUP reloads the file.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Replaces the default actions (which end the process) with listeners.
+    fn install() -> std::io::Result<Signals> {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            tracing::error!("cannot install signal handlers; stopping on Ctrl-C only");
-            let _ = tokio::signal::ctrl_c().await;
-            return "SIGINT";
-        };
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// The next signal.
+    async fn next(&mut self) -> Signal {
         tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
+            _ = self.term.recv() => Signal::Stop("SIGTERM"),
+            _ = self.int.recv() => Signal::Stop("SIGINT"),
+            _ = self.hup.recv() => Signal::Hangup,
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-        "Ctrl-C"
+
+    /// The next SIGTERM or SIGINT; a SIGHUP meanwhile, with no file to re-read, is logged.
+    async fn stop(&mut self) -> &'static str {
+        loop {
+            match self.next().await {
+                Signal::Stop(name) => return name,
+                Signal::Hangup => tracing::info!("SIGHUP: no config file to re-read"),
+            }
+        }
     }
+}
+
+/// What a signal asks for.
+enum Signal {
+    /// Drain and exit (SIGTERM, SIGINT).
+    Stop(&'static str),
+    /// Re-read the config file (SIGHUP).
+    Hangup,
 }
