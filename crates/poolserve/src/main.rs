@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use poolserve_server::config::{LogConfig, RunConfig};
+use poolserve_pool::FieldError;
+use poolserve_server::config::{ConfigFileError, LogConfig, RunConfig};
 use poolserve_server::Runtime;
 use tracing_subscriber::EnvFilter;
 
@@ -38,10 +39,24 @@ fn init_logs(log: &LogConfig) {
     }
 }
 
+/// Reads and validates the config file: its fields, and `log.level` as a tracing filter (which
+/// the server crate, knowing no log subscriber, cannot check).
+fn read_config(path: &std::path::Path) -> Result<RunConfig, ConfigFileError> {
+    let cfg = RunConfig::from_file(path)?;
+    match EnvFilter::try_new(&cfg.log.level) {
+        Ok(_) => Ok(cfg),
+        Err(e) => Err(ConfigFileError(vec![FieldError {
+            field: "log.level".into(),
+            value: format!("{:?}", cfg.log.level),
+            reason: format!("not a tracing filter (e.g. \"info\", \"warn,poolserve=debug\"): {e}"),
+        }])),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(path) = cli.check {
-        return match RunConfig::from_file(&path) {
+        return match read_config(&path) {
             Ok(cfg) => {
                 for w in cfg.warnings() {
                     eprintln!("{}: warning: {w}", path.display());
@@ -64,7 +79,7 @@ fn main() -> ExitCode {
     // Taken before the file is read, so a change made while the servers start is still seen.
     let loaded_mtime = cli.config.as_deref().and_then(modified);
     let config = match &cli.config {
-        Some(path) => match RunConfig::from_file(path) {
+        Some(path) => match read_config(path) {
             Ok(cfg) => cfg,
             Err(errors) => {
                 for e in &errors.0 {
@@ -107,7 +122,7 @@ async fn settled(path: &std::path::Path) -> Option<std::time::SystemTime> {
 
 /// Re-reads the config file and applies it; a file with a bad field changes nothing.
 async fn reload(servers: &Runtime, path: &std::path::Path, why: &'static str) {
-    let next = match RunConfig::from_file(path) {
+    let next = match read_config(path) {
         Ok(next) => next,
         Err(errors) => {
             for e in &errors.0 {

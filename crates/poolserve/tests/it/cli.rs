@@ -38,6 +38,30 @@ fn check_accepts_a_valid_file() {
 }
 
 #[test]
+fn check_refuses_a_log_level_that_is_no_tracing_filter() {
+    let path = write_config(
+        "bad-level.toml",
+        "[log]\nlevel = \"info,=,[\"\n[[server]]\nname = \"web\"\nprotocol = \"http\"\n\
+         listen = \"127.0.0.1:0\"\n",
+    );
+    let out = Command::new(BIN)
+        .arg("--check")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("log.level = \"info,=,[\""), "{err}");
+    // And the binary will not start on it either.
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
 fn check_names_each_bad_field_and_exits_2() {
     let path = write_config(
         "bad.toml",
