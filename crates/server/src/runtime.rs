@@ -2,13 +2,16 @@
 //! shutdown.
 //!
 //! A reload applies whole or not at all, in two phases: first everything that can fail is
-//! prepared without touching what runs (every server to start gets its socket bound, or is
-//! promised the socket of a server it replaces on the same address, its certificate loaded, its
-//! pool and dispatch made); if anything fails, what was prepared is dropped and the reload is
+//! prepared without touching what runs (every server to start gets its sockets bound, or is
+//! promised the sockets of a server it replaces on the same address, its certificate loaded,
+//! its pool and dispatch made; a server to run more accept loops gets its extra sockets bound,
+//! not yet listening); if anything fails, what was prepared is dropped and the reload is
 //! refused with every failing field. Then it commits: settings and certificates apply, the new
-//! servers start (one taking over a stopping server's socket takes it straight from that
-//! server's accept loop, so the address always has a listener), and the stopped servers drain.
+//! servers start (one taking over a stopping server's sockets takes them straight from that
+//! server's accept loops, so the address always has a listener), accept loops are added or
+//! retired, and the stopped servers drain.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -21,7 +24,7 @@ use crate::http::{Handler, ResponseBody};
 use crate::proto::grpc::GrpcServices;
 use crate::protocol::Protocol;
 use crate::server::{Prepared, Server, ServerError, ServerOptions};
-use crate::transport::listener::{self, Listener};
+use crate::transport::listener::{self, Listener, Reserved};
 use crate::transport::policy::ServerPolicy;
 use crate::transport::tls::PemPair;
 
@@ -32,7 +35,8 @@ type Preparer =
 /// Running servers plus the admin endpoint, sharing one pool registry.
 pub struct Runtime {
     registry: Arc<PoolRegistry>,
-    servers: RwLock<Vec<Arc<Server>>>,
+    /// Shared with the admin endpoint, which reads each server's listening sockets.
+    servers: Arc<RwLock<Vec<Arc<Server>>>>,
     preparer: Preparer,
     admin: AdminServer,
     draining: Arc<AtomicBool>,
@@ -45,12 +49,13 @@ pub struct Runtime {
     stopped: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
-/// Where the socket of a server a reload starts comes from.
+/// Where the sockets of a server a reload starts come from.
 enum Socket {
     /// Bound while preparing.
-    Bound(Listener),
-    /// Handed over at commit by the stopping server on the same address.
-    HandedOver(Arc<Server>),
+    Bound(Vec<Listener>),
+    /// Handed over at commit by the stopping server on the same address, with the sockets
+    /// bound while preparing for the accept loops it has fewer of.
+    HandedOver(Arc<Server>, Vec<Reserved>),
 }
 
 /// Why a runtime could not start.
@@ -116,12 +121,13 @@ impl Runtime {
                 ),
                 None => None,
             };
-            let listener = listener::bind(spec.listen, &spec.pool)
+            let listeners = listener::bind(spec.listen, spec.accept_loops.resolve(), &spec.pool)
                 .await
                 .map_err(|e| fail(ServerError::Bind(spec.listen, e)))?;
             let prepared = preparer(new_pool(&registry, spec), options(spec, tls)).map_err(fail)?;
-            servers.push(Arc::new(prepared.start(&registry, listener)));
+            servers.push(Arc::new(prepared.start(&registry, listeners)));
         }
+        let servers = Arc::new(RwLock::new(servers));
         let draining = Arc::new(AtomicBool::new(false));
         let running = Arc::new(RwLock::new(config.clone()));
         for w in config.warnings() {
@@ -136,13 +142,15 @@ impl Runtime {
                 token: config.admin_token.as_deref().map(Arc::from),
                 probes_need_token: config.admin_probes_need_token,
                 config: running.clone(),
+                servers: servers.clone(),
+                worker_threads: tokio::runtime::Handle::current().metrics().num_workers(),
             },
         )
         .await
         .map_err(StartError::Admin)?;
         Ok(Runtime {
             registry,
-            servers: RwLock::new(servers),
+            servers,
             preparer,
             admin,
             draining,
@@ -152,14 +160,15 @@ impl Runtime {
         })
     }
 
-    /// Applies a new config live, whole or not at all: every server's pool settings and the
-    /// drain deadline, a new certificate found in a server's certificate files, servers added
-    /// (started), removed (drained while the others serve) and replaced (a server whose
-    /// protocol, address or certificate files changed: a new server with a fresh pool starts
-    /// under its name, and the old one drains). A server started on the address of a server the
-    /// same reload stops takes over that server's listening socket. Anything refused (a
-    /// setting, a certificate, an address that cannot be bound) changes nothing and is named
-    /// in the error. The admin endpoint and logging are reported, not applied.
+    /// Applies a new config live, whole or not at all: every server's pool settings, its
+    /// number of accept loops and the drain deadline, a new certificate found in a server's
+    /// certificate files, servers added (started), removed (drained while the others serve)
+    /// and replaced (a server whose protocol, address or certificate files changed: a new
+    /// server with a fresh pool starts under its name, and the old one drains). A server
+    /// started on the address of a server the same reload stops takes over that server's
+    /// listening sockets. Anything refused (a setting, a certificate, an address that cannot be
+    /// bound) changes nothing and is named in the error. The admin endpoint's address and
+    /// token, logging and worker threads are reported, not applied.
     pub async fn reload(&self, next: &RunConfig) -> Result<ReloadReport, ReloadError> {
         let _one_at_a_time = self.reloading.lock().await;
         let servers = self.servers();
@@ -182,12 +191,20 @@ impl Runtime {
                     && s.is_accepting()
                     && !promised.iter().any(|p| Arc::ptr_eq(p, s))
             });
+            let wanted = spec.accept_loops.resolve();
             let socket = match giver {
                 Some(giver) => {
                     promised.push(giver);
-                    Socket::HandedOver(giver.clone())
+                    let missing = wanted.saturating_sub(giver.listening_sockets());
+                    match reserve(giver.local_addr(), missing, &spec) {
+                        Ok(more) => Socket::HandedOver(giver.clone(), more),
+                        Err(e) => {
+                            errors.push(e);
+                            continue;
+                        }
+                    }
                 }
-                None => match listener::bind(spec.listen, &spec.pool).await {
+                None => match listener::bind(spec.listen, wanted, &spec.pool).await {
                     Ok(bound) => Socket::Bound(bound),
                     Err(e) => {
                         errors.push(bind_error(&spec, &e, &servers, &stopping));
@@ -200,8 +217,21 @@ impl Runtime {
                 Err(e) => errors.push(server_error(&spec, &e)),
             }
         }
+        // Kept servers to run more accept loops get their extra sockets now, not listening.
+        let mut resize = Vec::new();
+        for (server, wanted) in std::mem::take(&mut plan.resize) {
+            let missing = wanted.saturating_sub(server.listening_sockets());
+            let Some(spec) = next.servers.iter().find(|s| s.name == server.name()) else {
+                continue;
+            };
+            match reserve(server.local_addr(), missing, spec) {
+                Ok(more) => resize.push((server, wanted, more)),
+                Err(e) => errors.push(e),
+            }
+        }
         if !errors.is_empty() {
-            // Dropping what was prepared closes the sockets it bound; nothing of it ran.
+            // Dropping what was prepared closes the sockets it bound; nothing of it ran, and
+            // the sockets bound on running servers' addresses never listened.
             return Err(ReloadError(errors));
         }
 
@@ -210,27 +240,37 @@ impl Runtime {
         let mut recorded = crate::config::recorded_after_reload(&running, next);
         let mut started = Vec::new();
         for (spec, prepared, socket) in ready {
-            let listener = match socket {
+            let wanted = spec.accept_loops.resolve();
+            let listeners = match socket {
                 Socket::Bound(bound) => bound,
-                Socket::HandedOver(giver) => match giver.hand_over().await {
-                    Some(handed) => handed,
-                    // The giver stopped accepting since it was planned (its pool was closed
-                    // from outside the runtime), which also freed the address.
-                    None => match listener::bind(spec.listen, &spec.pool).await {
-                        Ok(bound) => bound,
-                        Err(e) => {
-                            tracing::error!(server = %spec.name, addr = %spec.listen, error = %e, "server not started");
-                            report.not_applied.push(format!(
-                                "server {:?} could not start: cannot listen on {}: {e}",
-                                spec.name, spec.listen
-                            ));
-                            recorded.servers.retain(|s| s.name != spec.name);
-                            continue;
+                Socket::HandedOver(giver, more) => {
+                    let mut handed = giver.hand_over().await;
+                    if !handed.is_empty() {
+                        handed.extend(listen_all(more, &spec.name, &mut report));
+                        handed
+                    } else {
+                        // The giver stopped accepting since it was planned (its pool was
+                        // closed from outside the runtime), which also freed the address.
+                        drop(more);
+                        match listener::bind(spec.listen, wanted, &spec.pool).await {
+                            Ok(bound) => bound,
+                            Err(e) => {
+                                tracing::error!(server = %spec.name, addr = %spec.listen, error = %e, "server not started");
+                                report.not_applied.push(format!(
+                                    "server {:?} could not start: cannot listen on {}: {e}",
+                                    spec.name, spec.listen
+                                ));
+                                recorded.servers.retain(|s| s.name != spec.name);
+                                continue;
+                            }
                         }
-                    },
-                },
+                    }
+                }
             };
-            let server = prepared.start(&self.registry, listener);
+            let server = prepared.start(&self.registry, listeners);
+            // A server handed more sockets than it is to run accepts what is queued in the
+            // extra ones, then closes them.
+            server.retire_sockets(wanted);
             let replaced = plan.replaced.contains(&spec.name);
             tracing::info!(server = %spec.name, protocol = spec.protocol.as_str(), addr = %server.local_addr(), replaced, "server started");
             if replaced {
@@ -239,6 +279,15 @@ impl Runtime {
                 report.servers_added.push(spec.name.clone());
             }
             started.push(Arc::new(server));
+        }
+        for (server, wanted, more) in resize {
+            let before = server.listening_sockets();
+            let more = listen_all(more, server.name(), &mut report);
+            if server.add_sockets(more).is_err() {
+                continue;
+            }
+            server.retire_sockets(wanted);
+            tracing::info!(server = %server.name(), before, after = server.listening_sockets(), "accept loops changed");
         }
         {
             let mut servers = self.write_servers();
@@ -359,6 +408,37 @@ impl std::fmt::Debug for Runtime {
             .field("admin", &self.admin)
             .finish_non_exhaustive()
     }
+}
+
+/// `count` more sockets on `addr`, where a running server listens, bound but not listening;
+/// a failure names `server[NAME].accept_loops`.
+fn reserve(addr: SocketAddr, count: usize, spec: &ServerSpec) -> Result<Vec<Reserved>, FieldError> {
+    (0..count)
+        .map(|_| listener::reserve(addr, &spec.pool))
+        .collect::<Result<_, _>>()
+        .map_err(|e| FieldError {
+            field: format!("server[{}].accept_loops", spec.name),
+            value: spec.accept_loops.to_string(),
+            reason: format!("cannot bind another socket on {addr}: {e}"),
+        })
+}
+
+/// Starts listening on each of `reserved`; one that cannot is dropped and noted in `report`
+/// (the server runs with one accept loop less).
+fn listen_all(reserved: Vec<Reserved>, name: &str, report: &mut ReloadReport) -> Vec<Listener> {
+    reserved
+        .into_iter()
+        .filter_map(|r| match r.listen() {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::error!(server = %name, error = %e, "an added listening socket could not listen");
+                report.not_applied.push(format!(
+                    "server {name:?}: an added listening socket could not listen: {e}"
+                ));
+                None
+            }
+        })
+        .collect()
 }
 
 /// A fresh pool for `spec`'s server, not yet in service.

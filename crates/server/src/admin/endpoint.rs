@@ -1,5 +1,6 @@
 //! The admin router and the endpoint that serves it.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -76,11 +77,22 @@ async fn dashboard() -> Response {
 pub struct StatsDocument {
     /// One snapshot per pool.
     pub pools: Vec<poolserve_pool::MetricsSnapshot>,
+    /// Connections accepted on each of a server's listening sockets (one per accept loop),
+    /// by server.
+    pub accepted_by_socket: BTreeMap<String, Vec<u64>>,
 }
 
 async fn stats(State(state): State<AdminState>) -> Json<StatsDocument> {
+    let accepted_by_socket = state
+        .servers
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|s| (s.name().to_owned(), s.accepted_by_socket()))
+        .collect();
     Json(StatsDocument {
         pools: state.registry.metrics(),
+        accepted_by_socket,
     })
 }
 

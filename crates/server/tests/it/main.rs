@@ -5,6 +5,7 @@
 
 mod support;
 
+mod accept_loops;
 mod admin;
 mod builtin;
 mod dashboard;
