@@ -58,6 +58,97 @@ enum Socket {
     HandedOver(Arc<Server>, Vec<Reserved>),
 }
 
+/// A listening socket handed from one process to another (a binary upgrade), with the name
+/// of the server it belongs to ([`ADMIN_POOL`] for the admin endpoint).
+#[derive(Debug)]
+pub struct ListeningSocket {
+    /// The server's name.
+    pub name: String,
+    /// The socket, listening.
+    pub socket: std::net::TcpListener,
+}
+
+/// Sockets a process was handed, taken one server at a time.
+struct Inherited {
+    sockets: Vec<(String, Listener)>,
+}
+
+impl Inherited {
+    /// Takes `sockets`, dropping (and logging) any that does not listen.
+    fn new(sockets: Vec<ListeningSocket>) -> Inherited {
+        let sockets = sockets
+            .into_iter()
+            .filter_map(|s| match Listener::from_std(s.socket) {
+                Ok(listener) => Some((s.name, listener)),
+                Err(e) => {
+                    tracing::warn!(server = %s.name, error = %e, "a handed-over socket is not usable: closed");
+                    None
+                }
+            })
+            .collect();
+        Inherited { sockets }
+    }
+
+    /// `wanted` listening sockets for server `name` on `listen`: the handed-over sockets of
+    /// its name on its address (any port when `listen`'s is 0) or else on exactly its address,
+    /// plus new ones bound to reach `wanted`. More than `wanted` are returned when more were
+    /// handed over: the server retires the extra ones once it runs.
+    async fn take(
+        &mut self,
+        name: &str,
+        listen: SocketAddr,
+        wanted: usize,
+        config: &poolserve_pool::PoolConfig,
+    ) -> Result<Vec<Listener>, ServerError> {
+        let same_place =
+            |addr: SocketAddr| addr == listen || (listen.port() == 0 && addr.ip() == listen.ip());
+        let mut taken = Vec::new();
+        let mut by_name = true;
+        for pass in [true, false] {
+            let mut i = 0;
+            while i < self.sockets.len() {
+                let (n, l) = &self.sockets[i];
+                let fits = if pass {
+                    n == name && same_place(l.local_addr())
+                } else {
+                    listen.port() != 0 && l.local_addr() == listen
+                };
+                if fits {
+                    taken.push(self.sockets.remove(i).1);
+                } else {
+                    i += 1;
+                }
+            }
+            if !taken.is_empty() {
+                by_name = pass;
+                break;
+            }
+        }
+        let Some(first) = taken.first() else {
+            return listener::bind(listen, wanted, config)
+                .await
+                .map_err(|e| ServerError::Bind(listen, e));
+        };
+        let addr = first.local_addr();
+        tracing::info!(server = %name, %addr, sockets = taken.len(), by_name, "listening sockets handed over");
+        while taken.len() < wanted {
+            let more = listener::reserve(addr, config)
+                .and_then(Reserved::listen)
+                .map_err(|e| ServerError::Bind(addr, e))?;
+            taken.push(more);
+        }
+        Ok(taken)
+    }
+
+    /// The sockets no server took, by name and address.
+    fn unused(self) -> Vec<(String, SocketAddr)> {
+        self.sockets
+            .into_iter()
+            .map(|(name, l)| (name, l.local_addr()))
+            .collect()
+    }
+}
+
 /// Why a runtime could not start.
 #[derive(Debug)]
 pub enum StartError {
@@ -100,6 +191,27 @@ impl Runtime {
         S: Handler<B>,
         B: ResponseBody,
     {
+        Runtime::start_with_sockets(config, service, grpc, Vec::new()).await
+    }
+
+    /// Like [`Runtime::start_with_grpc`], on listening sockets another process handed over
+    /// (a binary upgrade; see [`Runtime::listening_sockets`]): a server (or the admin
+    /// endpoint, [`ADMIN_POOL`]) takes the sockets of its name on its address (any port, when
+    /// it listens on port 0), or else those on exactly its address; it binds what it lacks
+    /// and retires what it has too many of. Sockets nothing takes are closed here.
+    ///
+    /// Everything that can fail (a certificate, an address to bind) is done before any server
+    /// accepts, so a start that fails has accepted no connection.
+    pub async fn start_with_sockets<S, B>(
+        config: &RunConfig,
+        service: S,
+        grpc: GrpcServices,
+        sockets: Vec<ListeningSocket>,
+    ) -> Result<Runtime, StartError>
+    where
+        S: Handler<B>,
+        B: ResponseBody,
+    {
         let registry = Arc::new(PoolRegistry::new());
         // A Mutex makes the service shareable without asking it to be `Sync`.
         let service = std::sync::Mutex::new(service);
@@ -111,7 +223,8 @@ impl Runtime {
                 Server::prepare(pool, options, service)
             }
         });
-        let mut servers = Vec::new();
+        let mut inherited = Inherited::new(sockets);
+        let mut prepared = Vec::new();
         for spec in &config.servers {
             let fail = |e| StartError::Server(spec.name.clone(), e);
             let tls = match &spec.tls {
@@ -121,20 +234,26 @@ impl Runtime {
                 ),
                 None => None,
             };
-            let listeners = listener::bind(spec.listen, spec.accept_loops.resolve(), &spec.pool)
+            let wanted = spec.accept_loops.resolve();
+            let listeners = inherited
+                .take(&spec.name, spec.listen, wanted, &spec.pool)
                 .await
-                .map_err(|e| fail(ServerError::Bind(spec.listen, e)))?;
-            let prepared = preparer(new_pool(&registry, spec), options(spec, tls)).map_err(fail)?;
-            servers.push(Arc::new(prepared.start(&registry, listeners)));
+                .map_err(fail)?;
+            let server = preparer(new_pool(&registry, spec), options(spec, tls)).map_err(fail)?;
+            prepared.push((server, listeners, wanted));
         }
-        let servers = Arc::new(RwLock::new(servers));
+        let servers = Arc::new(RwLock::new(Vec::new()));
         let draining = Arc::new(AtomicBool::new(false));
         let running = Arc::new(RwLock::new(config.clone()));
         for w in config.warnings() {
             tracing::warn!(field = %w.field, value = %w.value, reason = %w.reason, "config warning");
         }
-        let admin = AdminServer::start(
-            config.admin_listen,
+        let admin_sockets = inherited
+            .take(ADMIN_POOL, config.admin_listen, 1, &config.admin_pool)
+            .await
+            .map_err(StartError::Admin)?;
+        let admin = AdminServer::prepare(
+            admin_sockets,
             config.admin_pool.clone(),
             AdminState {
                 registry: registry.clone(),
@@ -146,8 +265,21 @@ impl Runtime {
                 worker_threads: tokio::runtime::Handle::current().metrics().num_workers(),
             },
         )
-        .await
         .map_err(StartError::Admin)?;
+        for unused in inherited.unused() {
+            tracing::info!(server = %unused.0, addr = %unused.1, "a handed-over socket no server of the config takes: closed here");
+        }
+
+        // Nothing has accepted yet; from here on nothing fails.
+        for (server, listeners, wanted) in prepared {
+            let server = server.start(&registry, listeners);
+            server.retire_sockets(wanted);
+            servers
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(Arc::new(server));
+        }
+        let admin = admin.start();
         Ok(Runtime {
             registry,
             servers,
@@ -158,6 +290,29 @@ impl Runtime {
             reloading: tokio::sync::Mutex::new(()),
             stopped: std::sync::Mutex::new(Vec::new()),
         })
+    }
+
+    /// A duplicate of every listening socket of the servers and the admin endpoint, named by
+    /// server ([`ADMIN_POOL`] for the admin endpoint), for another process to start on with
+    /// [`Runtime::start_with_sockets`] (a binary upgrade). The sockets stay open, and this
+    /// process goes on accepting, until [`Runtime::drain_handed_over`] or a shutdown.
+    pub fn listening_sockets(&self) -> std::io::Result<Vec<ListeningSocket>> {
+        let mut sockets = Vec::new();
+        for server in self.servers() {
+            for socket in server.duplicate_sockets()? {
+                sockets.push(ListeningSocket {
+                    name: server.name().to_owned(),
+                    socket,
+                });
+            }
+        }
+        for socket in self.admin.duplicate_sockets()? {
+            sockets.push(ListeningSocket {
+                name: ADMIN_POOL.to_owned(),
+                socket,
+            });
+        }
+        Ok(sockets)
     }
 
     /// Applies a new config live, whole or not at all: every server's pool settings, its
@@ -366,6 +521,24 @@ impl Runtime {
     /// answered probes meanwhile, drains in what is left of the same deadline. One report per
     /// pool, the admin endpoint's included.
     pub async fn shutdown(self) -> Vec<(String, CloseReport)> {
+        self.drain(false).await
+    }
+
+    /// The shutdown of a process whose listening sockets another process took over (a binary
+    /// upgrade, [`Runtime::listening_sockets`]): every server and the admin endpoint stop
+    /// accepting at once, leaving every new connection, probes included, to the other
+    /// process, while the connections open here drain within the configured deadline.
+    pub async fn drain_handed_over(self) -> Vec<(String, CloseReport)> {
+        self.admin.stop_accepting().await;
+        for server in self.servers() {
+            drop(server.hand_over().await);
+        }
+        self.drain(true).await
+    }
+
+    /// Drains every server, then the admin endpoint in what is left of the deadline, or both
+    /// at once when `admin_too`.
+    async fn drain(self, admin_too: bool) -> Vec<(String, CloseReport)> {
         let started = tokio::time::Instant::now();
         self.draining.store(true, Ordering::Relaxed);
         let deadline = self
@@ -380,19 +553,28 @@ impl Runtime {
             let name = server.name().to_owned();
             draining.spawn(async move { (name, server.drain(deadline).await) });
         }
-        let mut reports = Vec::new();
-        while let Some(done) = draining.join_next().await {
-            if let Ok(report) = done {
-                reports.push(report);
-            }
-        }
-        // Servers a reload stopped finish their own drain, begun earlier under its deadline.
         let stopped = std::mem::take(&mut *self.stopped.lock().unwrap_or_else(|p| p.into_inner()));
-        for drain in stopped {
-            let _ = drain.await;
-        }
-        let left = deadline.saturating_sub(started.elapsed());
-        reports.push((ADMIN_POOL.to_owned(), self.admin.shutdown(left).await));
+        let servers_drained = async move {
+            let mut reports = Vec::new();
+            while let Some(done) = draining.join_next().await {
+                if let Ok(report) = done {
+                    reports.push(report);
+                }
+            }
+            // Servers a reload stopped finish their own drain, begun earlier under its deadline.
+            for drain in stopped {
+                let _ = drain.await;
+            }
+            reports
+        };
+        let (mut reports, admin) = if admin_too {
+            tokio::join!(servers_drained, self.admin.shutdown(deadline))
+        } else {
+            let reports = servers_drained.await;
+            let left = deadline.saturating_sub(started.elapsed());
+            (reports, self.admin.shutdown(left).await)
+        };
+        reports.push((ADMIN_POOL.to_owned(), admin));
         reports.sort_by(|a, b| a.0.cmp(&b.0));
         for (name, r) in &reports {
             tracing::info!(server = %name, open = r.open_at_start, polite = r.closed_politely, forced = r.forced, "server drained");

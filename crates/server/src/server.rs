@@ -6,10 +6,11 @@ use std::io;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use poolserve_pool::{ConnectionGuard, Pool, PoolConfig, PoolRegistry};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
@@ -95,6 +96,8 @@ impl std::fmt::Debug for Accepting {
 struct AcceptLoop {
     task: JoinHandle<Option<Listener>>,
     control: Arc<LoopControl>,
+    /// The loop's socket, open while the loop runs.
+    socket: Weak<TcpListener>,
 }
 
 /// A task that runs beside a server's accept loop for as long as the server serves.
@@ -162,8 +165,13 @@ impl Prepared {
 
 fn start_loop(start: &StartAccepting, listener: Listener) -> AcceptLoop {
     let control = Arc::new(LoopControl::default());
+    let socket = listener.socket();
     let task = start(listener, control.clone());
-    AcceptLoop { task, control }
+    AcceptLoop {
+        task,
+        control,
+        socket,
+    }
 }
 
 impl Server {
@@ -368,6 +376,21 @@ impl Server {
             .map_or_else(Vec::new, |a| {
                 a.loops.iter().map(|l| l.control.accepted()).collect()
             })
+    }
+
+    /// A duplicate of each listening socket the server accepts on, for another process to
+    /// accept on too (a binary upgrade).
+    pub(crate) fn duplicate_sockets(&self) -> std::io::Result<Vec<std::net::TcpListener>> {
+        let accept = self.accept.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(accepting) = accept.as_ref() else {
+            return Ok(Vec::new());
+        };
+        accepting
+            .loops
+            .iter()
+            .filter_map(|l| l.socket.upgrade())
+            .map(|socket| listener::duplicate(&socket))
+            .collect()
     }
 
     /// Starts an accept loop on each of `more` (sockets on this server's address). Returns

@@ -185,8 +185,9 @@ pub(crate) fn plan(
             .push("log settings changed: that takes a restart".into());
     }
     if next.worker_threads != running.worker_threads {
-        plan.notes
-            .push("runtime.worker_threads changed: that takes a restart".into());
+        plan.notes.push(
+            "runtime.worker_threads changed: that takes a restart or an upgrade (SIGUSR2)".into(),
+        );
     }
     (plan, errors)
 }

@@ -15,7 +15,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use poolserve_pool::{CloseReason, ConnectionGuard, Pool, PoolConfig, Stage};
@@ -93,6 +93,8 @@ pub(crate) trait ServeConnection: Clone + Send + 'static {
 }
 
 /// A listening socket and the address it is bound to (the real port when bound on port 0).
+/// The accept loop serving it holds the only strong reference, so the socket closes when the
+/// loop ends; a [`Weak`] reference lets the server duplicate it while the loop runs.
 #[derive(Debug)]
 pub(crate) struct Listener {
     socket: Arc<TcpListener>,
@@ -104,6 +106,35 @@ impl Listener {
     pub(crate) fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
+
+    /// A reference to the socket that does not keep it open.
+    pub(crate) fn socket(&self) -> Weak<TcpListener> {
+        Arc::downgrade(&self.socket)
+    }
+
+    /// Takes a socket that already listens (handed over by another process), checking that
+    /// it does.
+    pub(crate) fn from_std(socket: std::net::TcpListener) -> io::Result<Listener> {
+        if !socket2::SockRef::from(&socket).is_listener()? {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the socket does not listen",
+            ));
+        }
+        socket.set_nonblocking(true)?;
+        let socket = TcpListener::from_std(socket)?;
+        let local_addr = socket.local_addr()?;
+        Ok(Listener {
+            socket: Arc::new(socket),
+            local_addr,
+        })
+    }
+}
+
+/// A duplicate of `socket`'s file descriptor, to hand to another process: the socket stays
+/// open while either holds it.
+pub(crate) fn duplicate(socket: &TcpListener) -> io::Result<std::net::TcpListener> {
+    Ok(socket2::SockRef::from(socket).try_clone()?.into())
 }
 
 /// A socket bound to a server's address that does not listen yet: the kernel sends it no

@@ -10,6 +10,7 @@ mod admin;
 mod builtin;
 mod dashboard;
 mod grpc;
+mod handover;
 mod http;
 mod http2;
 mod layers;
