@@ -105,3 +105,17 @@ for n in $LOOPS; do
     "$(median <<<"${keepalive[$n]}")" "${accepts[$n]}" "${keepalive[$n]}" "${spread[$n]}" \
     | tee -a "$results"
 done
+# Each count against the first, within each round (the counts of a round run back to back,
+# which cancels part of the machine's drift between rounds).
+first=${LOOPS%% *}
+for n in $LOOPS; do
+  [ "$n" = "$first" ] && continue
+  python3 - "${accepts[$first]}" "${accepts[$n]}" "${keepalive[$first]}" "${keepalive[$n]}" <<PY | tee -a "$results"
+import statistics as st, sys
+a1, an, k1, kn = ([float(x) for x in arg.split()] for arg in sys.argv[1:])
+ra = [y / x for x, y in zip(a1, an) if x]
+rk = [y / x for x, y in zip(k1, kn) if x]
+print(f"accept_loops $n / $first, per round: accepts/s median {st.median(ra):.3f} ({min(ra):.3f}-{max(ra):.3f}), "
+      f"keep-alive median {st.median(rk):.3f} ({min(rk):.3f}-{max(rk):.3f})")
+PY
+done
