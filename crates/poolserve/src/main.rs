@@ -1,6 +1,12 @@
 //! The `poolserve` binary: runs the built-in defaults or a TOML config file, with the demo app
 //! answering on every server, until SIGTERM or SIGINT drains it. A config file is re-read when
-//! it changes (checked every second) and on SIGHUP.
+//! it changes (checked every second) and on SIGHUP. SIGUSR2 upgrades the binary without
+//! closing a listening socket (`upgrade.rs`).
+
+#[cfg(unix)]
+mod notify;
+#[cfg(unix)]
+mod upgrade;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,8 +14,14 @@ use std::process::ExitCode;
 use clap::Parser;
 use poolserve_pool::FieldError;
 use poolserve_server::config::{ConfigFileError, LogConfig, RunConfig};
-use poolserve_server::Runtime;
+use poolserve_server::{ListeningSocket, Runtime};
 use tracing_subscriber::EnvFilter;
+
+/// The process this one replaces, when a binary upgrade started it.
+#[cfg(unix)]
+type Predecessor = Option<upgrade::Predecessor>;
+#[cfg(not(unix))]
+type Predecessor = Option<std::convert::Infallible>;
 
 /// Every protocol under one connection-pool manager.
 #[derive(Debug, Parser)]
@@ -76,6 +88,19 @@ fn main() -> ExitCode {
             }
         };
     }
+    // Started by an upgrade: the sockets come first, so that whatever fails next is told to the
+    // old process, which then serves on.
+    #[cfg(unix)]
+    let (predecessor, sockets) = match upgrade::receive_sockets() {
+        Ok(Some((predecessor, sockets))) => (Some(predecessor), sockets),
+        Ok(None) => (None, Vec::new()),
+        Err(why) => {
+            eprintln!("upgrade: {why}");
+            return ExitCode::FAILURE;
+        }
+    };
+    #[cfg(not(unix))]
+    let (predecessor, sockets): (Predecessor, Vec<ListeningSocket>) = (None, Vec::new());
     // Taken before the file is read, so a change made while the servers start is still seen.
     let loaded_mtime = cli.config.as_deref().and_then(modified);
     let config = match &cli.config {
@@ -85,23 +110,53 @@ fn main() -> ExitCode {
                 for e in &errors.0 {
                     eprintln!("{}: {e}", path.display());
                 }
+                if let Some(p) = predecessor {
+                    failed(p, &format!("{}: {errors}", path.display()));
+                }
                 return ExitCode::from(2);
             }
         },
         None => RunConfig::builtin(),
     };
     init_logs(&config.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = config.worker_threads {
+        builder.worker_threads(threads);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");
+            if let Some(p) = predecessor {
+                failed(p, &format!("cannot start the async runtime: {e}"));
+            }
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(config, cli.config.map(|p| (p, loaded_mtime))))
+    let started = Started {
+        file: cli.config.map(|p| (p, loaded_mtime)),
+        predecessor,
+        sockets,
+    };
+    runtime.block_on(run(config, started))
+}
+
+/// How the process started: its config file (and that file's time when read), and, after an
+/// upgrade, the process it replaces and the sockets it handed over.
+struct Started {
+    file: Option<(PathBuf, Option<std::time::SystemTime>)>,
+    predecessor: Predecessor,
+    sockets: Vec<ListeningSocket>,
+}
+
+/// Tells the process this one was to replace that it could not start.
+#[cfg(unix)]
+fn failed(predecessor: upgrade::Predecessor, why: &str) {
+    predecessor.failed(why);
+}
+#[cfg(not(unix))]
+fn failed(predecessor: std::convert::Infallible, _why: &str) {
+    match predecessor {}
 }
 
 /// How often the config file's modification time is checked.
@@ -158,29 +213,27 @@ async fn reload(servers: &Runtime, path: &std::path::Path, why: &'static str) {
     }
 }
 
-async fn run(
-    config: RunConfig,
-    file: Option<(PathBuf, Option<std::time::SystemTime>)>,
-) -> ExitCode {
-    // Listened to before anything starts: a signal sent as soon as the servers are up (or while
-    // they start) finds its handler, not the default action.
-    let mut signals = match Signals::install() {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot install signal handlers");
-            return ExitCode::FAILURE;
-        }
-    };
-    let servers = match Runtime::start_with_grpc(
+async fn run(config: RunConfig, started: Started) -> ExitCode {
+    let Started {
+        file,
+        predecessor,
+        sockets,
+    } = started;
+    let mut signals = Signals::install();
+    let servers = match Runtime::start_with_sockets(
         &config,
         poolserve_demo::routes::service(),
         poolserve_demo::grpc::services(),
+        sockets,
     )
     .await
     {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
+            if let Some(p) = predecessor {
+                failed(p, &e.to_string());
+            }
             return ExitCode::FAILURE;
         }
     };
@@ -198,97 +251,207 @@ async fn run(
             "ready"
         );
     }
-    tracing::info!(admin = %servers.admin_addr(), "poolserve is up");
-    let signal = match &file {
-        Some((path, loaded)) => watch_config(&servers, path, *loaded, &mut signals).await,
-        None => signals.stop().await,
+    tracing::info!(admin = %servers.admin_addr(), pid = std::process::id(), "poolserve is up");
+    #[cfg(unix)]
+    match predecessor {
+        Some(p) => {
+            tracing::info!(old = %p.pid, "upgrade: serving; the old process stops accepting");
+            p.ready();
+        }
+        None => notify::notify("READY=1"),
+    }
+    let stop = serve(&servers, file.as_ref(), &mut signals).await;
+    let shutdown = async {
+        match stop {
+            Stop::Signal(signal) => {
+                tracing::info!(signal, "draining");
+                servers.shutdown().await
+            }
+            Stop::Upgraded => servers.drain_handed_over().await,
+        }
     };
-    tracing::info!(signal, "draining");
-    let shutdown = servers.shutdown();
     tokio::pin!(shutdown);
     tokio::select! {
         _ = &mut shutdown => ExitCode::SUCCESS,
-        second = signals.stop() => {
+        second = signals.stop.next() => {
             tracing::warn!(signal = second, "second signal during drain: exiting at once");
             ExitCode::from(130)
         }
     }
 }
 
-/// Reloads the config file when it changes or on SIGHUP, until SIGTERM or SIGINT.
-async fn watch_config(
+/// Why the process stops serving.
+enum Stop {
+    /// SIGTERM or SIGINT.
+    Signal(&'static str),
+    /// A new process took over the listening sockets (SIGUSR2).
+    Upgraded,
+}
+
+/// Starts the binary anew on this process's sockets (SIGUSR2): true once the new process is
+/// ready, false (logged) when it failed and this process serves on.
+#[cfg(unix)]
+async fn upgrade(servers: &Runtime) -> bool {
+    let invocation = match upgrade::Invocation::current() {
+        Ok(invocation) => invocation,
+        Err(e) => {
+            tracing::error!(error = %e, "upgrade failed: this process's program is not known; it serves on");
+            return false;
+        }
+    };
+    let deadline = servers.config().drain_timeout;
+    match upgrade::start_successor(servers, &invocation, deadline).await {
+        Ok(pid) => {
+            notify::notify(&format!("MAINPID={pid}"));
+            tracing::info!(
+                new = pid,
+                "upgrade: the new process is ready; this one stops accepting and drains"
+            );
+            true
+        }
+        Err(why) => {
+            tracing::error!(%why, "upgrade failed; this process serves on");
+            false
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn upgrade(_: &Runtime) -> bool {
+    false
+}
+
+/// Serves until SIGTERM or SIGINT, or until a new process took over on SIGUSR2; with a config
+/// file, reloads it when it changes or on SIGHUP.
+async fn serve(
     servers: &Runtime,
-    path: &std::path::Path,
-    loaded: Option<std::time::SystemTime>,
+    file: Option<&(PathBuf, Option<std::time::SystemTime>)>,
     signals: &mut Signals,
-) -> &'static str {
-    let mut seen = loaded;
+) -> Stop {
+    let mut seen = file.and_then(|(_, loaded)| *loaded);
     let mut tick = tokio::time::interval(WATCH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    #[cfg(unix)]
+    let Signals {
+        stop,
+        hangup,
+        user2,
+    } = signals;
+    #[cfg(not(unix))]
+    let Signals { stop } = signals;
+    let stop = stop.next();
+    tokio::pin!(stop);
     loop {
+        #[cfg(unix)]
+        let (hup, usr2) = (recv(hangup.as_mut()), recv(user2.as_mut()));
+        #[cfg(not(unix))]
+        let (hup, usr2) = (std::future::pending::<()>(), std::future::pending::<()>());
         tokio::select! {
-            signal = signals.next() => match signal {
-                Signal::Stop(name) => return name,
-                Signal::Hangup => {
+            signal = &mut stop => return Stop::Signal(signal),
+            () = hup, if file.is_some() => {
+                if let Some((path, _)) = file {
                     seen = modified(path);
                     reload(servers, path, "SIGHUP").await;
                 }
-            },
-            _ = tick.tick() => {
-                let now = modified(path);
-                // Read only a file that has settled: one still being written (truncated, say)
-                // waits for the next tick.
-                if now != seen && now == settled(path).await {
-                    seen = now;
-                    reload(servers, path, "file changed").await;
+            }
+            () = usr2 => {
+                tracing::info!("SIGUSR2: upgrading");
+                // A stop signal meanwhile abandons the upgrade (the new process is stopped).
+                tokio::select! {
+                    signal = &mut stop => return Stop::Signal(signal),
+                    upgraded = upgrade(servers) => if upgraded {
+                        return Stop::Upgraded;
+                    },
+                }
+            }
+            _ = tick.tick(), if file.is_some() => {
+                if let Some((path, _)) = file {
+                    let now = modified(path);
+                    // Read only a file that has settled: one still being written (truncated,
+                    // say) waits for the next tick.
+                    if now != seen && now == settled(path).await {
+                        seen = now;
+                        reload(servers, path, "file changed").await;
+                    }
                 }
             }
         }
     }
 }
 
-/// The signals the process answers: SIGTERM and SIGINT drain, SIGHUP reloads the file.
+/// The signals the process answers, their handlers installed before it says it is up, so that
+/// none sent once it is up meets the default action (for SIGHUP and SIGUSR2: exiting).
 struct Signals {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-    hup: tokio::signal::unix::Signal,
+    stop: StopSignals,
+    #[cfg(unix)]
+    hangup: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    user2: Option<tokio::signal::unix::Signal>,
 }
 
 impl Signals {
-    /// Replaces the default actions (which end the process) with listeners.
-    fn install() -> std::io::Result<Signals> {
-        use tokio::signal::unix::{signal, SignalKind};
-        Ok(Signals {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-            hup: signal(SignalKind::hangup())?,
-        })
-    }
-
-    /// The next signal.
-    async fn next(&mut self) -> Signal {
-        tokio::select! {
-            _ = self.term.recv() => Signal::Stop("SIGTERM"),
-            _ = self.int.recv() => Signal::Stop("SIGINT"),
-            _ = self.hup.recv() => Signal::Hangup,
-        }
-    }
-
-    /// The next SIGTERM or SIGINT; a SIGHUP meanwhile, with no file to re-read, is logged.
-    async fn stop(&mut self) -> &'static str {
-        loop {
-            match self.next().await {
-                Signal::Stop(name) => return name,
-                Signal::Hangup => tracing::info!("SIGHUP: no config file to re-read"),
+    fn install() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let named = |kind, name: &str| {
+                signal(kind)
+                    .map_err(|e| tracing::error!(error = %e, signal = name, "cannot install a signal handler"))
+                    .ok()
+            };
+            Signals {
+                stop: StopSignals {
+                    term: named(SignalKind::terminate(), "SIGTERM"),
+                    int: named(SignalKind::interrupt(), "SIGINT"),
+                },
+                hangup: named(SignalKind::hangup(), "SIGHUP"),
+                user2: named(SignalKind::user_defined2(), "SIGUSR2"),
             }
+        }
+        #[cfg(not(unix))]
+        Signals {
+            stop: StopSignals {},
         }
     }
 }
 
-/// What a signal asks for.
-enum Signal {
-    /// Drain and exit (SIGTERM, SIGINT).
-    Stop(&'static str),
-    /// Re-read the config file (SIGHUP).
-    Hangup,
+/// SIGTERM and SIGINT (Ctrl-C elsewhere).
+struct StopSignals {
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    /// The next stop signal's name.
+    async fn next(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            if self.term.is_none() && self.int.is_none() {
+                let _ = tokio::signal::ctrl_c().await;
+                return "SIGINT";
+            }
+            tokio::select! {
+                () = recv(self.term.as_mut()) => "SIGTERM",
+                () = recv(self.int.as_mut()) => "SIGINT",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        }
+    }
+}
+
+/// The next delivery of a signal, or never when its handler could not be installed.
+#[cfg(unix)]
+async fn recv(signal: Option<&mut tokio::signal::unix::Signal>) {
+    match signal {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
+    }
 }

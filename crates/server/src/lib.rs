@@ -40,7 +40,7 @@ pub use http::{
 };
 pub use proto::grpc;
 pub use protocol::Protocol;
-pub use runtime::{Runtime, StartError};
+pub use runtime::{ListeningSocket, Runtime, StartError};
 pub use server::{Server, ServerError, ServerOptions};
 pub use transport::io::{IoGate, TrackedIo};
 pub use transport::policy::ServerPolicy;

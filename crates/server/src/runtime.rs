@@ -2,13 +2,16 @@
 //! shutdown.
 //!
 //! A reload applies whole or not at all, in two phases: first everything that can fail is
-//! prepared without touching what runs (every server to start gets its socket bound, or is
-//! promised the socket of a server it replaces on the same address, its certificate loaded, its
-//! pool and dispatch made); if anything fails, what was prepared is dropped and the reload is
+//! prepared without touching what runs (every server to start gets its sockets bound, or is
+//! promised the sockets of a server it replaces on the same address, its certificate loaded,
+//! its pool and dispatch made; a server to run more accept loops gets its extra sockets bound,
+//! not yet listening); if anything fails, what was prepared is dropped and the reload is
 //! refused with every failing field. Then it commits: settings and certificates apply, the new
-//! servers start (one taking over a stopping server's socket takes it straight from that
-//! server's accept loop, so the address always has a listener), and the stopped servers drain.
+//! servers start (one taking over a stopping server's sockets takes them straight from that
+//! server's accept loops, so the address always has a listener), accept loops are added or
+//! retired, and the stopped servers drain.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -19,7 +22,7 @@ use crate::admin::{AdminServer, AdminState};
 use crate::config::{ReloadError, ReloadReport, RunConfig, ServerSpec, ADMIN_POOL};
 use crate::http::{Handler, ResponseBody};
 use crate::server::{GrpcServices, Prepared, Server, ServerError, ServerOptions};
-use crate::transport::listener::{self, Listener};
+use crate::transport::listener::{self, Listener, Reserved};
 use crate::transport::policy::ServerPolicy;
 use crate::transport::tls::PemPair;
 
@@ -30,7 +33,8 @@ type Preparer =
 /// Running servers plus the admin endpoint, sharing one pool registry.
 pub struct Runtime {
     registry: Arc<PoolRegistry>,
-    servers: RwLock<Vec<Arc<Server>>>,
+    /// Shared with the admin endpoint, which reads each server's listening sockets.
+    servers: Arc<RwLock<Vec<Arc<Server>>>>,
     preparer: Preparer,
     admin: AdminServer,
     draining: Arc<AtomicBool>,
@@ -43,12 +47,104 @@ pub struct Runtime {
     stopped: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
-/// Where the socket of a server a reload starts comes from.
+/// Where the sockets of a server a reload starts come from.
 enum Socket {
     /// Bound while preparing.
-    Bound(Listener),
-    /// Handed over at commit by the stopping server on the same address.
-    HandedOver(Arc<Server>),
+    Bound(Vec<Listener>),
+    /// Handed over at commit by the stopping server on the same address, with the sockets
+    /// bound while preparing for the accept loops it has fewer of.
+    HandedOver(Arc<Server>, Vec<Reserved>),
+}
+
+/// A listening socket handed from one process to another (a binary upgrade), with the name
+/// of the server it belongs to ([`ADMIN_POOL`] for the admin endpoint).
+#[derive(Debug)]
+pub struct ListeningSocket {
+    /// The server's name.
+    pub name: String,
+    /// The socket, listening.
+    pub socket: std::net::TcpListener,
+}
+
+/// Sockets a process was handed, taken one server at a time.
+struct Inherited {
+    sockets: Vec<(String, Listener)>,
+}
+
+impl Inherited {
+    /// Takes `sockets`, dropping (and logging) any that does not listen.
+    fn new(sockets: Vec<ListeningSocket>) -> Inherited {
+        let sockets = sockets
+            .into_iter()
+            .filter_map(|s| match Listener::from_std(s.socket) {
+                Ok(listener) => Some((s.name, listener)),
+                Err(e) => {
+                    tracing::warn!(server = %s.name, error = %e, "a handed-over socket is not usable: closed");
+                    None
+                }
+            })
+            .collect();
+        Inherited { sockets }
+    }
+
+    /// `wanted` listening sockets for server `name` on `listen`: the handed-over sockets of
+    /// its name on its address (any port when `listen`'s is 0) or else on exactly its address,
+    /// plus new ones bound to reach `wanted`. More than `wanted` are returned when more were
+    /// handed over: the server retires the extra ones once it runs.
+    async fn take(
+        &mut self,
+        name: &str,
+        listen: SocketAddr,
+        wanted: usize,
+        config: &poolserve_pool::PoolConfig,
+    ) -> Result<Vec<Listener>, ServerError> {
+        let same_place =
+            |addr: SocketAddr| addr == listen || (listen.port() == 0 && addr.ip() == listen.ip());
+        let mut taken = Vec::new();
+        let mut by_name = true;
+        for pass in [true, false] {
+            let mut i = 0;
+            while i < self.sockets.len() {
+                let (n, l) = &self.sockets[i];
+                let fits = if pass {
+                    n == name && same_place(l.local_addr())
+                } else {
+                    listen.port() != 0 && l.local_addr() == listen
+                };
+                if fits {
+                    taken.push(self.sockets.remove(i).1);
+                } else {
+                    i += 1;
+                }
+            }
+            if !taken.is_empty() {
+                by_name = pass;
+                break;
+            }
+        }
+        let Some(first) = taken.first() else {
+            return listener::bind(listen, wanted, config)
+                .await
+                .map_err(|e| ServerError::Bind(listen, e));
+        };
+        let addr = first.local_addr();
+        tracing::info!(server = %name, %addr, sockets = taken.len(), by_name, "listening sockets handed over");
+        while taken.len() < wanted {
+            let more = listener::reserve(addr, config)
+                .and_then(Reserved::listen)
+                .map_err(|e| ServerError::Bind(addr, e))?;
+            taken.push(more);
+        }
+        Ok(taken)
+    }
+
+    /// The sockets no server took, by name and address.
+    fn unused(self) -> Vec<(String, SocketAddr)> {
+        self.sockets
+            .into_iter()
+            .map(|(name, l)| (name, l.local_addr()))
+            .collect()
+    }
 }
 
 /// Why a runtime could not start.
@@ -93,6 +189,27 @@ impl Runtime {
         S: Handler<B>,
         B: ResponseBody,
     {
+        Runtime::start_with_sockets(config, service, grpc, Vec::new()).await
+    }
+
+    /// Like [`Runtime::start_with_grpc`], on listening sockets another process handed over
+    /// (a binary upgrade; see [`Runtime::listening_sockets`]): a server (or the admin
+    /// endpoint, [`ADMIN_POOL`]) takes the sockets of its name on its address (any port, when
+    /// it listens on port 0), or else those on exactly its address; it binds what it lacks
+    /// and retires what it has too many of. Sockets nothing takes are closed here.
+    ///
+    /// Everything that can fail (a certificate, an address to bind) is done before any server
+    /// accepts, so a start that fails has accepted no connection.
+    pub async fn start_with_sockets<S, B>(
+        config: &RunConfig,
+        service: S,
+        grpc: GrpcServices,
+        sockets: Vec<ListeningSocket>,
+    ) -> Result<Runtime, StartError>
+    where
+        S: Handler<B>,
+        B: ResponseBody,
+    {
         let registry = Arc::new(PoolRegistry::new());
         // A Mutex makes the service shareable without asking it to be `Sync`.
         let service = std::sync::Mutex::new(service);
@@ -100,7 +217,8 @@ impl Runtime {
             let service = service.lock().unwrap_or_else(|p| p.into_inner()).clone();
             Server::prepare_for_protocol(pool, options, service, grpc.clone())
         });
-        let mut servers = Vec::new();
+        let mut inherited = Inherited::new(sockets);
+        let mut prepared = Vec::new();
         for spec in &config.servers {
             let fail = |e| StartError::Server(spec.name.clone(), e);
             let tls = match &spec.tls {
@@ -110,19 +228,26 @@ impl Runtime {
                 ),
                 None => None,
             };
-            let listener = listener::bind(spec.listen, &spec.pool)
+            let wanted = spec.accept_loops.resolve();
+            let listeners = inherited
+                .take(&spec.name, spec.listen, wanted, &spec.pool)
                 .await
-                .map_err(|e| fail(ServerError::Bind(spec.listen, e)))?;
-            let prepared = preparer(new_pool(&registry, spec), options(spec, tls)).map_err(fail)?;
-            servers.push(Arc::new(prepared.start(&registry, listener)));
+                .map_err(fail)?;
+            let server = preparer(new_pool(&registry, spec), options(spec, tls)).map_err(fail)?;
+            prepared.push((server, listeners, wanted));
         }
+        let servers = Arc::new(RwLock::new(Vec::new()));
         let draining = Arc::new(AtomicBool::new(false));
         let running = Arc::new(RwLock::new(config.clone()));
         for w in config.warnings() {
             tracing::warn!(field = %w.field, value = %w.value, reason = %w.reason, "config warning");
         }
-        let admin = AdminServer::start(
-            config.admin_listen,
+        let admin_sockets = inherited
+            .take(ADMIN_POOL, config.admin_listen, 1, &config.admin_pool)
+            .await
+            .map_err(StartError::Admin)?;
+        let admin = AdminServer::prepare(
+            admin_sockets,
             config.admin_pool.clone(),
             AdminState {
                 registry: registry.clone(),
@@ -130,13 +255,28 @@ impl Runtime {
                 token: config.admin_token.as_deref().map(Arc::from),
                 probes_need_token: config.admin_probes_need_token,
                 config: running.clone(),
+                servers: servers.clone(),
+                worker_threads: tokio::runtime::Handle::current().metrics().num_workers(),
             },
         )
-        .await
         .map_err(StartError::Admin)?;
+        for unused in inherited.unused() {
+            tracing::info!(server = %unused.0, addr = %unused.1, "a handed-over socket no server of the config takes: closed here");
+        }
+
+        // Nothing has accepted yet; from here on nothing fails.
+        for (server, listeners, wanted) in prepared {
+            let server = server.start(&registry, listeners);
+            server.retire_sockets(wanted);
+            servers
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(Arc::new(server));
+        }
+        let admin = admin.start();
         Ok(Runtime {
             registry,
-            servers: RwLock::new(servers),
+            servers,
             preparer,
             admin,
             draining,
@@ -146,14 +286,38 @@ impl Runtime {
         })
     }
 
-    /// Applies a new config live, whole or not at all: every server's pool settings and the
-    /// drain deadline, a new certificate found in a server's certificate files, servers added
-    /// (started), removed (drained while the others serve) and replaced (a server whose
-    /// protocol, address or certificate files changed: a new server with a fresh pool starts
-    /// under its name, and the old one drains). A server started on the address of a server the
-    /// same reload stops takes over that server's listening socket. Anything refused (a
-    /// setting, a certificate, an address that cannot be bound) changes nothing and is named
-    /// in the error. The admin endpoint and logging are reported, not applied.
+    /// A duplicate of every listening socket of the servers and the admin endpoint, named by
+    /// server ([`ADMIN_POOL`] for the admin endpoint), for another process to start on with
+    /// [`Runtime::start_with_sockets`] (a binary upgrade). The sockets stay open, and this
+    /// process goes on accepting, until [`Runtime::drain_handed_over`] or a shutdown.
+    pub fn listening_sockets(&self) -> std::io::Result<Vec<ListeningSocket>> {
+        let mut sockets = Vec::new();
+        for server in self.servers() {
+            for socket in server.duplicate_sockets()? {
+                sockets.push(ListeningSocket {
+                    name: server.name().to_owned(),
+                    socket,
+                });
+            }
+        }
+        for socket in self.admin.duplicate_sockets()? {
+            sockets.push(ListeningSocket {
+                name: ADMIN_POOL.to_owned(),
+                socket,
+            });
+        }
+        Ok(sockets)
+    }
+
+    /// Applies a new config live, whole or not at all: every server's pool settings, its
+    /// number of accept loops and the drain deadline, a new certificate found in a server's
+    /// certificate files, servers added (started), removed (drained while the others serve)
+    /// and replaced (a server whose protocol, address or certificate files changed: a new
+    /// server with a fresh pool starts under its name, and the old one drains). A server
+    /// started on the address of a server the same reload stops takes over that server's
+    /// listening sockets. Anything refused (a setting, a certificate, an address that cannot be
+    /// bound) changes nothing and is named in the error. The admin endpoint's address and
+    /// token, logging and worker threads are reported, not applied.
     pub async fn reload(&self, next: &RunConfig) -> Result<ReloadReport, ReloadError> {
         let _one_at_a_time = self.reloading.lock().await;
         let servers = self.servers();
@@ -176,12 +340,20 @@ impl Runtime {
                     && s.is_accepting()
                     && !promised.iter().any(|p| Arc::ptr_eq(p, s))
             });
+            let wanted = spec.accept_loops.resolve();
             let socket = match giver {
                 Some(giver) => {
                     promised.push(giver);
-                    Socket::HandedOver(giver.clone())
+                    let missing = wanted.saturating_sub(giver.listening_sockets());
+                    match reserve(giver.local_addr(), missing, &spec) {
+                        Ok(more) => Socket::HandedOver(giver.clone(), more),
+                        Err(e) => {
+                            errors.push(e);
+                            continue;
+                        }
+                    }
                 }
-                None => match listener::bind(spec.listen, &spec.pool).await {
+                None => match listener::bind(spec.listen, wanted, &spec.pool).await {
                     Ok(bound) => Socket::Bound(bound),
                     Err(e) => {
                         errors.push(bind_error(&spec, &e, &servers, &stopping));
@@ -194,8 +366,21 @@ impl Runtime {
                 Err(e) => errors.push(server_error(&spec, &e)),
             }
         }
+        // Kept servers to run more accept loops get their extra sockets now, not listening.
+        let mut resize = Vec::new();
+        for (server, wanted) in std::mem::take(&mut plan.resize) {
+            let missing = wanted.saturating_sub(server.listening_sockets());
+            let Some(spec) = next.servers.iter().find(|s| s.name == server.name()) else {
+                continue;
+            };
+            match reserve(server.local_addr(), missing, spec) {
+                Ok(more) => resize.push((server, wanted, more)),
+                Err(e) => errors.push(e),
+            }
+        }
         if !errors.is_empty() {
-            // Dropping what was prepared closes the sockets it bound; nothing of it ran.
+            // Dropping what was prepared closes the sockets it bound; nothing of it ran, and
+            // the sockets bound on running servers' addresses never listened.
             return Err(ReloadError(errors));
         }
 
@@ -204,27 +389,37 @@ impl Runtime {
         let mut recorded = crate::config::recorded_after_reload(&running, next);
         let mut started = Vec::new();
         for (spec, prepared, socket) in ready {
-            let listener = match socket {
+            let wanted = spec.accept_loops.resolve();
+            let listeners = match socket {
                 Socket::Bound(bound) => bound,
-                Socket::HandedOver(giver) => match giver.hand_over().await {
-                    Some(handed) => handed,
-                    // The giver stopped accepting since it was planned (its pool was closed
-                    // from outside the runtime), which also freed the address.
-                    None => match listener::bind(spec.listen, &spec.pool).await {
-                        Ok(bound) => bound,
-                        Err(e) => {
-                            tracing::error!(server = %spec.name, addr = %spec.listen, error = %e, "server not started");
-                            report.not_applied.push(format!(
-                                "server {:?} could not start: cannot listen on {}: {e}",
-                                spec.name, spec.listen
-                            ));
-                            recorded.servers.retain(|s| s.name != spec.name);
-                            continue;
+                Socket::HandedOver(giver, more) => {
+                    let mut handed = giver.hand_over().await;
+                    if !handed.is_empty() {
+                        handed.extend(listen_all(more, &spec.name, &mut report));
+                        handed
+                    } else {
+                        // The giver stopped accepting since it was planned (its pool was
+                        // closed from outside the runtime), which also freed the address.
+                        drop(more);
+                        match listener::bind(spec.listen, wanted, &spec.pool).await {
+                            Ok(bound) => bound,
+                            Err(e) => {
+                                tracing::error!(server = %spec.name, addr = %spec.listen, error = %e, "server not started");
+                                report.not_applied.push(format!(
+                                    "server {:?} could not start: cannot listen on {}: {e}",
+                                    spec.name, spec.listen
+                                ));
+                                recorded.servers.retain(|s| s.name != spec.name);
+                                continue;
+                            }
                         }
-                    },
-                },
+                    }
+                }
             };
-            let server = prepared.start(&self.registry, listener);
+            let server = prepared.start(&self.registry, listeners);
+            // A server handed more sockets than it is to run accepts what is queued in the
+            // extra ones, then closes them.
+            server.retire_sockets(wanted);
             let replaced = plan.replaced.contains(&spec.name);
             tracing::info!(server = %spec.name, protocol = spec.protocol.as_str(), addr = %server.local_addr(), replaced, "server started");
             if replaced {
@@ -233,6 +428,15 @@ impl Runtime {
                 report.servers_added.push(spec.name.clone());
             }
             started.push(Arc::new(server));
+        }
+        for (server, wanted, more) in resize {
+            let before = server.listening_sockets();
+            let more = listen_all(more, server.name(), &mut report);
+            if server.add_sockets(more).is_err() {
+                continue;
+            }
+            server.retire_sockets(wanted);
+            tracing::info!(server = %server.name(), before, after = server.listening_sockets(), "accept loops changed");
         }
         {
             let mut servers = self.write_servers();
@@ -311,6 +515,24 @@ impl Runtime {
     /// answered probes meanwhile, drains in what is left of the same deadline. One report per
     /// pool, the admin endpoint's included.
     pub async fn shutdown(self) -> Vec<(String, CloseReport)> {
+        self.drain(false).await
+    }
+
+    /// The shutdown of a process whose listening sockets another process took over (a binary
+    /// upgrade, [`Runtime::listening_sockets`]): every server and the admin endpoint stop
+    /// accepting at once, leaving every new connection, probes included, to the other
+    /// process, while the connections open here drain within the configured deadline.
+    pub async fn drain_handed_over(self) -> Vec<(String, CloseReport)> {
+        self.admin.stop_accepting().await;
+        for server in self.servers() {
+            drop(server.hand_over().await);
+        }
+        self.drain(true).await
+    }
+
+    /// Drains every server, then the admin endpoint in what is left of the deadline, or both
+    /// at once when `admin_too`.
+    async fn drain(self, admin_too: bool) -> Vec<(String, CloseReport)> {
         let started = tokio::time::Instant::now();
         self.draining.store(true, Ordering::Relaxed);
         let deadline = self
@@ -325,19 +547,28 @@ impl Runtime {
             let name = server.name().to_owned();
             draining.spawn(async move { (name, server.drain(deadline).await) });
         }
-        let mut reports = Vec::new();
-        while let Some(done) = draining.join_next().await {
-            if let Ok(report) = done {
-                reports.push(report);
-            }
-        }
-        // Servers a reload stopped finish their own drain, begun earlier under its deadline.
         let stopped = std::mem::take(&mut *self.stopped.lock().unwrap_or_else(|p| p.into_inner()));
-        for drain in stopped {
-            let _ = drain.await;
-        }
-        let left = deadline.saturating_sub(started.elapsed());
-        reports.push((ADMIN_POOL.to_owned(), self.admin.shutdown(left).await));
+        let servers_drained = async move {
+            let mut reports = Vec::new();
+            while let Some(done) = draining.join_next().await {
+                if let Ok(report) = done {
+                    reports.push(report);
+                }
+            }
+            // Servers a reload stopped finish their own drain, begun earlier under its deadline.
+            for drain in stopped {
+                let _ = drain.await;
+            }
+            reports
+        };
+        let (mut reports, admin) = if admin_too {
+            tokio::join!(servers_drained, self.admin.shutdown(deadline))
+        } else {
+            let reports = servers_drained.await;
+            let left = deadline.saturating_sub(started.elapsed());
+            (reports, self.admin.shutdown(left).await)
+        };
+        reports.push((ADMIN_POOL.to_owned(), admin));
         reports.sort_by(|a, b| a.0.cmp(&b.0));
         for (name, r) in &reports {
             tracing::info!(server = %name, open = r.open_at_start, polite = r.closed_politely, forced = r.forced, "server drained");
@@ -353,6 +584,37 @@ impl std::fmt::Debug for Runtime {
             .field("admin", &self.admin)
             .finish_non_exhaustive()
     }
+}
+
+/// `count` more sockets on `addr`, where a running server listens, bound but not listening;
+/// a failure names `server[NAME].accept_loops`.
+fn reserve(addr: SocketAddr, count: usize, spec: &ServerSpec) -> Result<Vec<Reserved>, FieldError> {
+    (0..count)
+        .map(|_| listener::reserve(addr, &spec.pool))
+        .collect::<Result<_, _>>()
+        .map_err(|e| FieldError {
+            field: format!("server[{}].accept_loops", spec.name),
+            value: spec.accept_loops.to_string(),
+            reason: format!("cannot bind another socket on {addr}: {e}"),
+        })
+}
+
+/// Starts listening on each of `reserved`; one that cannot is dropped and noted in `report`
+/// (the server runs with one accept loop less).
+fn listen_all(reserved: Vec<Reserved>, name: &str, report: &mut ReloadReport) -> Vec<Listener> {
+    reserved
+        .into_iter()
+        .filter_map(|r| match r.listen() {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::error!(server = %name, error = %e, "an added listening socket could not listen");
+                report.not_applied.push(format!(
+                    "server {name:?}: an added listening socket could not listen: {e}"
+                ));
+                None
+            }
+        })
+        .collect()
 }
 
 /// A fresh pool for `spec`'s server, not yet in service.

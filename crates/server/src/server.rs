@@ -6,11 +6,11 @@ use std::io;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use poolserve_pool::{ConnectionGuard, Pool, PoolConfig, PoolRegistry};
-use tokio::sync::Notify;
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
@@ -20,7 +20,9 @@ pub use crate::proto::grpc::GrpcServices;
 use crate::proto::grpc::{self, GrpcCall, GrpcRules};
 use crate::proto::{http1, http2, ws};
 use crate::protocol::{Protocol, Wire};
-use crate::transport::listener::{self, Io, Launch, Listener, Negotiated, ServeConnection};
+use crate::transport::listener::{
+    self, Io, Launch, Listener, LoopControl, Negotiated, ServeConnection,
+};
 use crate::transport::policy::ServerPolicy;
 use crate::transport::tls::{PemPair, ServerCert, TlsError};
 
@@ -77,19 +79,35 @@ pub struct Server {
     cert: Option<Arc<ServerCert>>,
 }
 
-/// A server's accept loop: it gives its listening socket back, still open, when `hand_over` is
-/// notified.
-#[derive(Debug)]
+/// A server's accept loops, one per listening socket, and how to start more.
 struct Accepting {
+    loops: Vec<AcceptLoop>,
+    start: StartAccepting,
+}
+
+impl std::fmt::Debug for Accepting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Accepting")
+            .field("loops", &self.loops)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One accept loop: it gives its listening socket back, still open, when handed over.
+#[derive(Debug)]
+struct AcceptLoop {
     task: JoinHandle<Option<Listener>>,
-    hand_over: Arc<Notify>,
+    control: Arc<LoopControl>,
+    /// The loop's socket, open while the loop runs.
+    socket: Weak<TcpListener>,
 }
 
 /// A task that runs beside a server's accept loop for as long as the server serves.
 type Companion = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// Starts a prepared server's accept loop on a listener.
-type StartAccepting = Box<dyn FnOnce(Listener, Arc<Notify>) -> JoinHandle<Option<Listener>> + Send>;
+/// Starts one of a prepared server's accept loops on a listener.
+type StartAccepting =
+    Box<dyn Fn(Listener, Arc<LoopControl>) -> JoinHandle<Option<Listener>> + Send>;
 
 /// A server built but not yet accepting: its TLS loaded, its pool and dispatch made. Nothing
 /// of it runs and the registry does not list its pool until [`Prepared::start`], so dropping it
@@ -114,25 +132,47 @@ impl std::fmt::Debug for Prepared {
 
 impl Prepared {
     /// Puts the pool in service in `registry` (retiring another pool of the same name) and
-    /// starts accepting on `listener`.
-    pub(crate) fn start(self, registry: &PoolRegistry, listener: Listener) -> Server {
-        let local_addr = listener.local_addr();
+    /// starts an accept loop on each of `listeners` (at least one, all on the same address).
+    pub(crate) fn start(self, registry: &PoolRegistry, listeners: Vec<Listener>) -> Server {
+        // Every caller passes at least one listener; without one the server would not listen,
+        // and its address is not known.
+        let local_addr = listeners
+            .first()
+            .map(Listener::local_addr)
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
         registry.insert(&self.pool);
         self.pool.spawn_health_monitor();
         if let Some(companion) = self.companion {
             tokio::spawn(companion);
         }
-        tracing::info!(server = %self.name, protocol = self.protocol.as_str(), %local_addr, "listening");
-        let hand_over = Arc::new(Notify::new());
-        let task = (self.accept)(listener, hand_over.clone());
+        let sockets = listeners.len();
+        tracing::info!(server = %self.name, protocol = self.protocol.as_str(), %local_addr, sockets, "listening");
+        let loops = listeners
+            .into_iter()
+            .map(|l| start_loop(&self.accept, l))
+            .collect();
         Server {
             name: self.name,
             protocol: self.protocol,
             local_addr,
             pool: self.pool,
-            accept: std::sync::Mutex::new(Some(Accepting { task, hand_over })),
+            accept: std::sync::Mutex::new(Some(Accepting {
+                loops,
+                start: self.accept,
+            })),
             cert: self.cert,
         }
+    }
+}
+
+fn start_loop(start: &StartAccepting, listener: Listener) -> AcceptLoop {
+    let control = Arc::new(LoopControl::default());
+    let socket = listener.socket();
+    let task = start(listener, control.clone());
+    AcceptLoop {
+        task,
+        control,
+        socket,
     }
 }
 
@@ -150,9 +190,9 @@ impl Server {
         S: Handler<B>,
         B: ResponseBody,
     {
-        let (listener, pool) = Server::bind_and_pool(registry, &options).await?;
+        let (listeners, pool) = Server::bind_and_pool(registry, &options).await?;
         let prepared = Server::prepare(pool, options, service)?;
-        Ok(prepared.start(registry, listener))
+        Ok(prepared.start(registry, listeners))
     }
 
     /// Binds a `grpc` listener and starts accepting, with `services` (plus health and
@@ -162,9 +202,9 @@ impl Server {
         options: ServerOptions,
         services: GrpcServices,
     ) -> Result<Server, ServerError> {
-        let (listener, pool) = Server::bind_and_pool(registry, &options).await?;
+        let (listeners, pool) = Server::bind_and_pool(registry, &options).await?;
         let prepared = Server::prepare_grpc(pool, options, services)?;
-        Ok(prepared.start(registry, listener))
+        Ok(prepared.start(registry, listeners))
     }
 
     /// Binds `options.listen` and takes the pool in service under the server's name (made if
@@ -172,8 +212,8 @@ impl Server {
     async fn bind_and_pool(
         registry: &PoolRegistry,
         options: &ServerOptions,
-    ) -> Result<(Listener, Pool<ServerPolicy>), ServerError> {
-        let listener = listener::bind(options.listen, &options.pool)
+    ) -> Result<(Vec<Listener>, Pool<ServerPolicy>), ServerError> {
+        let listeners = listener::bind(options.listen, 1, &options.pool)
             .await
             .map_err(|e| ServerError::Bind(options.listen, e))?;
         let pool = registry
@@ -185,7 +225,7 @@ impl Server {
                 options.pool.clone(),
             )
             .map_err(|e| ServerError::Registry(e.to_string()))?;
-        Ok((listener, pool))
+        Ok((listeners, pool))
     }
 
     /// Prepares a server of `pool` for whatever protocol `options` names: `grpc` with
@@ -281,9 +321,15 @@ impl Server {
         let name = options.name;
         let accept: StartAccepting = {
             let (pool, name) = (pool.clone(), name.clone());
-            Box::new(move |listener, hand_over| {
+            Box::new(move |listener, control| {
                 tokio::spawn(listener::accept_loop(
-                    listener, hand_over, pool, tls, refusal, dispatch, name,
+                    listener,
+                    control,
+                    pool.clone(),
+                    tls.clone(),
+                    refusal,
+                    dispatch.clone(),
+                    name.clone(),
                 ))
             })
         };
@@ -322,27 +368,96 @@ impl Server {
         &self.pool
     }
 
-    /// Whether the accept loop still runs, and so holds the listening socket.
+    /// Whether an accept loop still runs, and so holds a listening socket.
     pub(crate) fn is_accepting(&self) -> bool {
         self.accept
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
-            .is_some_and(|a| !a.task.is_finished())
+            .is_some_and(|a| a.loops.iter().any(|l| !l.task.is_finished()))
     }
 
-    /// Stops accepting and gives back the listening socket, still open, for the server taking
-    /// this one's place on its address: connections waiting in the socket's backlog go to the
-    /// new server, those already accepted go on under this one's pool. `None` when this server
-    /// no longer accepts.
-    pub(crate) async fn hand_over(&self) -> Option<Listener> {
-        let accepting = self
-            .accept
+    /// How many listening sockets the server accepts on, each with its own accept loop.
+    pub fn listening_sockets(&self) -> usize {
+        self.accept
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .take()?;
-        accepting.hand_over.notify_one();
-        accepting.task.await.ok().flatten()
+            .as_ref()
+            .map_or(0, |a| a.loops.len())
+    }
+
+    /// Connections each accept loop has accepted (admitted or refused), in the order of its
+    /// listening sockets: how evenly the kernel spreads connections over them.
+    pub fn accepted_by_socket(&self) -> Vec<u64> {
+        self.accept
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map_or_else(Vec::new, |a| {
+                a.loops.iter().map(|l| l.control.accepted()).collect()
+            })
+    }
+
+    /// A duplicate of each listening socket the server accepts on, for another process to
+    /// accept on too (a binary upgrade).
+    pub(crate) fn duplicate_sockets(&self) -> std::io::Result<Vec<std::net::TcpListener>> {
+        let accept = self.accept.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(accepting) = accept.as_ref() else {
+            return Ok(Vec::new());
+        };
+        accepting
+            .loops
+            .iter()
+            .filter_map(|l| l.socket.upgrade())
+            .map(|socket| listener::duplicate(&socket))
+            .collect()
+    }
+
+    /// Starts an accept loop on each of `more` (sockets on this server's address). Returns
+    /// them when the server no longer accepts.
+    pub(crate) fn add_sockets(&self, more: Vec<Listener>) -> Result<(), Vec<Listener>> {
+        let mut accept = self.accept.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(accepting) = accept.as_mut() else {
+            return Err(more);
+        };
+        for listener in more {
+            let started = start_loop(&accepting.start, listener);
+            accepting.loops.push(started);
+        }
+        Ok(())
+    }
+
+    /// Retires all but `keep` (at least one) of the accept loops, the last started first: each
+    /// accepts what is queued in its socket, then closes it.
+    pub(crate) fn retire_sockets(&self, keep: usize) {
+        let mut accept = self.accept.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(accepting) = accept.as_mut() {
+            while accepting.loops.len() > keep.max(1) {
+                if let Some(retired) = accepting.loops.pop() {
+                    retired.control.retire();
+                }
+            }
+        }
+    }
+
+    /// Stops accepting and gives back the listening sockets, still open, for the server taking
+    /// this one's place on its address: connections waiting in their backlogs go to the new
+    /// server, those already accepted go on under this one's pool. Empty when this server no
+    /// longer accepts.
+    pub(crate) async fn hand_over(&self) -> Vec<Listener> {
+        let Some(accepting) = self.accept.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return Vec::new();
+        };
+        for l in &accepting.loops {
+            l.control.hand_over();
+        }
+        let mut handed = Vec::new();
+        for l in accepting.loops {
+            if let Ok(Some(listener)) = l.task.await {
+                handed.push(listener);
+            }
+        }
+        handed
     }
 
     /// Stops accepting and drains the pool within `deadline`; see [`Pool::close_all`].
@@ -356,7 +471,9 @@ impl Server {
         let report = self.pool.close_all(deadline).await;
         let accept = self.accept.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(accept) = accept {
-            let _ = accept.task.await;
+            for l in accept.loops {
+                let _ = l.task.await;
+            }
         }
         report
     }

@@ -462,3 +462,65 @@ listen = "127.0.0.1:0"
     assert_eq!(send_signal("TERM", child.id()), 0);
     assert_eq!(wait_exit(child).code(), Some(0));
 }
+
+#[test]
+fn worker_threads_sizes_the_runtime_and_auto_runs_an_accept_loop_on_each() {
+    let path = write_config(
+        "cores.toml",
+        r#"
+[runtime]
+worker_threads = 3
+[admin]
+listen = "127.0.0.1:0"
+[log]
+format = "json"
+[[server]]
+name = "web"
+protocol = "http"
+listen = "127.0.0.1:0"
+accept_loops = "auto"
+"#,
+    );
+    let (child, addr, logs) = spawn(&path);
+    let admin: SocketAddr = loop {
+        let line = logs.recv_timeout(WAIT).expect("startup logs");
+        if line["message"] == "poolserve is up" {
+            break line["admin"].as_str().unwrap().parse().unwrap();
+        }
+    };
+    let config = admin_get(admin, "/config");
+    let doc: serde_json::Value =
+        serde_json::from_str(config.split("\r\n\r\n").nth(1).unwrap_or_default()).unwrap();
+    assert_eq!(doc["runtime"]["worker_threads"], 3, "{doc}");
+    let web = &doc["servers"][0];
+    assert_eq!(web["accept_loops"], "auto", "{web}");
+    assert_eq!(web["listening_sockets"], 3, "{web}");
+    for _ in 0..30 {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .unwrap();
+        let mut reply = String::new();
+        let _ = s.read_to_string(&mut reply);
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    }
+    assert_eq!(send_signal("TERM", child.id()), 0);
+    assert_eq!(wait_exit(child).code(), Some(0));
+
+    let bad = write_config(
+        "cores-bad.toml",
+        "[runtime]\nworker_threads = 0\n[[server]]\nname = \"web\"\nprotocol = \"http\"\n\
+         listen = \"127.0.0.1:0\"\naccept_loops = \"all\"\n",
+    );
+    let out = Command::new(BIN).arg("--check").arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("runtime.worker_threads = 0: must be between 1"),
+        "{err}"
+    );
+    assert!(
+        err.contains("server[0] (web).accept_loops = \"all\": must be between 1"),
+        "{err}"
+    );
+}

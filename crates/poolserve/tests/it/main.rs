@@ -5,3 +5,4 @@ mod axum_upgrade;
 mod cli;
 mod deploy;
 mod haproxy;
+mod upgrade;

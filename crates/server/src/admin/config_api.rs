@@ -10,7 +10,7 @@ use poolserve_pool::{ConfigChange, FieldError, PoolSettings};
 use serde::Serialize;
 
 use super::state::AdminState;
-use crate::config::ADMIN_POOL;
+use crate::config::{AcceptLoopsSetting, ADMIN_POOL};
 
 /// The `/config` document: the config file's shape, in JSON, with each pool's settings as in
 /// force now (after any live change).
@@ -22,8 +22,17 @@ pub struct ConfigDocument {
     pub admin: AdminDocument,
     /// Logging.
     pub log: LogDocument,
+    /// The async runtime.
+    pub runtime: RuntimeDocument,
     /// Every server.
     pub servers: Vec<ServerDocument>,
+}
+
+/// The runtime section of `/config`.
+#[derive(Debug, Serialize)]
+pub struct RuntimeDocument {
+    /// Worker threads the async runtime runs.
+    pub worker_threads: usize,
 }
 
 /// The admin section of `/config`.
@@ -59,6 +68,10 @@ pub struct ServerDocument {
     pub listen: String,
     /// Certificate and key files, when configured.
     pub tls: Option<TlsDocument>,
+    /// Accept loops as configured: a number or `"auto"`.
+    pub accept_loops: AcceptLoopsSetting,
+    /// Listening sockets the server accepts on now, each with its own accept loop.
+    pub listening_sockets: usize,
     /// Pool settings in force, every field filled in.
     pub pool: PoolSettings,
 }
@@ -75,6 +88,7 @@ pub struct TlsDocument {
 /// The `/config` document of `state` as of now.
 pub fn config_document(state: &AdminState) -> ConfigDocument {
     let run = state.config.read().unwrap_or_else(|p| p.into_inner());
+    let running = state.servers.read().unwrap_or_else(|p| p.into_inner());
     let servers = run
         .servers
         .iter()
@@ -86,6 +100,11 @@ pub fn config_document(state: &AdminState) -> ConfigDocument {
                 cert: t.cert.display().to_string(),
                 key: t.key.display().to_string(),
             }),
+            accept_loops: s.accept_loops.to_setting(),
+            listening_sockets: running
+                .iter()
+                .find(|r| r.name() == s.name)
+                .map_or(0, |r| r.listening_sockets()),
             pool: state
                 .registry
                 .get(&s.name)
@@ -108,6 +127,9 @@ pub fn config_document(state: &AdminState) -> ConfigDocument {
         log: LogDocument {
             level: run.log.level.clone(),
             format: if run.log.json { "json" } else { "text" },
+        },
+        runtime: RuntimeDocument {
+            worker_threads: state.worker_threads,
         },
         servers,
     }

@@ -1,5 +1,6 @@
 //! The admin router and the endpoint that serves it.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -17,7 +18,8 @@ use super::state::{AdminState, HealthDocument};
 use super::{auth, config_api, events, openapi, prometheus};
 use crate::config::ADMIN_POOL;
 use crate::protocol::Protocol;
-use crate::server::{Server, ServerError, ServerOptions};
+use crate::server::{Prepared, Server, ServerError, ServerOptions};
+use crate::transport::listener::{self, Listener};
 use crate::transport::policy::ServerPolicy;
 
 /// The admin router, for mounting or serving. Every path needs the token when one is set,
@@ -74,13 +76,27 @@ async fn dashboard() -> Response {
 /// Every pool's metrics snapshot as JSON (the dashboard's counters and latency percentiles).
 #[derive(Debug, Serialize)]
 pub struct StatsDocument {
+    /// The id of the process answering (after a binary upgrade, the new one's).
+    pub pid: u32,
     /// One snapshot per pool.
     pub pools: Vec<poolserve_pool::MetricsSnapshot>,
+    /// Connections accepted on each of a server's listening sockets (one per accept loop),
+    /// by server.
+    pub accepted_by_socket: BTreeMap<String, Vec<u64>>,
 }
 
 async fn stats(State(state): State<AdminState>) -> Json<StatsDocument> {
+    let accepted_by_socket = state
+        .servers
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|s| (s.name().to_owned(), s.accepted_by_socket()))
+        .collect();
     Json(StatsDocument {
+        pid: std::process::id(),
         pools: state.registry.metrics(),
+        accepted_by_socket,
     })
 }
 
@@ -115,6 +131,18 @@ impl AdminServer {
         pool: PoolConfig,
         state: AdminState,
     ) -> Result<AdminServer, ServerError> {
+        let listeners = listener::bind(listen, 1, &pool)
+            .await
+            .map_err(|e| ServerError::Bind(listen, e))?;
+        Ok(AdminServer::prepare(listeners, pool, state)?.start())
+    }
+
+    /// Prepares the endpoint on `listeners`, starting nothing (see [`Prepared`]).
+    pub(crate) fn prepare(
+        listeners: Vec<Listener>,
+        pool: PoolConfig,
+        state: AdminState,
+    ) -> Result<PreparedAdmin, ServerError> {
         if state.registry.get(ADMIN_POOL).is_some() {
             return Err(ServerError::Registry(format!(
                 "a pool named {ADMIN_POOL:?} exists: the name is the admin endpoint's"
@@ -126,14 +154,22 @@ impl AdminServer {
         let options = ServerOptions {
             name: ADMIN_POOL.to_owned(),
             protocol: Protocol::Http,
-            listen,
+            listen: listeners.first().map_or_else(
+                || SocketAddr::from(([127, 0, 0, 1], 0)),
+                Listener::local_addr,
+            ),
             tls: None,
             pool,
         };
-        let server = Server::start(&registry, options, app).await?;
-        tracing::info!(local_addr = %server.local_addr(), "admin endpoint listening");
-        Ok(AdminServer {
-            server,
+        let policy = ServerPolicy {
+            protocol: Protocol::Http,
+        };
+        let pool = registry.create(ADMIN_POOL, policy, options.pool.clone());
+        let prepared = Server::prepare(pool, options, app)?;
+        Ok(PreparedAdmin {
+            prepared,
+            listeners,
+            registry,
             streams_end,
         })
     }
@@ -154,5 +190,36 @@ impl AdminServer {
     pub async fn shutdown(self, deadline: Duration) -> CloseReport {
         let _ = self.streams_end.send(true);
         self.server.shutdown(deadline).await
+    }
+
+    /// Stops accepting at once, leaving the listening socket to the process that took it
+    /// over (a binary upgrade); the connections open go on until [`AdminServer::shutdown`].
+    pub(crate) async fn stop_accepting(&self) {
+        drop(self.server.hand_over().await);
+    }
+
+    /// A duplicate of the endpoint's listening socket, for another process to accept on.
+    pub(crate) fn duplicate_sockets(&self) -> std::io::Result<Vec<std::net::TcpListener>> {
+        self.server.duplicate_sockets()
+    }
+}
+
+/// The admin endpoint built on its socket but not yet accepting.
+pub(crate) struct PreparedAdmin {
+    prepared: Prepared,
+    listeners: Vec<Listener>,
+    registry: std::sync::Arc<poolserve_pool::PoolRegistry>,
+    streams_end: watch::Sender<bool>,
+}
+
+impl PreparedAdmin {
+    /// Starts accepting.
+    pub(crate) fn start(self) -> AdminServer {
+        let server = self.prepared.start(&self.registry, self.listeners);
+        tracing::info!(local_addr = %server.local_addr(), "admin endpoint listening");
+        AdminServer {
+            server,
+            streams_end: self.streams_end,
+        }
     }
 }

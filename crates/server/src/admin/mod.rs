@@ -15,7 +15,8 @@ mod prometheus;
 mod state;
 
 pub use config_api::{
-    config_document, AdminDocument, ConfigDocument, LogDocument, ServerDocument, TlsDocument,
+    config_document, AdminDocument, ConfigDocument, LogDocument, RuntimeDocument, ServerDocument,
+    TlsDocument,
 };
 pub use endpoint::{router, AdminServer, StatsDocument};
 pub use prometheus::{render as render_metrics, CONTENT_TYPE as METRICS_CONTENT_TYPE};

@@ -134,10 +134,18 @@ pub fn document() -> Value {
                 "responses": { "200": { "description": "the page", "content": { "text/html": { "schema": { "type": "string" } } } } }
             }},
             "/stats": { "get": {
-                "summary": "Every pool's metrics snapshot: counters, gauges, latency percentiles since start",
+                "summary": "Every pool's metrics snapshot: counters, gauges, latency percentiles since start; the process answering; connections accepted per listening socket",
                 "responses": { "200": { "description": "snapshots", "content": { "application/json": { "schema": {
-                    "type": "object", "required": ["pools"],
-                    "properties": { "pools": { "type": "array", "items": { "type": "object" } } }
+                    "type": "object", "required": ["pid", "pools", "accepted_by_socket"],
+                    "properties": {
+                        "pid": { "type": "integer", "description": "the process answering (the new one after a binary upgrade)" },
+                        "pools": { "type": "array", "items": { "type": "object" } },
+                        "accepted_by_socket": {
+                            "type": "object",
+                            "description": "by server, the connections each of its listening sockets (one per accept loop) accepted",
+                            "additionalProperties": { "type": "array", "items": { "type": "integer" } }
+                        }
+                    }
                 }}}}}
             }},
             "/openapi.json": { "get": {

@@ -8,6 +8,7 @@ use poolserve_pool::{Health, HealthStatus, PoolRegistry};
 use serde::Serialize;
 
 use crate::config::{RunConfig, ADMIN_POOL};
+use crate::server::Server;
 
 /// What the admin endpoint reads.
 #[derive(Debug, Clone)]
@@ -22,6 +23,10 @@ pub struct AdminState {
     pub probes_need_token: bool,
     /// The running config (pool settings in it are as at start; `/config` reads live ones).
     pub config: Arc<RwLock<RunConfig>>,
+    /// The running servers (their listening sockets, for `/config` and `/stats`).
+    pub servers: Arc<RwLock<Vec<Arc<Server>>>>,
+    /// Worker threads of the async runtime the servers run on.
+    pub worker_threads: usize,
 }
 
 /// The `/health` document (SPEC M).

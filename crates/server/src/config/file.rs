@@ -18,6 +18,65 @@ pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// The name of the admin endpoint's own pool (in `/health` and `/metrics`); no server may take it.
 pub const ADMIN_POOL: &str = "admin";
+/// Most listening sockets (accept loops) one server may run.
+pub const MAX_ACCEPT_LOOPS: usize = 1024;
+/// Most worker threads the async runtime may run.
+pub const MAX_WORKER_THREADS: usize = 1024;
+
+/// How many listening sockets, each with its own accept loop, a server runs on its address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcceptLoops {
+    /// One per worker thread of the async runtime the server runs on.
+    Auto,
+    /// This many, 1 to [`MAX_ACCEPT_LOOPS`].
+    Count(usize),
+}
+
+impl Default for AcceptLoops {
+    fn default() -> Self {
+        AcceptLoops::Count(1)
+    }
+}
+
+impl AcceptLoops {
+    /// How many sockets this means on the current async runtime (`Auto`: its worker threads;
+    /// 1 outside a runtime).
+    pub fn resolve(self) -> usize {
+        match self {
+            AcceptLoops::Count(n) => n.clamp(1, MAX_ACCEPT_LOOPS),
+            AcceptLoops::Auto => tokio::runtime::Handle::try_current()
+                .map_or(1, |h| h.metrics().num_workers())
+                .clamp(1, MAX_ACCEPT_LOOPS),
+        }
+    }
+
+    /// As written in the file: a number or `"auto"`.
+    pub fn to_setting(self) -> AcceptLoopsSetting {
+        match self {
+            AcceptLoops::Auto => AcceptLoopsSetting::Word("auto".into()),
+            AcceptLoops::Count(n) => AcceptLoopsSetting::Count(n as i64),
+        }
+    }
+}
+
+impl std::fmt::Display for AcceptLoops {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AcceptLoops::Auto => f.write_str("auto"),
+            AcceptLoops::Count(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// `accept_loops` as written: a number or a word (only `"auto"` is valid).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum AcceptLoopsSetting {
+    /// A count.
+    Count(i64),
+    /// `"auto"`.
+    Word(String),
+}
 
 /// The admin endpoint's pool settings when `[admin.pool]` leaves them out: a few connections
 /// and short timeouts, so a client that holds admin connections open runs out of room there,
@@ -43,9 +102,19 @@ pub struct FileConfig {
     pub admin: Option<AdminSection>,
     /// Logging.
     pub log: Option<LogSection>,
+    /// The async runtime.
+    pub runtime: Option<RuntimeSection>,
     /// The servers.
     #[serde(default)]
     pub server: Vec<ServerSection>,
+}
+
+/// `[runtime]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeSection {
+    /// Worker threads of the async runtime (default: one per core).
+    pub worker_threads: Option<i64>,
 }
 
 /// `[admin]`.
@@ -86,6 +155,8 @@ pub struct ServerSection {
     pub listen: String,
     /// Certificate and key files.
     pub tls: Option<TlsFiles>,
+    /// Listening sockets on the address, each with its own accept loop: a number or `"auto"`.
+    pub accept_loops: Option<AcceptLoopsSetting>,
     /// Pool settings.
     #[serde(default)]
     pub pool: PoolSettings,
@@ -102,6 +173,8 @@ pub struct ServerSpec {
     pub listen: SocketAddr,
     /// Certificate files; `None` on a TLS protocol means a self-signed certificate.
     pub tls: Option<TlsFiles>,
+    /// Listening sockets (`SO_REUSEPORT`) on the address, each with its own accept loop.
+    pub accept_loops: AcceptLoops,
     /// The pool's config.
     pub pool: PoolConfig,
 }
@@ -130,6 +203,9 @@ pub struct RunConfig {
     pub drain_timeout: Duration,
     /// Logging.
     pub log: LogConfig,
+    /// Worker threads of the async runtime; `None` for one per core. Read by the binary when
+    /// it builds its runtime.
+    pub worker_threads: Option<usize>,
     /// The servers.
     pub servers: Vec<ServerSpec>,
 }
@@ -201,6 +277,7 @@ impl RunConfig {
             protocol,
             listen: SocketAddr::from(([127, 0, 0, 1], port)),
             tls: None,
+            accept_loops: AcceptLoops::default(),
             pool: PoolConfig::default(),
         };
         RunConfig {
@@ -213,6 +290,7 @@ impl RunConfig {
                 level: "info".into(),
                 json: false,
             },
+            worker_threads: None,
             servers: vec![
                 spec("web", Protocol::Http, 3000),
                 spec("web-tls", Protocol::Https, 3443),
@@ -337,6 +415,18 @@ impl FileConfig {
             level: log.level.unwrap_or_else(|| "info".into()),
             json,
         };
+        let worker_threads = match self.runtime.as_ref().and_then(|r| r.worker_threads) {
+            None => None,
+            Some(n) if (1..=MAX_WORKER_THREADS as i64).contains(&n) => Some(n as usize),
+            Some(n) => {
+                errors.push(field_error(
+                    "runtime.worker_threads",
+                    n,
+                    format!("must be between 1 and {MAX_WORKER_THREADS} (leave it out for one per core)"),
+                ));
+                None
+            }
+        };
 
         let mut names = HashSet::new();
         let mut addrs = HashSet::new();
@@ -415,6 +505,27 @@ impl FileConfig {
                     }
                 }
             }
+            let accept_loops = match &s.accept_loops {
+                None => Some(AcceptLoops::default()),
+                Some(AcceptLoopsSetting::Count(n)) if (1..=MAX_ACCEPT_LOOPS as i64).contains(n) => {
+                    Some(AcceptLoops::Count(*n as usize))
+                }
+                Some(AcceptLoopsSetting::Word(w)) if w == "auto" => Some(AcceptLoops::Auto),
+                Some(other) => {
+                    let value = match other {
+                        AcceptLoopsSetting::Count(n) => n.to_string(),
+                        AcceptLoopsSetting::Word(w) => format!("{w:?}"),
+                    };
+                    errors.push(field_error(
+                        format!("{at}.accept_loops"),
+                        value,
+                        format!(
+                            "must be between 1 and {MAX_ACCEPT_LOOPS}, or \"auto\" (one per worker thread)"
+                        ),
+                    ));
+                    None
+                }
+            };
             let pool = match PoolConfig::default().apply(&s.pool, &format!("{at}.pool.")) {
                 Ok((pool, _)) => Some(pool),
                 Err(e) => {
@@ -422,12 +533,15 @@ impl FileConfig {
                     None
                 }
             };
-            if let (Some(protocol), Some(listen), Some(pool)) = (protocol, listen, pool) {
+            if let (Some(protocol), Some(listen), Some(accept_loops), Some(pool)) =
+                (protocol, listen, accept_loops, pool)
+            {
                 servers.push(ServerSpec {
                     name: s.name.clone(),
                     protocol,
                     listen,
                     tls: s.tls.clone(),
+                    accept_loops,
                     pool,
                 });
             }
@@ -455,6 +569,7 @@ impl FileConfig {
                 admin_pool,
                 drain_timeout,
                 log,
+                worker_threads,
                 servers,
             })
         } else {
@@ -620,6 +735,77 @@ mod tests {
             .servers
             .iter()
             .any(|s| s.name == "rpc" && s.protocol == Protocol::Grpc));
+    }
+
+    #[test]
+    fn accept_loops_and_worker_threads_are_read_and_bounded() {
+        let cfg = RunConfig::from_toml(
+            r#"
+            [runtime]
+            worker_threads = 3
+            [[server]]
+            name = "a"
+            protocol = "http"
+            listen = "127.0.0.1:0"
+            accept_loops = 4
+            [[server]]
+            name = "b"
+            protocol = "http"
+            listen = "127.0.0.1:0"
+            accept_loops = "auto"
+            [[server]]
+            name = "c"
+            protocol = "http"
+            listen = "127.0.0.1:0"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(cfg.worker_threads, Some(3));
+        let loops: Vec<_> = cfg.servers.iter().map(|s| s.accept_loops).collect();
+        assert_eq!(
+            loops,
+            [
+                AcceptLoops::Count(4),
+                AcceptLoops::Auto,
+                AcceptLoops::Count(1)
+            ]
+        );
+        assert_eq!(AcceptLoops::Count(4).resolve(), 4);
+        assert_eq!(AcceptLoops::Auto.resolve(), 1, "outside a runtime");
+        assert_eq!(RunConfig::builtin().worker_threads, None);
+
+        let err = RunConfig::from_toml(
+            r#"
+            [runtime]
+            worker_threads = 0
+            [[server]]
+            name = "a"
+            protocol = "http"
+            listen = "127.0.0.1:0"
+            accept_loops = 0
+            [[server]]
+            name = "b"
+            protocol = "http"
+            listen = "127.0.0.1:0"
+            accept_loops = "many"
+            [[server]]
+            name = "c"
+            protocol = "http"
+            listen = "127.0.0.1:0"
+            accept_loops = 1025
+            "#,
+        )
+        .unwrap_err();
+        let lines: Vec<_> = err.0.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            [
+                "runtime.worker_threads = 0: must be between 1 and 1024 (leave it out for one per core)",
+                "server[0] (a).accept_loops = 0: must be between 1 and 1024, or \"auto\" (one per worker thread)",
+                "server[1] (b).accept_loops = \"many\": must be between 1 and 1024, or \"auto\" (one per worker thread)",
+                "server[2] (c).accept_loops = 1025: must be between 1 and 1024, or \"auto\" (one per worker thread)",
+            ]
+        );
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! Applying a new config file to a running process, whole or not at all: pool settings, the
-//! drain deadline, a new certificate in a server's certificate files, servers added, removed
-//! and replaced (a server whose protocol, address or certificate files changed is stopped and
-//! started anew under its name), the admin endpoint's pool settings. What does not apply live
-//! (the admin endpoint's address, token and probe rule; logging) is reported and waits for the
-//! next start.
+//! drain deadline, a new certificate in a server's certificate files, a server's number of
+//! accept loops, servers added, removed and replaced (a server whose protocol, address or
+//! certificate files changed is stopped and started anew under its name), the admin endpoint's
+//! pool settings. What does not apply live (the admin endpoint's address, token and probe rule;
+//! logging; the runtime's worker threads) is reported and waits for the next start.
 //!
 //! This file checks a new config against what runs ([`plan`]) and applies the settings part of
 //! it ([`Plan::apply_settings`]); the runtime prepares the servers to start (binding their
@@ -20,7 +20,7 @@ use crate::transport::tls::{PemPair, ServerCert};
 /// What a reload did.
 #[derive(Debug, Default)]
 pub struct ReloadReport {
-    /// Pool settings changed, by server.
+    /// Pool settings (and `accept_loops`) changed, by server.
     pub changed: Vec<(String, Vec<ConfigChange>)>,
     /// Servers whose certificate files held a new certificate, now in use for new handshakes.
     pub certificates_replaced: Vec<String>,
@@ -70,6 +70,11 @@ pub(crate) struct Plan {
     pub stop: Vec<String>,
     /// Names both stopped and started.
     pub replaced: Vec<String>,
+    /// Kept servers whose number of listening sockets changes: the server and how many it
+    /// is to have.
+    pub resize: Vec<(Arc<Server>, usize)>,
+    /// `accept_loops` settings changed on kept servers, for the report.
+    accept_loops: Vec<(String, ConfigChange)>,
     notes: Vec<String>,
 }
 
@@ -127,6 +132,20 @@ pub(crate) fn plan(
                 }),
             }
         }
+        let wanted = spec.accept_loops.resolve();
+        if wanted != server.listening_sockets() {
+            plan.resize.push((server.clone(), wanted));
+        }
+        if old.accept_loops != spec.accept_loops {
+            plan.accept_loops.push((
+                spec.name.clone(),
+                ConfigChange {
+                    field: "accept_loops".into(),
+                    old: old.accept_loops.to_string(),
+                    new: spec.accept_loops.to_string(),
+                },
+            ));
+        }
         let pool: Arc<dyn PoolHandle> = Arc::new(server.pool().clone());
         let patch = spec.pool.to_settings();
         // Validate every pool's patch before applying any.
@@ -164,6 +183,11 @@ pub(crate) fn plan(
     if next.log != running.log {
         plan.notes
             .push("log settings changed: that takes a restart".into());
+    }
+    if next.worker_threads != running.worker_threads {
+        plan.notes.push(
+            "runtime.worker_threads changed: that takes a restart or an upgrade (SIGUSR2)".into(),
+        );
     }
     (plan, errors)
 }
@@ -215,19 +239,26 @@ impl Plan {
                 Err(e) => tracing::warn!(server = %name, error = %e, "pool settings not applied"),
             }
         }
+        for (name, change) in self.accept_loops.drain(..) {
+            match report.changed.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, changes)) => changes.push(change),
+                None => report.changed.push((name, vec![change])),
+            }
+        }
         report
     }
 }
 
 /// The config recorded as running once `next` applied: all of it but what does not apply
-/// live (the admin endpoint's address, token and probe rule; logging), which stays as it runs
-/// so `/config` shows the truth.
+/// live (the admin endpoint's address, token and probe rule; logging; worker threads), which
+/// stays as it runs so `/config` shows the truth.
 pub(crate) fn recorded(running: &RunConfig, next: &RunConfig) -> RunConfig {
     RunConfig {
         admin_listen: running.admin_listen,
         admin_token: running.admin_token.clone(),
         admin_probes_need_token: running.admin_probes_need_token,
         log: running.log.clone(),
+        worker_threads: running.worker_threads,
         ..next.clone()
     }
 }

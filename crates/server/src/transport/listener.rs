@@ -1,21 +1,26 @@
-//! The listening socket and its accept loop.
+//! The listening sockets and their accept loops.
 //!
 //! Data flows one way: accept → admit (or refuse before any handshake) → TLS handshake → the
-//! server's [`ServeConnection`] → the guard's drop. The loop stops when the pool starts draining,
-//! closing the listening socket so new connections go to other instances instead of queueing
-//! here; or when told to hand the socket over, still open, to the server that takes its place
-//! on the same address, so that address is never without a listener.
+//! server's [`ServeConnection`] → the guard's drop. A server listens on one or more sockets
+//! bound to the same address with `SO_REUSEPORT`, each with an accept loop of its own, so the
+//! kernel spreads new connections over loops that run on different worker threads. A loop
+//! stops when the pool starts draining, closing its socket so new connections go to other
+//! instances instead of queueing here; when told to hand the socket over, still open, to the
+//! server that takes its place on the same address, so that address is never without a
+//! listener; or when retired (a server told to run fewer loops), after accepting what is
+//! queued in its socket.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use poolserve_pool::{CloseReason, ConnectionGuard, Pool, PoolConfig, Stage};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Notify;
 use tokio_rustls::TlsAcceptor;
 
@@ -88,9 +93,11 @@ pub(crate) trait ServeConnection: Clone + Send + 'static {
 }
 
 /// A listening socket and the address it is bound to (the real port when bound on port 0).
+/// The accept loop serving it holds the only strong reference, so the socket closes when the
+/// loop ends; a [`Weak`] reference lets the server duplicate it while the loop runs.
 #[derive(Debug)]
 pub(crate) struct Listener {
-    socket: TcpListener,
+    socket: Arc<TcpListener>,
     local_addr: SocketAddr,
 }
 
@@ -99,86 +106,161 @@ impl Listener {
     pub(crate) fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
+
+    /// A reference to the socket that does not keep it open.
+    pub(crate) fn socket(&self) -> Weak<TcpListener> {
+        Arc::downgrade(&self.socket)
+    }
+
+    /// Takes a socket that already listens (handed over by another process), checking that
+    /// it does.
+    pub(crate) fn from_std(socket: std::net::TcpListener) -> io::Result<Listener> {
+        if !socket2::SockRef::from(&socket).is_listener()? {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the socket does not listen",
+            ));
+        }
+        socket.set_nonblocking(true)?;
+        let socket = TcpListener::from_std(socket)?;
+        let local_addr = socket.local_addr()?;
+        Ok(Listener {
+            socket: Arc::new(socket),
+            local_addr,
+        })
+    }
 }
 
-/// Binds `addr` for listening, with `config`'s TCP keepalive already set, so that even a
-/// connection the kernel accepts before the accept loop first runs inherits it.
-pub(crate) async fn bind(addr: SocketAddr, config: &PoolConfig) -> io::Result<Listener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
+/// A duplicate of `socket`'s file descriptor, to hand to another process: the socket stays
+/// open while either holds it.
+pub(crate) fn duplicate(socket: &TcpListener) -> io::Result<std::net::TcpListener> {
+    Ok(socket2::SockRef::from(socket).try_clone()?.into())
+}
+
+/// A socket bound to a server's address that does not listen yet: the kernel sends it no
+/// connection until [`Reserved::listen`], so a reload can prepare it, be refused and drop it
+/// without resetting a connection.
+#[derive(Debug)]
+pub(crate) struct Reserved {
+    socket: TcpSocket,
+    local_addr: SocketAddr,
+}
+
+impl Reserved {
+    /// Starts listening: from now on the kernel gives it a share of the address's connections.
+    pub(crate) fn listen(self) -> io::Result<Listener> {
+        let socket = self.socket.listen(BACKLOG)?;
+        Ok(Listener {
+            socket: Arc::new(socket),
+            local_addr: self.local_addr,
+        })
+    }
+}
+
+/// Connections the kernel queues per socket before the accept loop takes them.
+const BACKLOG: u32 = 1024;
+
+/// Binds `count` (at least one) listening sockets on `addr`, with `config`'s TCP keepalive
+/// already set, so that even a connection the kernel accepts before the accept loop first runs
+/// inherits it.
+///
+/// The first socket is bound before `SO_REUSEPORT` is set on it, so an address something else
+/// listens on is refused ("address in use") rather than shared; set before it listens, the
+/// option lets the others (and any added later) join it on the same address.
+pub(crate) async fn bind(
+    addr: SocketAddr,
+    count: usize,
+    config: &PoolConfig,
+) -> io::Result<Vec<Listener>> {
+    let socket = new_socket(addr)?;
+    socket.bind(addr)?;
+    socket.set_reuseport(true)?;
+    set_liveness(socket2::SockRef::from(&socket), config)?;
+    let local_addr = socket.local_addr()?;
+    let first = Reserved { socket, local_addr }.listen()?;
+    let mut listeners = vec![first];
+    for _ in 1..count {
+        listeners.push(reserve(local_addr, config)?.listen()?);
+    }
+    Ok(listeners)
+}
+
+/// Binds one more socket on `addr`, where a server's sockets listen with `SO_REUSEPORT`,
+/// without listening yet.
+pub(crate) fn reserve(addr: SocketAddr, config: &PoolConfig) -> io::Result<Reserved> {
+    let socket = new_socket(addr)?;
+    socket.set_reuseport(true)?;
     socket.bind(addr)?;
     set_liveness(socket2::SockRef::from(&socket), config)?;
-    let socket = socket.listen(1024)?;
     let local_addr = socket.local_addr()?;
-    Ok(Listener { socket, local_addr })
+    Ok(Reserved { socket, local_addr })
 }
 
-/// Accepts until the pool stops serving, which closes the socket (`None`), or until
-/// `hand_over` is notified, which gives the socket back still open. Each connection is
-/// admitted (or refused as `refusal` says, before any TLS), handshaken when `tls` is set, then
-/// served by `serve`.
-pub(crate) async fn accept_loop<H: ServeConnection>(
-    listener: Listener,
-    hand_over: Arc<Notify>,
+fn new_socket(addr: SocketAddr) -> io::Result<TcpSocket> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    Ok(socket)
+}
+
+/// How a server tells one of its accept loops to stop while its pool still serves.
+#[derive(Debug, Default)]
+pub(crate) struct LoopControl {
+    wake: Notify,
+    retire: AtomicBool,
+    /// Connections this loop accepted (admitted or refused).
+    accepted: AtomicU64,
+}
+
+impl LoopControl {
+    /// Stops the loop, which gives its socket back still open.
+    pub(crate) fn hand_over(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Stops the loop once it has accepted what is queued in its socket, then closes it.
+    pub(crate) fn retire(&self) {
+        self.retire.store(true, Ordering::Relaxed);
+        self.wake.notify_one();
+    }
+
+    /// Connections the loop accepted so far.
+    pub(crate) fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+}
+
+/// What the accept loop does with each connection: admit or refuse it, then handshake and
+/// serve it.
+struct Admit<H> {
     pool: Pool<ServerPolicy>,
     tls: Option<TlsAcceptor>,
     refusal: RefusalReply,
+    refuser: Refuser,
     serve: H,
-    name: String,
-) -> Option<Listener> {
-    let refuser = Refuser::default();
-    let mut control = pool.control();
-    // A socket handed over from another server carries that server's keepalive times.
-    set_keepalive(&listener.socket, &pool.config(), &name);
-    loop {
-        let (stream, peer) = tokio::select! {
-            biased;
-            () = hand_over.notified() => {
-                tracing::info!(server = %name, addr = %listener.local_addr, "stopped accepting; listening socket handed over");
-                return Some(listener);
-            }
-            changed = control.changed() => {
-                let state = control.borrow_and_update().clone();
-                if changed.is_err() || state.stage != Stage::Serving {
-                    break;
-                }
-                set_keepalive(&listener.socket, &state.config, &name);
-                continue;
-            }
-            accepted = listener.socket.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    if is_per_connection_error(&e) {
-                        continue;
-                    }
-                    // Out of file descriptors and the like: back off instead of spinning, the
-                    // way hyper's and tokio's accept loops do.
-                    tracing::error!(server = %name, error = %e, "accept failed; backing off");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let guard = match pool.admit(Some(peer)) {
+}
+
+impl<H: ServeConnection> Admit<H> {
+    fn take(&self, stream: TcpStream, peer: SocketAddr) {
+        let guard = match self.pool.admit(Some(peer)) {
             Ok(guard) => guard,
             Err(_) => {
-                if refusal == RefusalReply::Http503 {
-                    refuser.refuse_http(stream);
+                if self.refusal == RefusalReply::Http503 {
+                    self.refuser.refuse_http(stream);
                 }
-                continue;
+                return;
             }
         };
         let _ = stream.set_nodelay(true);
-        let config = pool.config();
-        match &tls {
-            None => serve.clone().serve(guard, stream, None, config, Spawn),
+        let config = self.pool.config();
+        match &self.tls {
+            None => self.serve.clone().serve(guard, stream, None, config, Spawn),
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
-                let serve = serve.clone();
+                let serve = self.serve.clone();
                 tokio::spawn(async move {
                     let mut guard = guard;
                     // Bytes are counted as the application sees them, after decryption, so the
@@ -203,8 +285,100 @@ pub(crate) async fn accept_loop<H: ServeConnection>(
             }
         }
     }
+}
+
+/// Accepts until the pool stops serving, which closes the socket (`None`); until `control`
+/// hands it over, which gives the socket back still open; or until `control` retires it,
+/// which accepts what is queued and closes it (`None`). Each connection is admitted (or
+/// refused as `refusal` says, before any TLS), handshaken when `tls` is set, then served by
+/// `serve`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn accept_loop<H: ServeConnection>(
+    listener: Listener,
+    control: Arc<LoopControl>,
+    pool: Pool<ServerPolicy>,
+    tls: Option<TlsAcceptor>,
+    refusal: RefusalReply,
+    serve: H,
+    name: String,
+) -> Option<Listener> {
+    let mut stage = pool.control();
+    let admit = Admit {
+        pool,
+        tls,
+        refusal,
+        refuser: Refuser::default(),
+        serve,
+    };
+    // A socket handed over from another server carries that server's keepalive times.
+    set_keepalive(&listener.socket, &admit.pool.config(), &name);
+    loop {
+        let (stream, peer) = tokio::select! {
+            biased;
+            () = control.wake.notified() => {
+                if !control.retire.load(Ordering::Relaxed) {
+                    tracing::info!(server = %name, addr = %listener.local_addr, "stopped accepting; listening socket handed over");
+                    return Some(listener);
+                }
+                // What the kernel queued on this socket is served before it closes; a
+                // connection that arrives between the last accept and the close is reset.
+                // accept(2) is called until the queue is empty, whatever readiness the
+                // reactor has seen so far.
+                loop {
+                    match accept_now(&listener.socket) {
+                        Ok(Some((stream, peer))) => {
+                            control.accepted.fetch_add(1, Ordering::Relaxed);
+                            admit.take(stream, peer);
+                        }
+                        Err(e) if is_per_connection_error(&e) => {}
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+                tracing::info!(server = %name, addr = %listener.local_addr, "accept loop retired; its socket closed");
+                return None;
+            }
+            changed = stage.changed() => {
+                let state = stage.borrow_and_update().clone();
+                if changed.is_err() || state.stage != Stage::Serving {
+                    break;
+                }
+                set_keepalive(&listener.socket, &state.config, &name);
+                continue;
+            }
+            accepted = listener.socket.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    if is_per_connection_error(&e) {
+                        continue;
+                    }
+                    // Out of file descriptors and the like: back off instead of spinning, the
+                    // way hyper's and tokio's accept loops do.
+                    tracing::error!(server = %name, error = %e, "accept failed; backing off");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        control.accepted.fetch_add(1, Ordering::Relaxed);
+        admit.take(stream, peer);
+    }
     tracing::info!(server = %name, "stopped accepting");
     None
+}
+
+/// A connection queued on `socket` now, if there is one, without waiting.
+fn accept_now(socket: &TcpListener) -> io::Result<Option<(TcpStream, SocketAddr)>> {
+    let (stream, peer) = match socket2::SockRef::from(socket).accept() {
+        Ok(accepted) => accepted,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let peer = peer
+        .as_socket()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not an IP peer"))?;
+    let stream = std::net::TcpStream::from(stream);
+    stream.set_nonblocking(true)?;
+    Ok(Some((TcpStream::from_std(stream)?, peer)))
 }
 
 /// Longest keepalive idle time Linux accepts (`TCP_KEEPIDLE`, seconds).

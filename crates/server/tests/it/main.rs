@@ -5,10 +5,12 @@
 
 mod support;
 
+mod accept_loops;
 mod admin;
 mod builtin;
 mod dashboard;
 mod grpc;
+mod handover;
 mod http;
 mod http2;
 mod layers;

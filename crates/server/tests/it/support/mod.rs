@@ -15,7 +15,7 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use poolserve_demo::routes as demo;
 use poolserve_pool::{PoolConfig, PoolEventKind, PoolSettings, Subscription};
-use poolserve_server::config::{default_admin_pool, LogConfig, RunConfig, ServerSpec};
+use poolserve_server::config::{default_admin_pool, AcceptLoops, LogConfig, RunConfig, ServerSpec};
 use poolserve_server::tls::{PemPair, TlsFiles};
 use poolserve_server::{Protocol, Runtime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -140,12 +140,14 @@ pub async fn start_tuned(
             level: "info".into(),
             json: false,
         },
+        worker_threads: None,
         servers: vec![
             ServerSpec {
                 name: "web".into(),
                 protocol: Protocol::Http,
                 listen: any,
                 tls: None,
+                accept_loops: AcceptLoops::default(),
                 pool: pool(settings.clone()),
             },
             ServerSpec {
@@ -153,6 +155,7 @@ pub async fn start_tuned(
                 protocol: Protocol::Https,
                 listen: any,
                 tls: Some(files.clone()),
+                accept_loops: AcceptLoops::default(),
                 pool: pool(settings.clone()),
             },
             ServerSpec {
@@ -160,6 +163,7 @@ pub async fn start_tuned(
                 protocol: Protocol::Ws,
                 listen: any,
                 tls: None,
+                accept_loops: AcceptLoops::default(),
                 pool: pool(settings.clone()),
             },
             ServerSpec {
@@ -167,6 +171,7 @@ pub async fn start_tuned(
                 protocol: Protocol::Wss,
                 listen: any,
                 tls: Some(files.clone()),
+                accept_loops: AcceptLoops::default(),
                 pool: pool(settings.clone()),
             },
             ServerSpec {
@@ -174,6 +179,7 @@ pub async fn start_tuned(
                 protocol: Protocol::Http2,
                 listen: any,
                 tls: None,
+                accept_loops: AcceptLoops::default(),
                 pool: pool(settings.clone()),
             },
             ServerSpec {
@@ -181,6 +187,7 @@ pub async fn start_tuned(
                 protocol: Protocol::Http2,
                 listen: any,
                 tls: Some(files.clone()),
+                accept_loops: AcceptLoops::default(),
                 pool: pool(settings.clone()),
             },
             ServerSpec {
@@ -188,6 +195,7 @@ pub async fn start_tuned(
                 protocol: Protocol::Grpc,
                 listen: any,
                 tls: None,
+                accept_loops: AcceptLoops::default(),
                 pool: pool(settings.clone()),
             },
             ServerSpec {
@@ -195,6 +203,7 @@ pub async fn start_tuned(
                 protocol: Protocol::Grpc,
                 listen: any,
                 tls: Some(files),
+                accept_loops: AcceptLoops::default(),
                 pool: pool(settings),
             },
         ],
