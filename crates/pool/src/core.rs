@@ -2,7 +2,8 @@
 //! admission, the live config and stage every connection watches, health, counters and events.
 //!
 //! Contract: the config and stage change only through [`PoolCore::change_control`], which wakes
-//! every connection's driver; admission is exact (one compare-and-swap), and every slot taken by
+//! every connection's driver, except the move to [`Stage::Leaving`] ([`PoolCore::leave`]), which
+//! asks nothing of connections and only tells the watchers; admission is exact (one compare-and-swap), and every slot taken by
 //! [`PoolCore::admit`] is given back once, by the connection's guard.
 
 use std::net::SocketAddr;
@@ -25,15 +26,26 @@ use crate::window::DecayingWindow;
 /// How often a pool's health monitor re-reads its decaying window.
 pub const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Where a pool is in its life, as every connection sees it.
+/// Where a pool is in its life, as every connection sees it. It only moves forward:
+/// `Serving` → `Leaving` (optional) → `Draining` → `Forced` (optional).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
     /// Admitting and serving.
     Serving,
+    /// Admitting and serving as usual, but announced as going away (health `unavailable`,
+    /// gRPC health NOT_SERVING), so load balancers stop sending new work before it drains.
+    Leaving,
     /// Refusing new connections; open ones are asked to finish politely.
     Draining,
     /// The drain deadline passed: open connections close at once.
     Forced,
+}
+
+impl Stage {
+    /// Whether connections are admitted and served as usual (`Serving` or `Leaving`).
+    pub fn serves(&self) -> bool {
+        matches!(self, Stage::Serving | Stage::Leaving)
+    }
 }
 
 /// What every connection of a pool watches: the config in force and the pool's stage.
@@ -156,6 +168,19 @@ impl PoolCore {
         self.control_changed.notify_waiters();
     }
 
+    /// Moves a serving pool to [`Stage::Leaving`]; returns whether it was serving. Only the
+    /// watchers (accept loops, health followers) hear of it: a connection serves a leaving pool
+    /// as it serves a serving one, so no driver is woken.
+    pub fn leave(&self) -> bool {
+        self.control.send_if_modified(|s| {
+            let serving = s.stage == Stage::Serving;
+            if serving {
+                s.stage = Stage::Leaving;
+            }
+            serving
+        })
+    }
+
     /// The control generation and state in force. A driver enables its `control_changed` waiter
     /// before calling this, so no later change goes unnoticed.
     pub fn control_snapshot(&self) -> (u64, ControlState) {
@@ -269,6 +294,7 @@ impl PoolCore {
         self.band.store(status_index(band), Ordering::Relaxed);
         let inputs = HealthInputs {
             accepting: self.admission.is_accepting(),
+            leaving: self.control.borrow().stage == Stage::Leaving,
             active,
             max,
             utilization_band: band,

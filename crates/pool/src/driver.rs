@@ -215,7 +215,7 @@ pub(crate) async fn drive<C: ManagedConnection>(
     };
     let mut closing: Option<CloseReason> = None;
     match stage {
-        Stage::Serving => {}
+        Stage::Serving | Stage::Leaving => {}
         Stage::Draining => {
             close_politely(&shared, conn.as_mut(), &mut closing, CloseReason::Shutdown);
             timer.may_shed = false;
@@ -293,7 +293,7 @@ pub(crate) async fn drive<C: ManagedConnection>(
                         timer.may_shed = false;
                         close_politely(&shared, conn.as_mut(), &mut closing, CloseReason::Shutdown);
                     }
-                    Stage::Serving => {}
+                    Stage::Serving | Stage::Leaving => {}
                 }
             }
             Event::Expired(Expiry::Timeout(kind)) => {

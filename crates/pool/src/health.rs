@@ -28,7 +28,8 @@ pub enum HealthStatus {
     Degraded,
     /// At or near its limit, or refusing connections: send traffic elsewhere.
     Overloaded,
-    /// Not accepting connections (draining or stopped).
+    /// Not accepting connections (draining or stopped), or leaving: still serving but about to
+    /// drain.
     Unavailable,
 }
 
@@ -68,6 +69,8 @@ impl fmt::Display for HealthStatus {
 pub struct HealthInputs {
     /// Whether the pool admits connections.
     pub accepting: bool,
+    /// Whether the pool is leaving: still serving, but announced as going away.
+    pub leaving: bool,
     /// Open connections.
     pub active: u32,
     /// The limit, if any.
@@ -217,6 +220,12 @@ pub fn assess(i: &HealthInputs, t: &HealthThresholds) -> (HealthStatus, String) 
             "not accepting connections (draining or stopped)".into(),
         );
     }
+    if i.leaving {
+        return (
+            HealthStatus::Unavailable,
+            "leaving: still serving, but about to drain; send new work elsewhere".into(),
+        );
+    }
     let util = utilization(i.active, i.max);
     let rates_count = i.window.requests >= MIN_REQUESTS_FOR_RATES;
     let error_rate = i.window.error_rate();
@@ -299,6 +308,7 @@ mod tests {
         let edges = UtilizationEdges::new(max, &PoolConfig::default().health);
         HealthInputs {
             accepting: true,
+            leaving: false,
             active,
             max,
             utilization_band: edges.band(active, HealthStatus::Healthy),
@@ -373,6 +383,16 @@ mod tests {
         let mut i = inputs(0, Some(10));
         i.accepting = false;
         assert_eq!(status(i), HealthStatus::Unavailable);
+    }
+
+    #[test]
+    fn a_leaving_pool_is_unavailable_while_it_still_serves() {
+        let mut i = inputs(1, Some(10));
+        i.leaving = true;
+        let (s, msg) = assess(&i, &PoolConfig::default().health);
+        assert_eq!(s, HealthStatus::Unavailable);
+        assert!(!s.is_ready());
+        assert!(msg.contains("leaving"), "{msg}");
     }
 
     #[test]

@@ -172,6 +172,18 @@ impl<P: ProtocolPolicy> Pool<P> {
         })
     }
 
+    /// Announces the pool as going away while it goes on admitting and serving as usual
+    /// ([`Stage::Leaving`]): its health turns `unavailable` (readiness and gRPC health follow),
+    /// so load balancers stop sending it new work before [`close_all`](Self::close_all) drains
+    /// it. Does nothing once the pool has left [`Stage::Serving`].
+    pub fn leave(&self) {
+        let core = &self.inner.core;
+        if core.leave() {
+            tracing::info!(pool = %core.name, "leaving: still serving, announced as unavailable");
+            core.refresh_health();
+        }
+    }
+
     /// Stops admitting and closes every connection (`closeAllConnections(timeout)`): each is asked
     /// to finish politely, in-flight work gets until `deadline`, then the rest close at once.
     pub async fn close_all(&self, deadline: Duration) -> CloseReport {

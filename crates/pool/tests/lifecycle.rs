@@ -12,7 +12,7 @@ use std::time::Duration;
 use poolserve_pool::{
     earliest, stall_deadline, Activity, Clock, CloseReason, ConnectionTracker, DefaultPolicy,
     EventError, HealthStatus, ManagedConnection, Phase, Pool, PoolConfig, PoolEventKind,
-    PoolSettings, Refusal, RequestTracker, TimeoutKind,
+    PoolSettings, Refusal, RequestTracker, Stage, TimeoutKind,
 };
 use tokio::sync::futures::OwnedNotified;
 use tokio::sync::Notify;
@@ -544,6 +544,49 @@ async fn close_all_lets_requests_finish_and_forces_the_rest_at_the_deadline() {
     );
     assert_eq!(pool.active_connections(), 0);
     drop(stuck);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_leaving_pool_is_unavailable_but_admits_and_serves_until_it_drains() {
+    let pool = pool(PoolSettings::default());
+    let (kept, kept_tracker, served_kept) = open(&pool);
+    let mut events = pool.subscribe();
+    pool.leave();
+    assert_eq!(pool.control().borrow().stage, Stage::Leaving);
+    let h = pool.health();
+    assert_eq!(h.status, HealthStatus::Unavailable);
+    assert!(h.message.contains("leaving"), "{}", h.message);
+    match events.try_recv() {
+        Some(Ok(e)) => assert!(
+            matches!(
+                e.kind,
+                PoolEventKind::HealthStatusChanged {
+                    to: HealthStatus::Unavailable,
+                    ..
+                }
+            ),
+            "{e:?}"
+        ),
+        other => panic!("no health event: {other:?}"),
+    }
+    // Still admitting, and an open connection is not asked to close.
+    let (fresh, _, served_fresh) = open(&pool);
+    kept.begin(&kept_tracker);
+    kept.end();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!kept.politely_asked.load(Ordering::SeqCst));
+    assert!(!served_kept.is_finished());
+    // Leaving again changes nothing; the drain takes over from there.
+    pool.leave();
+    let report = pool.close_all(Duration::from_secs(3)).await;
+    assert_eq!((report.open_at_start, report.forced), (2, 0));
+    assert!(kept.politely_asked.load(Ordering::SeqCst));
+    assert_eq!(served_kept.await.unwrap(), CloseReason::Shutdown);
+    assert_eq!(served_fresh.await.unwrap(), CloseReason::Shutdown);
+    assert_eq!(pool.admit(None).unwrap_err(), Refusal::NotAccepting);
+    pool.leave();
+    assert_eq!(pool.control().borrow().stage, Stage::Draining);
+    drop(fresh);
 }
 
 #[tokio::test]

@@ -245,7 +245,7 @@ impl Runtime {
             servers.retain(|s| !stopping.iter().any(|x| Arc::ptr_eq(x, s)));
             servers.extend(started);
         }
-        let deadline = recorded.drain_timeout;
+        let (deadline, delay) = (recorded.drain_timeout, recorded.drain_delay);
         *self.write_config() = recorded;
         let mut drains = self.stopped.lock().unwrap_or_else(|p| p.into_inner());
         drains.retain(|d| !d.is_finished());
@@ -255,12 +255,17 @@ impl Runtime {
             if !plan.replaced.iter().any(|n| n == server.name()) {
                 report.servers_removed.push(server.name().to_owned());
             }
-            tracing::info!(server = %server.name(), "server stopped; draining");
+            // One that handed its socket over has stopped accepting already, and drains at once.
+            if server.is_accepting() && !delay.is_zero() {
+                tracing::info!(server = %server.name(), ?delay, "server stopped; serving on, announced as leaving, before its drain");
+            } else {
+                tracing::info!(server = %server.name(), "server stopped; draining");
+            }
             let registry = self.registry.clone();
             // The others go on serving while this one drains; its pool stays listed in the
             // metrics until it is empty, unless a new pool has its name.
             drains.push(tokio::spawn(async move {
-                let report = server.drain(deadline).await;
+                let report = server.drain_after(delay, deadline).await;
                 registry.release(server.pool());
                 tracing::info!(server = %server.name(), polite = report.closed_politely, forced = report.forced, "stopped server drained");
             }));
@@ -312,24 +317,25 @@ impl Runtime {
         self.admin.local_addr()
     }
 
-    /// Graceful shutdown: readiness turns 503, every server stops accepting and drains within
-    /// the configured deadline (the rest are closed at once), then the admin endpoint, which
-    /// answered probes meanwhile, drains in what is left of the same deadline. One report per
-    /// pool, the admin endpoint's included.
+    /// Graceful shutdown: readiness turns 503 and gRPC health NOT_SERVING; every server goes
+    /// on accepting and serving for the configured `drain_delay` (so load balancers notice),
+    /// then stops accepting and drains within the configured deadline (the rest are closed at
+    /// once); then the admin endpoint, which answered probes meanwhile, drains in what is left
+    /// of the same deadline. One report per pool, the admin endpoint's included.
     pub async fn shutdown(self) -> Vec<(String, CloseReport)> {
-        let started = tokio::time::Instant::now();
         self.draining.store(true, Ordering::Relaxed);
-        let deadline = self
-            .config
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain_timeout;
-        tracing::info!(?deadline, "shutting down");
+        let (deadline, delay) = {
+            let config = self.config.read().unwrap_or_else(|p| p.into_inner());
+            (config.drain_timeout, config.drain_delay)
+        };
+        tracing::info!(?deadline, ?delay, "shutting down");
+        // The deadline runs from the end of the delay, when the listeners close.
+        let started = tokio::time::Instant::now() + delay;
         let mut draining = JoinSet::new();
         let servers = std::mem::take(&mut *self.write_servers());
         for server in servers {
             let name = server.name().to_owned();
-            draining.spawn(async move { (name, server.drain(deadline).await) });
+            draining.spawn(async move { (name, server.drain_after(delay, deadline).await) });
         }
         let mut reports = Vec::new();
         while let Some(done) = draining.join_next().await {
@@ -342,7 +348,8 @@ impl Runtime {
         for drain in stopped {
             let _ = drain.await;
         }
-        let left = deadline.saturating_sub(started.elapsed());
+        let left =
+            deadline.saturating_sub(tokio::time::Instant::now().saturating_duration_since(started));
         reports.push((ADMIN_POOL.to_owned(), self.admin.shutdown(left).await));
         reports.sort_by(|a, b| a.0.cmp(&b.0));
         for (name, r) in &reports {

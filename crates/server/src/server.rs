@@ -330,6 +330,23 @@ impl Server {
         self.drain(deadline).await
     }
 
+    /// [`Server::drain`] after a delay: the pool is announced as leaving ([`Pool::leave`]:
+    /// health `unavailable`, gRPC health NOT_SERVING) while the server goes on accepting and
+    /// serving as usual for `delay`, so load balancers notice before its listener closes; then
+    /// it drains within `deadline`. A server that no longer accepts (its socket was handed
+    /// over) drains at once.
+    pub async fn drain_after(
+        &self,
+        delay: Duration,
+        deadline: Duration,
+    ) -> poolserve_pool::CloseReport {
+        if !delay.is_zero() && self.is_accepting() {
+            self.pool.leave();
+            tokio::time::sleep(delay).await;
+        }
+        self.drain(deadline).await
+    }
+
     /// [`Server::shutdown`] for a server that is shared: stops accepting and drains the pool
     /// within `deadline`. A second call only waits for the pool.
     pub async fn drain(&self, deadline: Duration) -> poolserve_pool::CloseReport {

@@ -18,6 +18,9 @@ use crate::config::ADMIN_POOL;
 pub struct ConfigDocument {
     /// Shutdown drain deadline.
     pub drain_timeout: String,
+    /// How long a stopping server serves on, announced as not ready, before it drains (`0s`:
+    /// no delay).
+    pub drain_delay: String,
     /// The admin endpoint (the token itself is never shown).
     pub admin: AdminDocument,
     /// Logging.
@@ -95,6 +98,7 @@ pub fn config_document(state: &AdminState) -> ConfigDocument {
         .collect();
     ConfigDocument {
         drain_timeout: humantime::format_duration(run.drain_timeout).to_string(),
+        drain_delay: humantime::format_duration(run.drain_delay).to_string(),
         admin: AdminDocument {
             listen: run.admin_listen.to_string(),
             token_required: state.token.is_some(),

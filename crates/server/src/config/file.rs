@@ -37,6 +37,9 @@ pub fn default_admin_pool() -> PoolConfig {
 pub struct FileConfig {
     /// How long shutdown waits for in-flight work, e.g. `"30s"`.
     pub drain_timeout: Option<String>,
+    /// How long a server goes on serving, announced as not ready, before its listener closes
+    /// and its drain begins, e.g. `"5s"`; absent: no delay.
+    pub drain_delay: Option<String>,
     /// The admin endpoint.
     pub admin: Option<AdminSection>,
     /// Logging.
@@ -126,6 +129,9 @@ pub struct RunConfig {
     pub admin_pool: PoolConfig,
     /// Shutdown drain deadline.
     pub drain_timeout: Duration,
+    /// How long a server stopping (shutdown, or removed by a reload) goes on serving while
+    /// announced as not ready, before it drains; zero for no delay.
+    pub drain_delay: Duration,
     /// Logging.
     pub log: LogConfig,
     /// The servers.
@@ -207,6 +213,7 @@ impl RunConfig {
             admin_probes_need_token: false,
             admin_pool: default_admin_pool(),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            drain_delay: Duration::ZERO,
             log: LogConfig {
                 level: "info".into(),
                 json: false,
@@ -309,6 +316,17 @@ impl FileConfig {
                     DEFAULT_DRAIN_TIMEOUT
                 }
             },
+        };
+        let drain_delay = match &self.drain_delay {
+            None => Duration::ZERO,
+            Some(raw) => parse_duration_setting(raw).unwrap_or_else(|reason| {
+                errors.push(field_error(
+                    "drain_delay",
+                    format!("{raw:?}"),
+                    format!("{reason} (leave it out for no delay)"),
+                ));
+                Duration::ZERO
+            }),
         };
         let log = self.log.clone().unwrap_or_default();
         let json = match log.format.as_deref() {
@@ -444,6 +462,7 @@ impl FileConfig {
                 admin_probes_need_token: admin.probes_need_token.unwrap_or(false),
                 admin_pool,
                 drain_timeout,
+                drain_delay,
                 log,
                 servers,
             })
@@ -491,6 +510,28 @@ mod tests {
         assert_eq!(cfg.servers.len(), 1);
         assert_eq!(cfg.servers[0].pool.max_connections, Some(1000));
         assert_eq!(cfg.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
+        assert_eq!(cfg.drain_delay, Duration::ZERO, "absent: no delay");
+    }
+
+    #[test]
+    fn drain_delay_is_a_bounded_duration() {
+        let with = |delay: &str| {
+            RunConfig::from_toml(&format!(
+                "drain_delay = {delay:?}\n\
+                 [[server]]\nname = \"web\"\nprotocol = \"http\"\nlisten = \"127.0.0.1:0\"\n"
+            ))
+        };
+        assert_eq!(with("5s").unwrap().drain_delay, Duration::from_secs(5));
+        for (bad, why) in [
+            ("0s", "greater than zero (leave it out for no delay)"),
+            ("25h", "at most 24h"),
+            ("soon", "not a duration"),
+        ] {
+            let err = with(bad).unwrap_err();
+            assert_eq!(err.0.len(), 1, "{err}");
+            assert_eq!(err.0[0].field, "drain_delay");
+            assert!(err.0[0].reason.contains(why), "{bad}: {err}");
+        }
     }
 
     #[test]
@@ -498,6 +539,7 @@ mod tests {
         let err = RunConfig::from_toml(
             r#"
             drain_timeout = "never"
+            drain_delay = "-1s"
             [[server]]
             name = "a"
             protocol = "gopher"
@@ -516,6 +558,7 @@ mod tests {
             fields,
             [
                 "drain_timeout",
+                "drain_delay",
                 "server[0] (a).protocol",
                 "server[0] (a).listen",
                 "server[0] (a).pool.max_connections",

@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use poolserve_pool::{CloseReason, ConnectionGuard, Pool, PoolConfig, Stage};
+use poolserve_pool::{CloseReason, ConnectionGuard, Pool, PoolConfig};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -143,7 +143,8 @@ pub(crate) async fn accept_loop<H: ServeConnection>(
             }
             changed = control.changed() => {
                 let state = control.borrow_and_update().clone();
-                if changed.is_err() || state.stage != Stage::Serving {
+                // A leaving pool still accepts: it stops when it drains.
+                if changed.is_err() || !state.stage.serves() {
                     break;
                 }
                 set_keepalive(&listener.socket, &state.config, &name);

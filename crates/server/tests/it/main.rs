@@ -8,6 +8,7 @@ mod support;
 mod admin;
 mod builtin;
 mod dashboard;
+mod drain_delay;
 mod grpc;
 mod http;
 mod http2;

@@ -136,6 +136,7 @@ pub async fn start_tuned(
         admin_probes_need_token: false,
         admin_pool: default_admin_pool(),
         drain_timeout,
+        drain_delay: Duration::ZERO,
         log: LogConfig {
             level: "info".into(),
             json: false,
