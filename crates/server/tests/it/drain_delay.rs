@@ -95,6 +95,10 @@ async fn shutdown_serves_on_unready_for_the_drain_delay_then_drains() {
         c.drain_delay = DELAY;
     })
     .await;
+    let (status, config) = admin(h.admin, "/config").await;
+    assert_eq!(status, 200);
+    let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    assert_eq!(config["drain_delay"], "3s", "{config}");
     let web = h.runtime.server("web").unwrap().pool().clone();
     let (mut watch, first) = watch_health(h.grpc).await;
     assert_eq!(first, ServingStatus::Serving as i32);
