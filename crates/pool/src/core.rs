@@ -17,9 +17,11 @@ use tokio::sync::{watch, Notify};
 use crate::admission::{AdmissionCounter, Refusal};
 use crate::clock::{Clock, Origin};
 use crate::config::{ConfigChange, ConfigErrors, PoolConfig, PoolSettings};
-use crate::events::{now_ms, ConnectionId, EventBus, PoolEvent, PoolEventKind};
+use crate::events::{
+    now_ms, ConnectionId, EventBus, PoolEvent, PoolEventKind, ACCEPT_ERROR_EVENT_INTERVAL,
+};
 use crate::health::{assess, utilization, Health, HealthInputs, HealthStatus, UtilizationEdges};
-use crate::metrics::Counters;
+use crate::metrics::{AcceptErrorKind, Counters};
 use crate::per_ip::PerIpLimiter;
 use crate::window::DecayingWindow;
 
@@ -88,6 +90,10 @@ pub(crate) struct PoolCore {
     band: AtomicU8,
     all_closed: Notify,
     update_lock: Mutex<()>,
+    /// Failed accepts not yet announced, and when the last `accept_error` event went out.
+    accept_errors_unannounced: Mutex<(u64, Option<Instant>)>,
+    /// The kind of the last failed accept, as `AcceptErrorKind::index() + 1`; 0 for none.
+    last_accept_error: AtomicU8,
 }
 
 fn status_from_u8(v: u8) -> HealthStatus {
@@ -134,6 +140,8 @@ impl PoolCore {
             band: AtomicU8::new(status_index(HealthStatus::Healthy)),
             all_closed: Notify::new(),
             update_lock: Mutex::new(()),
+            accept_errors_unannounced: Mutex::new((0, None)),
+            last_accept_error: AtomicU8::new(0),
         };
         core.set_thresholds(&config);
         core
@@ -299,6 +307,7 @@ impl PoolCore {
             max,
             utilization_band: band,
             window,
+            last_accept_error: self.last_accept_error(),
         };
         let (status, message) = assess(&inputs, &config.health);
         let previous = status_from_u8(self.status.swap(status_index(status), Ordering::Relaxed));
@@ -325,6 +334,52 @@ impl PoolCore {
             average_response_time_ms: window.average_response_ms,
             error_rate: window.error_rate(),
             message,
+        }
+    }
+
+    fn last_accept_error(&self) -> Option<AcceptErrorKind> {
+        let stored = usize::from(self.last_accept_error.load(Ordering::Relaxed));
+        stored
+            .checked_sub(1)
+            .and_then(|i| AcceptErrorKind::ALL.get(i).copied())
+    }
+
+    /// Counts a failed accept on the server's listening socket, weighs it in health (degraded
+    /// while the window holds one) and announces it as `accept_error` (with an error log
+    /// line) at most once per [`ACCEPT_ERROR_EVENT_INTERVAL`], counting the ones in between.
+    pub fn record_accept_error(&self, kind: AcceptErrorKind, error: &dyn std::fmt::Display) {
+        self.counters.accept_errors[kind.index()].fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        self.window.record_accept_error(self.elapsed(now));
+        self.last_accept_error
+            .store(kind.index() as u8 + 1, Ordering::Relaxed);
+        let failures = {
+            let mut pending = self
+                .accept_errors_unannounced
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            pending.0 += 1;
+            let due = pending
+                .1
+                .is_none_or(|last| now.duration_since(last) >= ACCEPT_ERROR_EVENT_INTERVAL);
+            if due {
+                let failures = pending.0;
+                *pending = (0, Some(now));
+                Some(failures)
+            } else {
+                None
+            }
+        };
+        if let Some(failures) = failures {
+            tracing::error!(pool = %self.name, kind = kind.as_str(), %error, failures, "accept failed");
+            self.publish(|| PoolEventKind::AcceptError {
+                kind,
+                error: error.to_string(),
+                failures,
+            });
+        }
+        if status_from_u8(self.status.load(Ordering::Relaxed)) < HealthStatus::Degraded {
+            self.refresh_health();
         }
     }
 

@@ -48,7 +48,8 @@ pub use connection::{ConnectionTracker, RequestTracker};
 pub use core::{ControlState, Stage, HEALTH_INTERVAL};
 pub use driver::{ManagedConnection, TIMEOUT_GOODBYE_GRACE};
 pub use events::{
-    ConnectionId, EventBus, EventError, PoolEvent, PoolEventKind, Subscription, EVENT_BUFFER,
+    ConnectionId, EventBus, EventError, PoolEvent, PoolEventKind, Subscription,
+    ACCEPT_ERROR_EVENT_INTERVAL, EVENT_BUFFER,
 };
 pub use guard::ConnectionGuard;
 pub use health::{
@@ -56,7 +57,7 @@ pub use health::{
     MIN_REQUESTS_FOR_RATES, UTILIZATION_HYSTERESIS,
 };
 pub use histogram::{HistogramSnapshot, LatencyHistogram, BOUNDS_MICROS};
-pub use metrics::{CloseReason, MetricsSnapshot, TimeoutKind, CLOSE_CODES};
+pub use metrics::{AcceptErrorKind, CloseReason, MetricsSnapshot, TimeoutKind, CLOSE_CODES};
 pub use per_ip::PerIpLimiter;
 pub use policy::{DefaultPolicy, ProtocolPolicy};
 pub use pool::{CloseReport, Pool};

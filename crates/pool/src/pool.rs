@@ -17,7 +17,7 @@ use crate::core::{ControlState, PoolCore, PoolInner, Stage, HEALTH_INTERVAL};
 use crate::events::{EventBus, Subscription};
 use crate::guard::ConnectionGuard;
 use crate::health::Health;
-use crate::metrics::MetricsSnapshot;
+use crate::metrics::{AcceptErrorKind, MetricsSnapshot};
 use crate::policy::ProtocolPolicy;
 
 /// What [`Pool::close_all`] did.
@@ -213,6 +213,15 @@ impl<P: ProtocolPolicy> Pool<P> {
         };
         tracing::info!(pool = %core.name, ?report, "all connections closed");
         report
+    }
+
+    /// Counts a failed accept on the server's listening socket (`kind`, with the operating
+    /// system's `error`): in the metrics by kind, in health (degraded while the health window
+    /// holds one, the message naming the kind), and announced as `accept_error`, at most once
+    /// per [`ACCEPT_ERROR_EVENT_INTERVAL`](crate::ACCEPT_ERROR_EVENT_INTERVAL) with the count
+    /// of failures since the last one.
+    pub fn record_accept_error(&self, kind: AcceptErrorKind, error: &dyn std::fmt::Display) {
+        self.inner.core.record_accept_error(kind, error);
     }
 
     /// Whether the pool is admitting connections.

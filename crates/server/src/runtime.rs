@@ -12,7 +12,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
-use poolserve_pool::{CloseReport, FieldError, Pool, PoolRegistry};
+use poolserve_pool::{CloseReport, ConfigChange, FieldError, Pool, PoolRegistry};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::admin::{AdminServer, AdminState};
@@ -23,6 +23,7 @@ use crate::protocol::Protocol;
 use crate::server::{Prepared, Server, ServerError, ServerOptions};
 use crate::transport::listener::{self, Listener};
 use crate::transport::policy::ServerPolicy;
+use crate::transport::spare_fds::{SpareFdUse, SpareFds};
 use crate::transport::tls::PemPair;
 
 /// Prepares one server of the runtime on a pool (its HTTP service or gRPC services captured).
@@ -43,6 +44,8 @@ pub struct Runtime {
     /// The drains of servers a reload stopped; shutdown waits for them too. Dropping a handle
     /// leaves its drain running.
     stopped: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    /// File descriptors the servers keep for the admin endpoint (`admin.spare_fds`).
+    spares: Arc<SpareFds>,
 }
 
 /// Where the socket of a server a reload starts comes from.
@@ -106,6 +109,8 @@ impl Runtime {
                 Server::prepare(pool, options, service)
             }
         });
+        let spares = Arc::new(SpareFds::new(config.admin_spare_fds));
+        let keep = SpareFdUse::Keep(spares.clone());
         let mut servers = Vec::new();
         for spec in &config.servers {
             let fail = |e| StartError::Server(spec.name.clone(), e);
@@ -120,6 +125,7 @@ impl Runtime {
                 .await
                 .map_err(|e| fail(ServerError::Bind(spec.listen, e)))?;
             let prepared = preparer(new_pool(&registry, spec), options(spec, tls)).map_err(fail)?;
+            let prepared = prepared.with_spare_fds(keep.clone());
             servers.push(Arc::new(prepared.start(&registry, listener)));
         }
         let draining = Arc::new(AtomicBool::new(false));
@@ -127,7 +133,7 @@ impl Runtime {
         for w in config.warnings() {
             tracing::warn!(field = %w.field, value = %w.value, reason = %w.reason, "config warning");
         }
-        let admin = AdminServer::start(
+        let admin = AdminServer::start_with_spares(
             config.admin_listen,
             config.admin_pool.clone(),
             AdminState {
@@ -137,6 +143,7 @@ impl Runtime {
                 probes_need_token: config.admin_probes_need_token,
                 config: running.clone(),
             },
+            spares.clone(),
         )
         .await
         .map_err(StartError::Admin)?;
@@ -149,6 +156,7 @@ impl Runtime {
             config: running,
             reloading: tokio::sync::Mutex::new(()),
             stopped: std::sync::Mutex::new(Vec::new()),
+            spares,
         })
     }
 
@@ -196,7 +204,10 @@ impl Runtime {
                 },
             };
             match (self.preparer)(new_pool(&self.registry, &spec), options(&spec, tls)) {
-                Ok(prepared) => ready.push((spec, prepared, socket)),
+                Ok(prepared) => {
+                    let prepared = prepared.with_spare_fds(SpareFdUse::Keep(self.spares.clone()));
+                    ready.push((spec, prepared, socket));
+                }
                 Err(e) => errors.push(server_error(&spec, &e)),
             }
         }
@@ -207,6 +218,23 @@ impl Runtime {
 
         // Phase two: commit.
         let mut report = plan.apply_settings();
+        if next.admin_spare_fds != running.admin_spare_fds {
+            self.spares.set_target(next.admin_spare_fds);
+            let change = ConfigChange {
+                field: "spare_fds".into(),
+                old: running.admin_spare_fds.to_string(),
+                new: next.admin_spare_fds.to_string(),
+            };
+            tracing::info!(field = "admin.spare_fds", old = %change.old, new = %change.new, "admin config changed");
+            match report
+                .changed
+                .iter_mut()
+                .find(|(name, _)| name == ADMIN_POOL)
+            {
+                Some((_, changes)) => changes.push(change),
+                None => report.changed.push((ADMIN_POOL.to_owned(), vec![change])),
+            }
+        }
         let mut recorded = crate::config::recorded_after_reload(&running, next);
         let mut started = Vec::new();
         for (spec, prepared, socket) in ready {

@@ -20,6 +20,7 @@ use crate::proto::{http1, http2, ws};
 use crate::protocol::{Protocol, Wire};
 use crate::transport::listener::{self, Io, Launch, Listener, Negotiated, ServeConnection};
 use crate::transport::policy::ServerPolicy;
+use crate::transport::spare_fds::SpareFdUse;
 use crate::transport::tls::{PemPair, ServerCert, TlsError};
 
 /// Everything needed to start one server.
@@ -87,7 +88,8 @@ struct Accepting {
 type Companion = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Starts a prepared server's accept loop on a listener.
-type StartAccepting = Box<dyn FnOnce(Listener, Arc<Notify>) -> JoinHandle<Option<Listener>> + Send>;
+type StartAccepting =
+    Box<dyn FnOnce(Listener, Arc<Notify>, SpareFdUse) -> JoinHandle<Option<Listener>> + Send>;
 
 /// A server built but not yet accepting: its TLS loaded, its pool and dispatch made. Nothing
 /// of it runs and the registry does not list its pool until [`Prepared::start`], so dropping it
@@ -99,6 +101,7 @@ pub(crate) struct Prepared {
     cert: Option<Arc<ServerCert>>,
     accept: StartAccepting,
     companion: Option<Companion>,
+    spares: SpareFdUse,
 }
 
 impl std::fmt::Debug for Prepared {
@@ -111,6 +114,13 @@ impl std::fmt::Debug for Prepared {
 }
 
 impl Prepared {
+    /// Gives this server's accept loop a runtime's spare descriptors to keep (a server's) or
+    /// to spend while the process is out of them (the admin endpoint's).
+    pub(crate) fn with_spare_fds(mut self, spares: SpareFdUse) -> Self {
+        self.spares = spares;
+        self
+    }
+
     /// Puts the pool in service in `registry` (retiring another pool of the same name) and
     /// starts accepting on `listener`.
     pub(crate) fn start(self, registry: &PoolRegistry, listener: Listener) -> Server {
@@ -122,7 +132,7 @@ impl Prepared {
         }
         tracing::info!(server = %self.name, protocol = self.protocol.as_str(), %local_addr, "listening");
         let hand_over = Arc::new(Notify::new());
-        let task = (self.accept)(listener, hand_over.clone());
+        let task = (self.accept)(listener, hand_over.clone(), self.spares);
         Server {
             name: self.name,
             protocol: self.protocol,
@@ -167,7 +177,7 @@ impl Server {
 
     /// Binds `options.listen` and takes the pool in service under the server's name (made if
     /// there is none).
-    async fn bind_and_pool(
+    pub(crate) async fn bind_and_pool(
         registry: &PoolRegistry,
         options: &ServerOptions,
     ) -> Result<(Listener, Pool<ServerPolicy>), ServerError> {
@@ -261,9 +271,9 @@ impl Server {
         let name = options.name;
         let accept: StartAccepting = {
             let (pool, name) = (pool.clone(), name.clone());
-            Box::new(move |listener, hand_over| {
+            Box::new(move |listener, hand_over, spares| {
                 tokio::spawn(listener::accept_loop(
-                    listener, hand_over, pool, tls, refusal, dispatch, name,
+                    listener, hand_over, pool, tls, refusal, dispatch, name, spares,
                 ))
             })
         };
@@ -274,6 +284,7 @@ impl Server {
             cert,
             accept,
             companion,
+            spares: SpareFdUse::None,
         })
     }
 

@@ -4,4 +4,5 @@
 mod axum_upgrade;
 mod cli;
 mod deploy;
+mod fd_limit;
 mod haproxy;

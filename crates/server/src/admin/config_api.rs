@@ -38,6 +38,9 @@ pub struct AdminDocument {
     pub token_required: bool,
     /// Whether the probes (`/livez`, `/readyz`) need the token too.
     pub probes_need_token: bool,
+    /// File descriptors held in reserve so the endpoint answers while the process is out of
+    /// them.
+    pub spare_fds: usize,
     /// The admin endpoint's pool settings in force, every field filled in.
     pub pool: PoolSettings,
 }
@@ -103,6 +106,7 @@ pub fn config_document(state: &AdminState) -> ConfigDocument {
             listen: run.admin_listen.to_string(),
             token_required: state.token.is_some(),
             probes_need_token: state.probes_need_token,
+            spare_fds: run.admin_spare_fds,
             pool: state
                 .registry
                 .get(ADMIN_POOL)

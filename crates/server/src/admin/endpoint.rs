@@ -1,6 +1,7 @@
 //! The admin router and the endpoint that serves it.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -15,10 +16,11 @@ use tokio::sync::watch;
 
 use super::state::{AdminState, HealthDocument};
 use super::{auth, config_api, events, openapi, prometheus};
-use crate::config::ADMIN_POOL;
+use crate::config::{ADMIN_POOL, DEFAULT_SPARE_FDS};
 use crate::protocol::Protocol;
 use crate::server::{Server, ServerError, ServerOptions};
 use crate::transport::policy::ServerPolicy;
+use crate::transport::spare_fds::{SpareFdUse, SpareFds};
 
 /// The admin router, for mounting or serving. Every path needs the token when one is set,
 /// except the probes (`/livez`, `/readyz`) unless `probes_need_token`.
@@ -109,11 +111,23 @@ pub struct AdminServer {
 
 impl AdminServer {
     /// Binds `listen` and serves the admin router under a pool with `pool`'s settings,
-    /// registered in `state`'s registry as [`ADMIN_POOL`].
+    /// registered in `state`'s registry as [`ADMIN_POOL`], with [`DEFAULT_SPARE_FDS`] spare
+    /// file descriptors of its own to answer while the process is out of them.
     pub async fn start(
         listen: SocketAddr,
         pool: PoolConfig,
         state: AdminState,
+    ) -> Result<AdminServer, ServerError> {
+        let spares = Arc::new(SpareFds::new(DEFAULT_SPARE_FDS));
+        AdminServer::start_with_spares(listen, pool, state, spares).await
+    }
+
+    /// [`AdminServer::start`] spending the spare descriptors a runtime's servers keep for it.
+    pub(crate) async fn start_with_spares(
+        listen: SocketAddr,
+        pool: PoolConfig,
+        state: AdminState,
+        spares: Arc<SpareFds>,
     ) -> Result<AdminServer, ServerError> {
         if state.registry.get(ADMIN_POOL).is_some() {
             return Err(ServerError::Registry(format!(
@@ -130,7 +144,12 @@ impl AdminServer {
             tls: None,
             pool,
         };
-        let server = Server::start(&registry, options, app).await?;
+        // Its accept loop may spend the spare descriptors, so probes and scrapes are answered
+        // while the servers are out of them.
+        let (listener, pool) = Server::bind_and_pool(&registry, &options).await?;
+        let server = Server::prepare(pool, options, app)?
+            .with_spare_fds(SpareFdUse::Spend(spares))
+            .start(&registry, listener);
         tracing::info!(local_addr = %server.local_addr(), "admin endpoint listening");
         Ok(AdminServer {
             server,

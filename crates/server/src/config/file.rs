@@ -16,6 +16,12 @@ use crate::transport::tls::TlsFiles;
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 /// How long shutdown waits for in-flight work by default.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Spare file descriptors kept for the admin endpoint when `admin.spare_fds` is left out: one
+/// per admin connection it can open while the process is out of descriptors (a probe, a
+/// scrape, an event stream).
+pub const DEFAULT_SPARE_FDS: usize = 4;
+/// The most `admin.spare_fds` may ask for (the admin endpoint's default connection cap).
+pub const MAX_SPARE_FDS: usize = 64;
 /// The name of the admin endpoint's own pool (in `/health` and `/metrics`); no server may take it.
 pub const ADMIN_POOL: &str = "admin";
 
@@ -61,6 +67,9 @@ pub struct AdminSection {
     pub token_file: Option<PathBuf>,
     /// Whether `/livez` and `/readyz` need the token too (default: they do not).
     pub probes_need_token: Option<bool>,
+    /// File descriptors held in reserve so the admin endpoint answers while the process is
+    /// out of them (default [`DEFAULT_SPARE_FDS`]).
+    pub spare_fds: Option<usize>,
     /// The admin endpoint's pool settings, over [`default_admin_pool`].
     pub pool: Option<PoolSettings>,
 }
@@ -127,6 +136,8 @@ pub struct RunConfig {
     pub admin_probes_need_token: bool,
     /// The admin endpoint's pool.
     pub admin_pool: PoolConfig,
+    /// File descriptors held in reserve for the admin endpoint.
+    pub admin_spare_fds: usize,
     /// Shutdown drain deadline.
     pub drain_timeout: Duration,
     /// How long a server stopping (shutdown, or removed by a reload) goes on serving while
@@ -212,6 +223,7 @@ impl RunConfig {
             admin_token: None,
             admin_probes_need_token: false,
             admin_pool: default_admin_pool(),
+            admin_spare_fds: DEFAULT_SPARE_FDS,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             drain_delay: Duration::ZERO,
             log: LogConfig {
@@ -305,6 +317,21 @@ impl FileConfig {
             Err(e) => {
                 errors.extend(e.0);
                 default_admin_pool()
+            }
+        };
+        let admin_spare_fds = match admin.spare_fds {
+            None => DEFAULT_SPARE_FDS,
+            Some(n) if n <= MAX_SPARE_FDS => n,
+            Some(n) => {
+                errors.push(field_error(
+                    "admin.spare_fds",
+                    n,
+                    format!(
+                        "must be between 0 and {MAX_SPARE_FDS} (0: none, and the admin endpoint \
+                         goes unanswered while the process is out of file descriptors)"
+                    ),
+                ));
+                DEFAULT_SPARE_FDS
             }
         };
         let drain_timeout = match &self.drain_timeout {
@@ -461,6 +488,7 @@ impl FileConfig {
                 admin_token,
                 admin_probes_need_token: admin.probes_need_token.unwrap_or(false),
                 admin_pool,
+                admin_spare_fds,
                 drain_timeout,
                 drain_delay,
                 log,
@@ -643,6 +671,7 @@ mod tests {
         std::fs::write(&secret, "s3cret\n").unwrap();
         let text = format!(
             "[admin]\nlisten = \"0.0.0.0:9090\"\ntoken_file = {:?}\nprobes_need_token = true\n\
+             spare_fds = 2\n\
              [admin.pool]\nmax_connections = 8\nheaders_timeout = \"1s\"\n\
              [[server]]\nname = \"web\"\nprotocol = \"http\"\nlisten = \"127.0.0.1:0\"\n",
             secret.display().to_string()
@@ -655,6 +684,7 @@ mod tests {
         );
         assert!(cfg.admin_probes_need_token);
         assert_eq!(cfg.admin_pool.max_connections, Some(8));
+        assert_eq!(cfg.admin_spare_fds, 2);
         assert_eq!(cfg.admin_pool.headers_timeout, Duration::from_secs(1));
         assert_eq!(
             cfg.admin_pool.request_timeout,
@@ -668,10 +698,12 @@ mod tests {
         .unwrap();
         assert!(!defaults.admin_probes_need_token);
         assert_eq!(defaults.admin_pool, default_admin_pool());
+        assert_eq!(defaults.admin_spare_fds, DEFAULT_SPARE_FDS);
         assert!(defaults.warnings().is_empty(), "loopback");
 
         let err = RunConfig::from_toml(&format!(
-            "[admin]\ntoken = \"a\"\ntoken_file = {:?}\n[admin.pool]\nmax_connections = 0\n\
+            "[admin]\ntoken = \"a\"\ntoken_file = {:?}\nspare_fds = 65\n\
+             [admin.pool]\nmax_connections = 0\n\
              [[server]]\nname = \"admin\"\nprotocol = \"http\"\nlisten = \"127.0.0.1:0\"\n",
             dir.join("missing").display().to_string()
         ))
@@ -682,6 +714,7 @@ mod tests {
             [
                 "admin.token_file",
                 "admin.pool.max_connections",
+                "admin.spare_fds",
                 "server[0] (admin).name"
             ],
             "{err}"

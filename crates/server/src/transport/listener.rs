@@ -4,7 +4,9 @@
 //! server's [`ServeConnection`] → the guard's drop. The loop stops when the pool starts draining,
 //! closing the listening socket so new connections go to other instances instead of queueing
 //! here; or when told to hand the socket over, still open, to the server that takes its place
-//! on the same address, so that address is never without a listener.
+//! on the same address, so that address is never without a listener. A failed accept is
+//! counted in the pool and paused after ([`accept_error`]); the admin endpoint's loop may
+//! spend a spare descriptor instead ([`spare_fds`]).
 
 use std::future::Future;
 use std::io;
@@ -19,8 +21,10 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_rustls::TlsAcceptor;
 
+use super::accept_error::{self, Backoff};
 use super::policy::ServerPolicy;
 use super::refusal::Refuser;
+use super::spare_fds::{SpareFdUse, SpareFds};
 use crate::protocol::RefusalReply;
 
 /// An I/O a connection can be served on: a TCP stream, or a TLS stream over one.
@@ -120,7 +124,9 @@ pub(crate) async fn bind(addr: SocketAddr, config: &PoolConfig) -> io::Result<Li
 /// Accepts until the pool stops serving, which closes the socket (`None`), or until
 /// `hand_over` is notified, which gives the socket back still open. Each connection is
 /// admitted (or refused as `refusal` says, before any TLS), handshaken when `tls` is set, then
-/// served by `serve`.
+/// served by `serve`. `spares` says whether this loop may spend its runtime's spare
+/// descriptors (the admin endpoint's) or keeps them (a server's).
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn accept_loop<H: ServeConnection>(
     listener: Listener,
     hand_over: Arc<Notify>,
@@ -129,8 +135,18 @@ pub(crate) async fn accept_loop<H: ServeConnection>(
     refusal: RefusalReply,
     serve: H,
     name: String,
+    spares: SpareFdUse,
 ) -> Option<Listener> {
     let refuser = Refuser::default();
+    let (spare_fds, spend): (Option<&SpareFds>, bool) = match &spares {
+        SpareFdUse::None => (None, false),
+        SpareFdUse::Keep(s) => (Some(s), false),
+        SpareFdUse::Spend(s) => (Some(s), true),
+    };
+    let mut backoff = Backoff::default();
+    let pause = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(pause);
+    let mut paused = false;
     let mut control = pool.control();
     // A socket handed over from another server carries that server's keepalive times.
     set_keepalive(&listener.socket, &pool.config(), &name);
@@ -150,20 +166,49 @@ pub(crate) async fn accept_loop<H: ServeConnection>(
                 set_keepalive(&listener.socket, &state.config, &name);
                 continue;
             }
-            accepted = listener.socket.accept() => match accepted {
+            () = &mut pause, if paused => {
+                paused = false;
+                // A spare the admin endpoint spent is taken back before this server takes a
+                // slot; failing that, the accept fails again and pauses longer.
+                if let Some(spares) = spare_fds.filter(|s| s.missing()) {
+                    let _ = spares.refill();
+                }
+                continue;
+            }
+            accepted = listener.socket.accept(), if !paused => match accepted {
                 Ok(conn) => conn,
                 Err(e) => {
-                    if is_per_connection_error(&e) {
+                    // A connection the peer abandoned: not ours to count or wait on.
+                    let Some(kind) = accept_error::kind(&e) else {
+                        continue;
+                    };
+                    pool.record_accept_error(kind, &e);
+                    if spend && kind.is_descriptor_shortage() && spare_fds.is_some_and(|s| s.spend()) {
+                        // Accept at once, into the slot the spare freed.
                         continue;
                     }
-                    // Out of file descriptors and the like: back off instead of spinning, the
-                    // way hyper's and tokio's accept loops do.
-                    tracing::error!(server = %name, error = %e, "accept failed; backing off");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // Out of descriptors or memory: pause instead of spinning.
+                    pause.as_mut().reset(tokio::time::Instant::now() + backoff.failed());
+                    paused = true;
                     continue;
                 }
             },
         };
+        backoff.succeeded();
+        if let Some(spares) = spare_fds.filter(|s| s.missing()) {
+            if let Err(e) = spares.refill() {
+                if !spend && accept_error::is_descriptor_shortage(&e) {
+                    // Keeping this connection would leave the admin endpoint short: its slot
+                    // goes back to the reserve, and the client sees its connection closed.
+                    drop(stream);
+                    let _ = spares.refill();
+                    if let Some(kind) = accept_error::kind(&e) {
+                        pool.record_accept_error(kind, &ClosedForSpares(e));
+                    }
+                    continue;
+                }
+            }
+        }
         let guard = match pool.admit(Some(peer)) {
             Ok(guard) => guard,
             Err(_) => {
@@ -231,11 +276,16 @@ fn keepalive(config: &PoolConfig) -> socket2::TcpKeepalive {
         .with_retries(3)
 }
 
-fn is_per_connection_error(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-    )
+/// A connection accepted and closed at once to give the admin endpoint its spare descriptor
+/// back.
+struct ClosedForSpares(io::Error);
+
+impl std::fmt::Display for ClosedForSpares {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: a new connection was closed to keep the admin endpoint's spare descriptors",
+            self.0
+        )
+    }
 }

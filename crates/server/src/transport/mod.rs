@@ -2,8 +2,10 @@
 //! handshake and the counting socket wrapper. What comes out is an admitted connection's I/O and
 //! the ALPN it negotiated, handed to a [`listener::ServeConnection`]; nothing here knows HTTP.
 
+pub(crate) mod accept_error;
 pub(crate) mod io;
 pub(crate) mod listener;
 pub(crate) mod policy;
 pub(crate) mod refusal;
+pub(crate) mod spare_fds;
 pub mod tls;

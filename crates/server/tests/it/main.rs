@@ -19,6 +19,7 @@ mod outside_h2_grpc;
 mod reload;
 mod session_memory;
 mod shutdown;
+mod spare_fds;
 mod timeouts;
 mod user_services;
 mod websocket;
