@@ -10,7 +10,7 @@
 //! server's accept loop, so the address always has a listener), and the stopped servers drain.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 
 use poolserve_pool::{CloseReport, ConfigChange, FieldError, Pool, PoolRegistry};
 use tokio::task::{JoinHandle, JoinSet};
@@ -41,9 +41,10 @@ pub struct Runtime {
     config: Arc<RwLock<RunConfig>>,
     /// Held by a reload from its plan to its last change, so reloads never interleave.
     reloading: tokio::sync::Mutex<()>,
-    /// The drains of servers a reload stopped; shutdown waits for them too. Dropping a handle
-    /// leaves its drain running.
-    stopped: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    /// The servers a reload stopped and their drains; shutdown waits for them too. Dropping a
+    /// handle leaves its drain running. One still serving out its `drain_delay` can hand its
+    /// socket to a server a later reload starts on its address.
+    stopped: std::sync::Mutex<Vec<(Weak<Server>, JoinHandle<()>)>>,
     /// File descriptors the servers keep for the admin endpoint (`admin.spare_fds`).
     spares: Arc<SpareFds>,
 }
@@ -182,10 +183,20 @@ impl Runtime {
             .filter(|s| plan.stop.iter().any(|n| n == s.name()))
             .cloned()
             .collect();
+        // Servers an earlier reload stopped that still accept, serving out their drain_delay.
+        let leaving: Vec<Arc<Server>> = self
+            .stopped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, drain)| !drain.is_finished())
+            .filter_map(|(server, _)| server.upgrade())
+            .filter(|server| server.is_accepting())
+            .collect();
         let mut promised: Vec<&Arc<Server>> = Vec::new();
         let mut ready = Vec::new();
         for (spec, tls) in std::mem::take(&mut plan.start) {
-            let giver = stopping.iter().find(|s| {
+            let giver = stopping.iter().chain(&leaving).find(|s| {
                 s.local_addr() == spec.listen
                     && s.is_accepting()
                     && !promised.iter().any(|p| Arc::ptr_eq(p, s))
@@ -276,7 +287,7 @@ impl Runtime {
         let (deadline, delay) = (recorded.drain_timeout, recorded.drain_delay);
         *self.write_config() = recorded;
         let mut drains = self.stopped.lock().unwrap_or_else(|p| p.into_inner());
-        drains.retain(|d| !d.is_finished());
+        drains.retain(|(_, d)| !d.is_finished());
         for server in stopping {
             // A replaced server's pool is already out of service: its successor's took the name.
             self.registry.retire(server.pool());
@@ -290,13 +301,15 @@ impl Runtime {
                 tracing::info!(server = %server.name(), "server stopped; draining");
             }
             let registry = self.registry.clone();
+            let draining = server.clone();
             // The others go on serving while this one drains; its pool stays listed in the
             // metrics until it is empty, unless a new pool has its name.
-            drains.push(tokio::spawn(async move {
-                let report = server.drain_after(delay, deadline).await;
-                registry.release(server.pool());
-                tracing::info!(server = %server.name(), polite = report.closed_politely, forced = report.forced, "stopped server drained");
-            }));
+            let drain = tokio::spawn(async move {
+                let report = draining.drain_after(delay, deadline).await;
+                registry.release(draining.pool());
+                tracing::info!(server = %draining.name(), polite = report.closed_politely, forced = report.forced, "stopped server drained");
+            });
+            drains.push((Arc::downgrade(&server), drain));
         }
         Ok(report)
     }
@@ -373,7 +386,7 @@ impl Runtime {
         }
         // Servers a reload stopped finish their own drain, begun earlier under its deadline.
         let stopped = std::mem::take(&mut *self.stopped.lock().unwrap_or_else(|p| p.into_inner()));
-        for drain in stopped {
+        for (_, drain) in stopped {
             let _ = drain.await;
         }
         let left =

@@ -73,6 +73,8 @@ pub struct Server {
     pool: Pool<ServerPolicy>,
     /// Taken by the first shutdown or hand-over.
     accept: std::sync::Mutex<Option<Accepting>>,
+    /// Notified when the listening socket is handed over, which ends a `drain_delay`.
+    handed_over: Notify,
     cert: Option<Arc<ServerCert>>,
 }
 
@@ -139,6 +141,7 @@ impl Prepared {
             local_addr,
             pool: self.pool,
             accept: std::sync::Mutex::new(Some(Accepting { task, hand_over })),
+            handed_over: Notify::new(),
             cert: self.cert,
         }
     }
@@ -332,6 +335,7 @@ impl Server {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take()?;
+        self.handed_over.notify_waiters();
         accepting.hand_over.notify_one();
         accepting.task.await.ok().flatten()
     }
@@ -344,16 +348,25 @@ impl Server {
     /// [`Server::drain`] after a delay: the pool is announced as leaving ([`Pool::leave`]:
     /// health `unavailable`, gRPC health NOT_SERVING) while the server goes on accepting and
     /// serving as usual for `delay`, so load balancers notice before its listener closes; then
-    /// it drains within `deadline`. A server that no longer accepts (its socket was handed
-    /// over) drains at once.
+    /// it drains within `deadline`. A server whose socket is handed over to a server taking
+    /// its place, before or during the delay, drains at once: its address is served on.
     pub async fn drain_after(
         &self,
         delay: Duration,
         deadline: Duration,
     ) -> poolserve_pool::CloseReport {
-        if !delay.is_zero() && self.is_accepting() {
-            self.pool.leave();
-            tokio::time::sleep(delay).await;
+        if !delay.is_zero() {
+            // Enabled before the check, so a hand-over after it ends the delay.
+            let handed_over = self.handed_over.notified();
+            tokio::pin!(handed_over);
+            handed_over.as_mut().enable();
+            if self.is_accepting() {
+                self.pool.leave();
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = handed_over => {}
+                }
+            }
         }
         self.drain(deadline).await
     }

@@ -1,7 +1,8 @@
 //! `drain_delay` (A5): a stopping server is announced as not ready at once (`/readyz` 503, gRPC
 //! health NOT_SERVING) and goes on accepting and serving every protocol for the delay, so a
 //! load balancer notices before its listener closes; then it drains as usual. A server removed
-//! by a reload does the same; one whose socket a replacing server takes over drains at once.
+//! by a reload does the same; one whose socket a replacing server takes over (in the same
+//! reload or a later one, during its delay) drains at once.
 
 use crate::support;
 
@@ -223,4 +224,32 @@ async fn a_server_that_hands_its_socket_over_drains_without_the_delay() {
     assert!(!old.pool().is_accepting());
     let (mut fresh, _conn) = H2Client::connect(h.h2c).await;
     assert_eq!(fresh.get("/").await.status(), 200, "b serves the address");
+
+    // A server removed earlier and still serving out its delay hands its socket over too, to
+    // a server a later reload starts on its address, and then drains at once.
+    let web = h.runtime.server("web").unwrap();
+    let mut kept = Client::connect(h.http).await;
+    assert_eq!(kept.get("/").await.status(), 200);
+    let mut next = h.runtime.config();
+    let at = next.servers.iter().position(|s| s.name == "web").unwrap();
+    let mut c = next.servers.remove(at);
+    h.runtime.reload(&next).await.unwrap();
+    assert_eq!(
+        get(h.http, "/").await.status(),
+        200,
+        "web serves on, leaving"
+    );
+    assert!(web.pool().is_accepting());
+    c.name = "c".into();
+    c.listen = h.http;
+    next.servers.push(c);
+    let report = h.runtime.reload(&next).await.unwrap();
+    assert_eq!(report.servers_added, ["c"], "{report:?}");
+    // (Its kept-alive connection would close at keep_alive_timeout anyway: the drain is the
+    // signal.)
+    wait_until("web to drain", || !web.pool().is_accepting()).await;
+    kept.closed().await;
+    let c = h.runtime.server("c").unwrap();
+    assert_eq!(get(h.http, "/").await.status(), 200);
+    assert_eq!(c.pool().metrics().requests, 1, "c serves the address");
 }
