@@ -106,17 +106,28 @@ fn follow_events(admin: SocketAddr) -> mpsc::Receiver<serde_json::Value> {
     rx
 }
 
-#[test]
-fn a_server_out_of_file_descriptors_counts_announces_and_degrades_while_the_admin_endpoint_answers()
-{
-    let (web, admin) = (free_port(), free_port());
-    let dir = std::env::temp_dir().join(format!("poolserve-fd-limit-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("poolserve.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
+/// The binary under `RLIMIT_NOFILE` = [`NOFILE`], on a config with an admin endpoint and one
+/// `http` server `web` (health window 2s), both on free ports.
+struct Child96 {
+    running: Running,
+    web: SocketAddr,
+    admin: SocketAddr,
+    /// Its log lines, read so that it never blocks writing them.
+    _logs: mpsc::Receiver<serde_json::Value>,
+    dir: std::path::PathBuf,
+}
+
+impl Child96 {
+    fn start(name: &str) -> Child96 {
+        let (web, admin) = (free_port(), free_port());
+        let dir =
+            std::env::temp_dir().join(format!("poolserve-fd-limit-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("poolserve.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
 [admin]
 listen = "127.0.0.1:{admin}"
 [log]
@@ -128,34 +139,80 @@ listen = "127.0.0.1:{web}"
   [server.pool.health]
   window = "2s"
 "#
-        ),
-    )
-    .unwrap();
-    // sh's ulimit lowers the limit for the process it execs: no unsafe code here.
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(format!("ulimit -n {NOFILE} && exec \"$0\" --config \"$1\""))
-        .arg(BIN)
-        .arg(&config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
+            ),
+        )
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let _running = Running(child);
-    let (up_tx, up_rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.contains("poolserve is up") {
-                let _ = up_tx.send(());
+        // sh's ulimit lowers the limit for the process it execs: no unsafe code here.
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(format!("ulimit -n {NOFILE} && exec \"$0\" --config \"$1\""))
+            .arg(BIN)
+            .arg(&config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let running = Running(child);
+        let (tx, logs) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if tx.send(v).is_err() {
+                        return;
+                    }
+                }
             }
+        });
+        wait_log(&logs, |l| l["message"] == "poolserve is up");
+        Child96 {
+            running,
+            web: SocketAddr::from(([127, 0, 0, 1], web)),
+            admin: SocketAddr::from(([127, 0, 0, 1], admin)),
+            _logs: logs,
+            dir,
         }
-    });
-    up_rx.recv_timeout(WAIT).expect("poolserve starts");
-    let (web, admin) = (
-        SocketAddr::from(([127, 0, 0, 1], web)),
-        SocketAddr::from(([127, 0, 0, 1], admin)),
-    );
+    }
+}
+
+impl Drop for Child96 {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Child96 {
+    /// How many of the child's descriptors are `/dev/null`: the admin endpoint's spares, and
+    /// whatever it inherited.
+    fn dev_nulls(&self) -> usize {
+        let dir = format!("/proc/{}/fd", self.running.0.id());
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+            .filter(|target| target == std::path::Path::new("/dev/null"))
+            .count()
+    }
+}
+
+/// The next log line that `pred` accepts.
+fn wait_log(
+    logs: &mpsc::Receiver<serde_json::Value>,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    loop {
+        let line = logs.recv_timeout(WAIT).expect("the log line awaited");
+        if pred(&line) {
+            return line;
+        }
+    }
+}
+
+#[test]
+fn a_server_out_of_file_descriptors_counts_announces_and_degrades_while_the_admin_endpoint_answers()
+{
+    let child = Child96::start("pressure");
+    let (web, admin) = (child.web, child.admin);
+    let whole_reserve = child.dev_nulls();
     let events = follow_events(admin);
     assert_eq!(accept_errors(admin, "emfile"), 0.0);
 
@@ -207,5 +264,6 @@ listen = "127.0.0.1:{web}"
     });
     let livez = get(admin, "/livez").expect("/livez answers");
     assert!(livez.starts_with("HTTP/1.1 200"), "{livez}");
-    let _ = std::fs::remove_dir_all(&dir);
+    // Every spare the admin endpoint spent is back.
+    wait_until("the spares back", || child.dev_nulls() == whole_reserve);
 }

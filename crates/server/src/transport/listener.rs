@@ -6,7 +6,7 @@
 //! here; or when told to hand the socket over, still open, to the server that takes its place
 //! on the same address, so that address is never without a listener. A failed accept is
 //! counted in the pool and paused after ([`accept_error`]); the admin endpoint's loop may
-//! spend a spare descriptor instead ([`spare_fds`]).
+//! spend a spare descriptor instead (`spare_fds.rs`).
 
 use std::future::Future;
 use std::io;
@@ -15,9 +15,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use poolserve_pool::{CloseReason, ConnectionGuard, Pool, PoolConfig};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio_rustls::TlsAcceptor;
 
@@ -151,7 +152,7 @@ pub(crate) async fn accept_loop<H: ServeConnection>(
     // A socket handed over from another server carries that server's keepalive times.
     set_keepalive(&listener.socket, &pool.config(), &name);
     loop {
-        let (stream, peer) = tokio::select! {
+        let accepted = tokio::select! {
             biased;
             () = hand_over.notified() => {
                 tracing::info!(server = %name, addr = %listener.local_addr, "stopped accepting; listening socket handed over");
@@ -175,39 +176,35 @@ pub(crate) async fn accept_loop<H: ServeConnection>(
                 }
                 continue;
             }
-            accepted = listener.socket.accept(), if !paused => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // A connection the peer abandoned: not ours to count or wait on.
-                    let Some(kind) = accept_error::kind(&e) else {
-                        continue;
-                    };
-                    pool.record_accept_error(kind, &e);
-                    if spend && kind.is_descriptor_shortage() && spare_fds.is_some_and(|s| s.spend()) {
-                        // Accept at once, into the slot the spare freed.
-                        continue;
-                    }
-                    // Out of descriptors or memory: pause instead of spinning.
-                    pause.as_mut().reset(tokio::time::Instant::now() + backoff.failed());
-                    paused = true;
-                    continue;
-                }
-            },
+            accepted = listener.socket.accept(), if !paused => accepted,
         };
-        backoff.succeeded();
-        if let Some(spares) = spare_fds.filter(|s| s.missing()) {
-            if let Err(e) = spares.refill() {
-                if !spend && accept_error::is_descriptor_shortage(&e) {
-                    // Keeping this connection would leave the admin endpoint short: its slot
-                    // goes back to the reserve, and the client sees its connection closed.
-                    drop(stream);
-                    let _ = spares.refill();
-                    if let Some(kind) = accept_error::kind(&e) {
-                        pool.record_accept_error(kind, &ClosedForSpares(e));
-                    }
+        let (stream, peer) = match accepted {
+            Ok(conn) => conn,
+            Err(e) => {
+                // A connection the peer abandoned: not ours to count or wait on.
+                let Some(kind) = accept_error::kind(&e) else {
                     continue;
+                };
+                pool.record_accept_error(kind, &e);
+                let spare = spare_fds.filter(|_| spend && kind.is_descriptor_shortage());
+                match spare.map(|spares| accept_with_a_spare(&listener, spares)) {
+                    Some(SpareAccept::Accepted(conn)) => conn,
+                    Some(SpareAccept::NothingWaiting) => continue,
+                    // Out of descriptors or memory: pause instead of spinning.
+                    Some(SpareAccept::Failed) | None => {
+                        pause
+                            .as_mut()
+                            .reset(tokio::time::Instant::now() + backoff.failed());
+                        paused = true;
+                        continue;
+                    }
                 }
             }
+        };
+        backoff.succeeded();
+        // A spare spent while descriptors were short comes back as soon as one is free.
+        if let Some(spares) = spare_fds.filter(|s| s.missing()) {
+            let _ = spares.refill();
         }
         let guard = match pool.admit(Some(peer)) {
             Ok(guard) => guard,
@@ -276,16 +273,32 @@ fn keepalive(config: &PoolConfig) -> socket2::TcpKeepalive {
         .with_retries(3)
 }
 
-/// A connection accepted and closed at once to give the admin endpoint its spare descriptor
-/// back.
-struct ClosedForSpares(io::Error);
+/// What came of accepting into the slot of a spare descriptor.
+enum SpareAccept {
+    /// A connection, in the spare's slot.
+    Accepted((TcpStream, SocketAddr)),
+    /// No connection was waiting (`EMFILE` comes before the queue is looked at): the spare is
+    /// back, and the loop waits for the next connection.
+    NothingWaiting,
+    /// The accept failed again (something else took the slot first).
+    Failed,
+}
 
-impl std::fmt::Display for ClosedForSpares {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}: a new connection was closed to keep the admin endpoint's spare descriptors",
-            self.0
-        )
+/// Closes a spare and accepts into its slot at once. Only what is already waiting is taken,
+/// so the spare is reopened straight away when nothing is.
+fn accept_with_a_spare(listener: &Listener, spares: &SpareFds) -> SpareAccept {
+    if !spares.spend() {
+        return SpareAccept::Failed;
+    }
+    match listener.socket.accept().now_or_never() {
+        Some(Ok(conn)) => SpareAccept::Accepted(conn),
+        Some(Err(_)) => {
+            let _ = spares.refill();
+            SpareAccept::Failed
+        }
+        None => {
+            let _ = spares.refill();
+            SpareAccept::NothingWaiting
+        }
     }
 }

@@ -3,12 +3,12 @@
 //!
 //! Contract: a runtime holds up to `target` open `/dev/null` files (`admin.spare_fds`). When the
 //! admin endpoint's accept fails for want of a descriptor, it closes one spare and accepts at
-//! once into the freed slot ([`SpareFds::spend`]). A spare spent is taken back before any server
-//! keeps another connection: a server's accept loop refills the reserve before it retries a
-//! failed accept, and after each accept while a spare is missing; when the refill fails (the
-//! process is still out of descriptors) it closes the connection it just accepted and refills
-//! from that slot. So servers at the limit never take the admin endpoint's room. With the
-//! reserve full, an accept costs one relaxed atomic load more.
+//! once into the freed slot ([`SpareFds::spend`]), reopening the spare at once if no connection
+//! was waiting. A spare spent is taken back as soon as a descriptor is free: a server's accept
+//! loop refills the reserve before it retries a failed accept (so while the process stays at
+//! its limit, a descriptor freed goes to the reserve before it goes to a waiting client), and
+//! every accept loop refills it after an accept while a spare is missing. With the reserve
+//! full, an accept costs one relaxed atomic load more.
 
 use std::fs::File;
 use std::io;
