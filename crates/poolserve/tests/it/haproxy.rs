@@ -333,7 +333,7 @@ fn a_rolling_restart_behind_haproxy_loses_no_request() {
         ok.load(Ordering::Relaxed)
     );
     // No request needed HAProxy's retry: every instance was out of rotation before it closed
-    // its listener (without drain_delay, HAProxy retries dozens of connections here).
+    // its listener (without drain_delay, HAProxy redispatches dozens of requests here).
     assert_eq!(lb.retries(), (0, 0), "(retries, redispatches)");
     drop(lb);
 }

@@ -151,10 +151,8 @@ async fn shutdown_serves_on_unready_for_the_drain_delay_then_drains() {
 #[tokio::test]
 async fn a_server_removed_by_reload_serves_on_unready_for_the_drain_delay() {
     let _timing = isolation::timing().await;
-    let h = start_tuned(PoolSettings::default(), Duration::from_secs(5), |c| {
-        c.drain_delay = DELAY;
-    })
-    .await;
+    // No delay at start: the reload that removes the servers sets it, and it applies to them.
+    let h = start(PoolSettings::default()).await;
     let web = h.runtime.server("web").unwrap();
     let rpc = h.runtime.server("rpc").unwrap();
     let (mut watch, first) = watch_health(h.grpc).await;
@@ -163,9 +161,13 @@ async fn a_server_removed_by_reload_serves_on_unready_for_the_drain_delay() {
     let mut next = h.runtime.config();
     next.servers
         .retain(|s| !["web", "rpc", "h2c", "live"].contains(&s.name.as_str()));
+    next.drain_delay = DELAY;
     let started = Instant::now();
     let report = h.runtime.reload(&next).await.unwrap();
     assert_eq!(report.servers_removed.len(), 4, "{report:?}");
+    let (_, config) = admin(h.admin, "/config").await;
+    let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    assert_eq!(config["drain_delay"], "3s", "live: {config}");
     // Out of /health and /readyz at once; the gRPC server says NOT_SERVING on its own port.
     assert_eq!(
         next_status(&mut watch).await,
