@@ -2,7 +2,8 @@
 //! admission, the live config and stage every connection watches, health, counters and events.
 //!
 //! Contract: the config and stage change only through [`PoolCore::change_control`], which wakes
-//! every connection's driver; admission is exact (one compare-and-swap), and every slot taken by
+//! every connection's driver, except the move to [`Stage::Leaving`] ([`PoolCore::leave`]), which
+//! asks nothing of connections and only tells the watchers; admission is exact (one compare-and-swap), and every slot taken by
 //! [`PoolCore::admit`] is given back once, by the connection's guard.
 
 use std::net::{IpAddr, SocketAddr};
@@ -16,24 +17,37 @@ use tokio::sync::{watch, Notify};
 use crate::admission::{AdmissionCounter, Refusal};
 use crate::clock::{Clock, Origin};
 use crate::config::{ConfigChange, ConfigErrors, PoolConfig, PoolSettings};
-use crate::events::{now_ms, ConnectionId, EventBus, PoolEvent, PoolEventKind};
+use crate::events::{
+    now_ms, ConnectionId, EventBus, PoolEvent, PoolEventKind, ACCEPT_ERROR_EVENT_INTERVAL,
+};
 use crate::health::{assess, utilization, Health, HealthInputs, HealthStatus, UtilizationEdges};
-use crate::metrics::Counters;
+use crate::metrics::{AcceptErrorKind, Counters};
 use crate::per_ip::PerIpLimiter;
 use crate::window::DecayingWindow;
 
 /// How often a pool's health monitor re-reads its decaying window.
 pub const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Where a pool is in its life, as every connection sees it.
+/// Where a pool is in its life, as every connection sees it. It only moves forward:
+/// `Serving` → `Leaving` (optional) → `Draining` → `Forced` (optional).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
     /// Admitting and serving.
     Serving,
+    /// Admitting and serving as usual, but announced as going away (health `unavailable`,
+    /// gRPC health NOT_SERVING), so load balancers stop sending new work before it drains.
+    Leaving,
     /// Refusing new connections; open ones are asked to finish politely.
     Draining,
     /// The drain deadline passed: open connections close at once.
     Forced,
+}
+
+impl Stage {
+    /// Whether connections are admitted and served as usual (`Serving` or `Leaving`).
+    pub fn serves(&self) -> bool {
+        matches!(self, Stage::Serving | Stage::Leaving)
+    }
 }
 
 /// What every connection of a pool watches: the config in force and the pool's stage.
@@ -81,6 +95,10 @@ pub(crate) struct PoolCore {
     band: AtomicU8,
     all_closed: Notify,
     update_lock: Mutex<()>,
+    /// Failed accepts not yet announced, and when the last `accept_error` event went out.
+    accept_errors_unannounced: Mutex<(u64, Option<Instant>)>,
+    /// The kind of the last failed accept, as `AcceptErrorKind::index() + 1`; 0 for none.
+    last_accept_error: AtomicU8,
 }
 
 fn status_from_u8(v: u8) -> HealthStatus {
@@ -129,6 +147,8 @@ impl PoolCore {
             band: AtomicU8::new(status_index(HealthStatus::Healthy)),
             all_closed: Notify::new(),
             update_lock: Mutex::new(()),
+            accept_errors_unannounced: Mutex::new((0, None)),
+            last_accept_error: AtomicU8::new(0),
         };
         core.set_thresholds(&config);
         core
@@ -161,6 +181,19 @@ impl PoolCore {
         self.control.send_modify(modify);
         self.control_generation.fetch_add(1, Ordering::SeqCst);
         self.control_changed.notify_waiters();
+    }
+
+    /// Moves a serving pool to [`Stage::Leaving`]; returns whether it was serving. Only the
+    /// watchers (accept loops, health followers) hear of it: a connection serves a leaving pool
+    /// as it serves a serving one, so no driver is woken.
+    pub fn leave(&self) -> bool {
+        self.control.send_if_modified(|s| {
+            let serving = s.stage == Stage::Serving;
+            if serving {
+                s.stage = Stage::Leaving;
+            }
+            serving
+        })
     }
 
     /// The control generation and state in force. A driver enables its `control_changed` waiter
@@ -284,10 +317,12 @@ impl PoolCore {
         self.band.store(status_index(band), Ordering::Relaxed);
         let inputs = HealthInputs {
             accepting: self.admission.is_accepting(),
+            leaving: self.control.borrow().stage == Stage::Leaving,
             active,
             max,
             utilization_band: band,
             window,
+            last_accept_error: self.last_accept_error(),
         };
         let (status, message) = assess(&inputs, &config.health);
         let previous = status_from_u8(self.status.swap(status_index(status), Ordering::Relaxed));
@@ -314,6 +349,52 @@ impl PoolCore {
             average_response_time_ms: window.average_response_ms,
             error_rate: window.error_rate(),
             message,
+        }
+    }
+
+    fn last_accept_error(&self) -> Option<AcceptErrorKind> {
+        let stored = usize::from(self.last_accept_error.load(Ordering::Relaxed));
+        stored
+            .checked_sub(1)
+            .and_then(|i| AcceptErrorKind::ALL.get(i).copied())
+    }
+
+    /// Counts a failed accept on the server's listening socket, weighs it in health (degraded
+    /// while the window holds one) and announces it as `accept_error` (with an error log
+    /// line) at most once per [`ACCEPT_ERROR_EVENT_INTERVAL`], counting the ones in between.
+    pub fn record_accept_error(&self, kind: AcceptErrorKind, error: &dyn std::fmt::Display) {
+        self.counters.accept_errors[kind.index()].fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        self.window.record_accept_error(self.elapsed(now));
+        self.last_accept_error
+            .store(kind.index() as u8 + 1, Ordering::Relaxed);
+        let failures = {
+            let mut pending = self
+                .accept_errors_unannounced
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            pending.0 += 1;
+            let due = pending
+                .1
+                .is_none_or(|last| now.duration_since(last) >= ACCEPT_ERROR_EVENT_INTERVAL);
+            if due {
+                let failures = pending.0;
+                *pending = (0, Some(now));
+                Some(failures)
+            } else {
+                None
+            }
+        };
+        if let Some(failures) = failures {
+            tracing::error!(pool = %self.name, kind = kind.as_str(), %error, failures, "accept failed");
+            self.publish(|| PoolEventKind::AcceptError {
+                kind,
+                error: error.to_string(),
+                failures,
+            });
+        }
+        if status_from_u8(self.status.load(Ordering::Relaxed)) < HealthStatus::Degraded {
+            self.refresh_health();
         }
     }
 

@@ -290,7 +290,7 @@ pub(crate) async fn drive<C: ManagedConnection>(
     };
     let mut closing = Closing::default();
     match stage {
-        Stage::Serving => {}
+        Stage::Serving | Stage::Leaving => {}
         Stage::Draining => {
             closing.ask(&shared, conn.as_mut(), CloseReason::Shutdown);
             timer.may_shed = false;
@@ -375,7 +375,7 @@ pub(crate) async fn drive<C: ManagedConnection>(
                         timer.may_shed = false;
                         closing.ask(&shared, conn.as_mut(), CloseReason::Shutdown);
                     }
-                    Stage::Serving => {}
+                    Stage::Serving | Stage::Leaving => {}
                 }
             }
             Event::Expired(Expiry::GraceOver(reason)) => {

@@ -8,16 +8,20 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use tokio::sync::broadcast;
 
 use crate::health::HealthStatus;
-use crate::metrics::{CloseReason, TimeoutKind};
+use crate::metrics::{AcceptErrorKind, CloseReason, TimeoutKind};
 
 /// Events buffered per subscriber before the oldest are dropped.
 pub const EVENT_BUFFER: usize = 1024;
+
+/// The shortest time between two `accept_error` events (and log lines) of one pool: an accept
+/// loop out of file descriptors fails many times a second.
+pub const ACCEPT_ERROR_EVENT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A unique connection id within its pool.
 pub type ConnectionId = u64;
@@ -84,6 +88,18 @@ pub enum PoolEventKind {
         /// The limit at the time.
         max: Option<u32>,
     },
+    /// The server's accept loop could not take connections off its listening socket (out of
+    /// file descriptors, say) and backs off. Announced at most once per
+    /// [`ACCEPT_ERROR_EVENT_INTERVAL`] per pool; `failures` counts those since the last one.
+    AcceptError {
+        /// What ran out.
+        kind: AcceptErrorKind,
+        /// The operating system's message.
+        error: String,
+        /// Failed accepts since the previous `accept_error` event of this pool, this one
+        /// included.
+        failures: u64,
+    },
     /// The pool's health status changed.
     HealthStatusChanged {
         /// The old status.
@@ -104,6 +120,7 @@ impl PoolEventKind {
             PoolEventKind::ConnectionTimeout { .. } => "connection_timeout",
             PoolEventKind::ConnectionError { .. } => "connection_error",
             PoolEventKind::PoolLimitReached { .. } => "pool_limit_reached",
+            PoolEventKind::AcceptError { .. } => "accept_error",
             PoolEventKind::HealthStatusChanged { .. } => "health_status_changed",
         }
     }

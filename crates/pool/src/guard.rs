@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use crate::activity::later;
 use crate::connection::{ConnectionShared, ConnectionTracker};
-use crate::core::{PoolInner, Stage};
+use crate::core::PoolInner;
 use crate::driver::{drive, ManagedConnection};
 use crate::events::{ConnectionId, PoolEventKind};
 use crate::metrics::{CloseReason, TimeoutKind};
@@ -78,7 +78,7 @@ impl<P: ProtocolPolicy> ConnectionGuard<P> {
         let core = self.pool.core.clone();
         let mut control = core.control.subscribe();
         let state = control.borrow_and_update().clone();
-        if state.stage != Stage::Serving {
+        if !state.stage.serves() {
             self.reason = CloseReason::Shutdown;
             return None;
         }
@@ -89,7 +89,7 @@ impl<P: ProtocolPolicy> ConnectionGuard<P> {
                 biased;
                 out = step.as_mut() => return Some(out),
                 changed = control.changed() => {
-                    if changed.is_err() || control.borrow_and_update().stage != Stage::Serving {
+                    if changed.is_err() || !control.borrow_and_update().stage.serves() {
                         self.reason = CloseReason::Shutdown;
                         return None;
                     }

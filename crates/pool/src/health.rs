@@ -8,6 +8,7 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::config::HealthThresholds;
+use crate::metrics::AcceptErrorKind;
 use crate::window::WindowStats;
 
 /// Error rate and response time only count once the window holds this many (weighted) requests,
@@ -24,11 +25,12 @@ pub const UTILIZATION_HYSTERESIS: f64 = 0.05;
 pub enum HealthStatus {
     /// Serving normally.
     Healthy,
-    /// Serving, but under pressure: high utilisation, errors or latency.
+    /// Serving, but under pressure: high utilisation, errors, latency or failing accepts.
     Degraded,
     /// At or near its limit, or refusing connections: send traffic elsewhere.
     Overloaded,
-    /// Not accepting connections (draining or stopped).
+    /// Not accepting connections (draining or stopped), or leaving: still serving but about to
+    /// drain.
     Unavailable,
 }
 
@@ -68,6 +70,8 @@ impl fmt::Display for HealthStatus {
 pub struct HealthInputs {
     /// Whether the pool admits connections.
     pub accepting: bool,
+    /// Whether the pool is leaving: still serving, but announced as going away.
+    pub leaving: bool,
     /// Open connections.
     pub active: u32,
     /// The limit, if any.
@@ -77,6 +81,9 @@ pub struct HealthInputs {
     pub utilization_band: HealthStatus,
     /// The decaying window's totals.
     pub window: WindowStats,
+    /// The kind of the last failed accept, if any accept ever failed (named while the window
+    /// holds failed accepts).
+    pub last_accept_error: Option<AcceptErrorKind>,
 }
 
 /// A pool's health report (SPEC M `/health` fields).
@@ -217,6 +224,12 @@ pub fn assess(i: &HealthInputs, t: &HealthThresholds) -> (HealthStatus, String) 
             "not accepting connections (draining or stopped)".into(),
         );
     }
+    if i.leaving {
+        return (
+            HealthStatus::Unavailable,
+            "leaving: still serving, but about to drain; send new work elsewhere".into(),
+        );
+    }
     let util = utilization(i.active, i.max);
     let rates_count = i.window.requests >= MIN_REQUESTS_FOR_RATES;
     let error_rate = i.window.error_rate();
@@ -269,6 +282,14 @@ pub fn assess(i: &HealthInputs, t: &HealthThresholds) -> (HealthStatus, String) 
             pct(t.degraded_error_rate)
         ));
     }
+    if i.window.accept_errors > 0 {
+        degraded.push(format!(
+            "accept failing ({}): {} failed accept(s) in the last {}s window",
+            i.last_accept_error.map_or("other", |k| k.as_str()),
+            i.window.accept_errors,
+            t.window.as_secs()
+        ));
+    }
     let limit_ms = t.degraded_response_time.as_secs_f64() * 1000.0;
     if rates_count && i.window.average_response_ms >= limit_ms {
         degraded.push(format!(
@@ -299,10 +320,12 @@ mod tests {
         let edges = UtilizationEdges::new(max, &PoolConfig::default().health);
         HealthInputs {
             accepting: true,
+            leaving: false,
             active,
             max,
             utilization_band: edges.band(active, HealthStatus::Healthy),
             window: WindowStats::default(),
+            last_accept_error: None,
         }
     }
 
@@ -376,12 +399,42 @@ mod tests {
     }
 
     #[test]
+    fn a_leaving_pool_is_unavailable_while_it_still_serves() {
+        let mut i = inputs(1, Some(10));
+        i.leaving = true;
+        let (s, msg) = assess(&i, &PoolConfig::default().health);
+        assert_eq!(s, HealthStatus::Unavailable);
+        assert!(!s.is_ready());
+        assert!(msg.contains("leaving"), "{msg}");
+    }
+
+    #[test]
     fn rejections_in_window_mean_overloaded() {
         let mut i = inputs(1, Some(10));
         i.window.rejections = 1;
         let (s, msg) = assess(&i, &PoolConfig::default().health);
         assert_eq!(s, HealthStatus::Overloaded);
         assert!(msg.contains("refused"), "{msg}");
+    }
+
+    #[test]
+    fn failed_accepts_in_window_mean_degraded_naming_the_kind() {
+        let mut i = inputs(1, Some(10));
+        i.window.accept_errors = 3;
+        i.last_accept_error = Some(AcceptErrorKind::Emfile);
+        let (s, msg) = assess(&i, &PoolConfig::default().health);
+        assert_eq!(s, HealthStatus::Degraded);
+        assert!(
+            s.is_ready(),
+            "the backlog is served once descriptors free up"
+        );
+        assert!(msg.contains("accept failing (emfile): 3"), "{msg}");
+        i.window.accept_errors = 0;
+        assert_eq!(
+            status(i),
+            HealthStatus::Healthy,
+            "once the window has passed"
+        );
     }
 
     #[test]

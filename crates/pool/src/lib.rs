@@ -49,7 +49,8 @@ pub use connection::{ConnectionTracker, RequestBodyTracker, RequestTracker};
 pub use core::{ControlState, Stage, HEALTH_INTERVAL};
 pub use driver::{ManagedConnection, TIMEOUT_GOODBYE_GRACE};
 pub use events::{
-    ConnectionId, EventBus, EventError, PoolEvent, PoolEventKind, Subscription, EVENT_BUFFER,
+    ConnectionId, EventBus, EventError, PoolEvent, PoolEventKind, Subscription,
+    ACCEPT_ERROR_EVENT_INTERVAL, EVENT_BUFFER,
 };
 pub use guard::ConnectionGuard;
 pub use health::{
@@ -58,7 +59,7 @@ pub use health::{
 };
 pub use histogram::{HistogramSnapshot, LatencyHistogram, BOUNDS_MICROS};
 pub use lifetime::{age_limit, AGE_JITTER};
-pub use metrics::{CloseReason, MetricsSnapshot, TimeoutKind, CLOSE_CODES};
+pub use metrics::{AcceptErrorKind, CloseReason, MetricsSnapshot, TimeoutKind, CLOSE_CODES};
 pub use per_ip::PerIpLimiter;
 pub use policy::{DefaultPolicy, ProtocolPolicy};
 pub use pool::{CloseReport, Pool};

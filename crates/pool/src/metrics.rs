@@ -149,6 +149,68 @@ impl TimeoutKind {
     }
 }
 
+/// Why a server's accept loop could not take a connection off its listening socket: the
+/// process or the system out of a resource. A connection the peer abandoned before it was
+/// accepted (reset, aborted) is the peer's business and not counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum AcceptErrorKind {
+    /// `EMFILE`: the process has as many file descriptors open as `RLIMIT_NOFILE` allows.
+    Emfile,
+    /// `ENFILE`: the system-wide file table is full.
+    Enfile,
+    /// `ENOBUFS`: the kernel is out of socket buffer memory.
+    Enobufs,
+    /// `ENOMEM`: the kernel is out of memory.
+    Enomem,
+    /// Any other failure.
+    Other,
+}
+
+impl AcceptErrorKind {
+    /// Every kind, for metrics that list them all.
+    pub const ALL: [AcceptErrorKind; 5] = [
+        AcceptErrorKind::Emfile,
+        AcceptErrorKind::Enfile,
+        AcceptErrorKind::Enobufs,
+        AcceptErrorKind::Enomem,
+        AcceptErrorKind::Other,
+    ];
+
+    /// The label used in metrics, events and health messages.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AcceptErrorKind::Emfile => "emfile",
+            AcceptErrorKind::Enfile => "enfile",
+            AcceptErrorKind::Enobufs => "enobufs",
+            AcceptErrorKind::Enomem => "enomem",
+            AcceptErrorKind::Other => "other",
+        }
+    }
+
+    pub(crate) fn index(&self) -> usize {
+        match self {
+            AcceptErrorKind::Emfile => 0,
+            AcceptErrorKind::Enfile => 1,
+            AcceptErrorKind::Enobufs => 2,
+            AcceptErrorKind::Enomem => 3,
+            AcceptErrorKind::Other => 4,
+        }
+    }
+
+    /// Whether it means a shortage of file descriptors (`EMFILE`, `ENFILE`).
+    pub fn is_descriptor_shortage(&self) -> bool {
+        matches!(self, AcceptErrorKind::Emfile | AcceptErrorKind::Enfile)
+    }
+}
+
+impl fmt::Display for AcceptErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The pool's live counters.
 #[derive(Debug, Default)]
 #[repr(C)]
@@ -173,6 +235,8 @@ pub(crate) struct Counters {
     /// Indexed by `CloseReason::index`; the last slot counts all timeouts.
     pub closed: [AtomicU64; TIMEOUT_SLOT + 1],
     pub timeouts: [AtomicU64; TimeoutKind::ALL.len()],
+    /// Indexed by `AcceptErrorKind::index`.
+    pub accept_errors: [AtomicU64; AcceptErrorKind::ALL.len()],
     /// Connections asked to close politely that are still open.
     pub closing: AtomicU64,
     /// Sum of requests served by closed connections.
@@ -248,6 +312,9 @@ pub struct MetricsSnapshot {
     pub closed: Vec<(&'static str, u64)>,
     /// Timeouts per kind.
     pub timeouts: Vec<(&'static str, u64)>,
+    /// Failed accepts on the server's listening socket, by kind (`emfile`, `enfile`,
+    /// `enobufs`, `enomem`, `other`).
+    pub accept_errors: Vec<(&'static str, u64)>,
     /// Connection and request errors since start.
     pub errors: u64,
     /// Requests finished since start.
@@ -326,6 +393,10 @@ impl Counters {
                 .map(|k| (k.as_str(), load(&self.timeouts[k.index()])))
                 .collect(),
             closed,
+            accept_errors: AcceptErrorKind::ALL
+                .iter()
+                .map(|k| (k.as_str(), load(&self.accept_errors[k.index()])))
+                .collect(),
             errors: load(&self.errors),
             requests: latency.count,
             deadline_exceeded: load(&self.deadline_exceeded),

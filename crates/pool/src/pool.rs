@@ -17,7 +17,7 @@ use crate::core::{ControlState, PoolCore, PoolInner, Stage, HEALTH_INTERVAL};
 use crate::events::{EventBus, Subscription};
 use crate::guard::ConnectionGuard;
 use crate::health::Health;
-use crate::metrics::MetricsSnapshot;
+use crate::metrics::{AcceptErrorKind, MetricsSnapshot};
 use crate::policy::ProtocolPolicy;
 
 /// What [`Pool::close_all`] did.
@@ -172,6 +172,18 @@ impl<P: ProtocolPolicy> Pool<P> {
         })
     }
 
+    /// Announces the pool as going away while it goes on admitting and serving as usual
+    /// ([`Stage::Leaving`]): its health turns `unavailable` (readiness and gRPC health follow),
+    /// so load balancers stop sending it new work before [`close_all`](Self::close_all) drains
+    /// it. Does nothing once the pool has left [`Stage::Serving`].
+    pub fn leave(&self) {
+        let core = &self.inner.core;
+        if core.leave() {
+            tracing::info!(pool = %core.name, "leaving: still serving, announced as unavailable");
+            core.refresh_health();
+        }
+    }
+
     /// Stops admitting and closes every connection (`closeAllConnections(timeout)`): each is asked
     /// to finish politely, in-flight work gets until `deadline`, then the rest close at once.
     pub async fn close_all(&self, deadline: Duration) -> CloseReport {
@@ -201,6 +213,15 @@ impl<P: ProtocolPolicy> Pool<P> {
         };
         tracing::info!(pool = %core.name, ?report, "all connections closed");
         report
+    }
+
+    /// Counts a failed accept on the server's listening socket (`kind`, with the operating
+    /// system's `error`): in the metrics by kind, in health (degraded while the health window
+    /// holds one, the message naming the kind), and announced as `accept_error`, at most once
+    /// per [`ACCEPT_ERROR_EVENT_INTERVAL`](crate::ACCEPT_ERROR_EVENT_INTERVAL) with the count
+    /// of failures since the last one.
+    pub fn record_accept_error(&self, kind: AcceptErrorKind, error: &dyn std::fmt::Display) {
+        self.inner.core.record_accept_error(kind, error);
     }
 
     /// Whether the pool is admitting connections.

@@ -1,4 +1,5 @@
-//! A decaying window of request outcomes: requests, errors, response time and rejections.
+//! A decaying window of request outcomes: requests, errors, response time, rejections and
+//! failed accepts.
 //!
 //! Contract: the window is split into [`BUCKETS`] time buckets; recording touches only the current
 //! bucket (a few relaxed atomic adds), and a reading weighs each bucket by its age, halving the
@@ -20,6 +21,7 @@ struct Bucket {
     errors: AtomicU64,
     response_micros: AtomicU64,
     rejections: AtomicU64,
+    accept_errors: AtomicU64,
 }
 
 impl Bucket {
@@ -30,6 +32,7 @@ impl Bucket {
             errors: AtomicU64::new(0),
             response_micros: AtomicU64::new(0),
             rejections: AtomicU64::new(0),
+            accept_errors: AtomicU64::new(0),
         }
     }
 }
@@ -45,6 +48,8 @@ pub struct WindowStats {
     pub average_response_ms: f64,
     /// Rejections in the window, unweighted.
     pub rejections: u64,
+    /// Failed accepts in the window, unweighted.
+    pub accept_errors: u64,
 }
 
 impl WindowStats {
@@ -104,6 +109,7 @@ impl DecayingWindow {
             b.errors.store(0, Ordering::Relaxed);
             b.response_micros.store(0, Ordering::Relaxed);
             b.rejections.store(0, Ordering::Relaxed);
+            b.accept_errors.store(0, Ordering::Relaxed);
         }
         b
     }
@@ -143,6 +149,13 @@ impl DecayingWindow {
             .fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Records one failed accept on the server's listening socket.
+    pub fn record_accept_error(&self, elapsed: Duration) {
+        self.bucket(elapsed)
+            .accept_errors
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The weighted totals as of `elapsed`.
     pub fn stats(&self, elapsed: Duration) -> WindowStats {
         let now = elapsed.as_nanos() as u64 / self.bucket_nanos.load(Ordering::Relaxed);
@@ -160,6 +173,7 @@ impl DecayingWindow {
             s.errors += weight * b.errors.load(Ordering::Relaxed) as f64;
             micros += weight * b.response_micros.load(Ordering::Relaxed) as f64;
             s.rejections += b.rejections.load(Ordering::Relaxed);
+            s.accept_errors += b.accept_errors.load(Ordering::Relaxed);
         }
         if s.requests > 0.0 {
             s.average_response_ms = micros / s.requests / 1000.0;
@@ -200,6 +214,14 @@ mod tests {
         w.record_rejection(SEC);
         assert_eq!(w.stats(SEC * 3).rejections, 2);
         assert_eq!(w.stats(SEC * 11).rejections, 0);
+    }
+
+    #[test]
+    fn accept_errors_count_within_the_window_only() {
+        let w = DecayingWindow::new(Duration::from_secs(10));
+        w.record_accept_error(SEC);
+        assert_eq!(w.stats(SEC * 10).accept_errors, 1);
+        assert_eq!(w.stats(SEC * 11).accept_errors, 0);
     }
 
     #[test]

@@ -10,9 +10,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use poolserve_pool::{
-    earliest, stall_deadline, Activity, Clock, CloseReason, ConnectionTracker, DefaultPolicy,
-    EventError, HealthStatus, ManagedConnection, Phase, Pool, PoolConfig, PoolEventKind,
-    PoolSettings, Refusal, RequestTracker, TimeoutKind,
+    earliest, stall_deadline, AcceptErrorKind, Activity, Clock, CloseReason, ConnectionTracker,
+    DefaultPolicy, EventError, HealthStatus, ManagedConnection, Phase, Pool, PoolConfig,
+    PoolEventKind, PoolSettings, Refusal, RequestTracker, Stage, TimeoutKind,
 };
 use tokio::sync::futures::OwnedNotified;
 use tokio::sync::Notify;
@@ -727,6 +727,101 @@ async fn a_drain_waits_for_a_head_partly_in_within_its_bound() {
     assert!(!stuck.politely_asked.load(Ordering::SeqCst));
     let report = closing.await.unwrap();
     assert_eq!((report.open_at_start, report.forced), (2, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_leaving_pool_is_unavailable_but_admits_and_serves_until_it_drains() {
+    let pool = pool(PoolSettings::default());
+    let (kept, kept_tracker, served_kept) = open(&pool);
+    let mut events = pool.subscribe();
+    pool.leave();
+    assert_eq!(pool.control().borrow().stage, Stage::Leaving);
+    let h = pool.health();
+    assert_eq!(h.status, HealthStatus::Unavailable);
+    assert!(h.message.contains("leaving"), "{}", h.message);
+    match events.try_recv() {
+        Some(Ok(e)) => assert!(
+            matches!(
+                e.kind,
+                PoolEventKind::HealthStatusChanged {
+                    to: HealthStatus::Unavailable,
+                    ..
+                }
+            ),
+            "{e:?}"
+        ),
+        other => panic!("no health event: {other:?}"),
+    }
+    // Still admitting, and an open connection is not asked to close.
+    let (fresh, _, served_fresh) = open(&pool);
+    kept.begin(&kept_tracker);
+    kept.end();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!kept.politely_asked.load(Ordering::SeqCst));
+    assert!(!served_kept.is_finished());
+    // Leaving again changes nothing; the drain takes over from there.
+    pool.leave();
+    let report = pool.close_all(Duration::from_secs(3)).await;
+    assert_eq!((report.open_at_start, report.forced), (2, 0));
+    assert!(kept.politely_asked.load(Ordering::SeqCst));
+    assert_eq!(served_kept.await.unwrap(), CloseReason::Shutdown);
+    assert_eq!(served_fresh.await.unwrap(), CloseReason::Shutdown);
+    assert_eq!(pool.admit(None).unwrap_err(), Refusal::NotAccepting);
+    pool.leave();
+    assert_eq!(pool.control().borrow().stage, Stage::Draining);
+    drop(fresh);
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_accepts_are_counted_announced_at_most_once_a_second_and_degrade_for_a_window() {
+    let pool = pool(PoolSettings {
+        health: Some(poolserve_pool::HealthSettings {
+            window: Some("2s".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let mut events = pool.subscribe();
+    let emfile = std::io::Error::from_raw_os_error(24);
+    for _ in 0..3 {
+        pool.record_accept_error(AcceptErrorKind::Emfile, &emfile);
+    }
+    let accept_errors = |events: &mut poolserve_pool::Subscription| {
+        let mut seen = Vec::new();
+        while let Some(Ok(e)) = events.try_recv() {
+            if let PoolEventKind::AcceptError { kind, failures, .. } = e.kind {
+                seen.push((kind, failures));
+            }
+        }
+        seen
+    };
+    assert_eq!(
+        accept_errors(&mut events),
+        [(AcceptErrorKind::Emfile, 1)],
+        "one event, the next two held back"
+    );
+    let m = pool.metrics();
+    assert!(m.accept_errors.contains(&("emfile", 3)), "{m:?}");
+    assert!(m.accept_errors.contains(&("enobufs", 0)), "{m:?}");
+    let h = pool.health();
+    assert_eq!(h.status, HealthStatus::Degraded);
+    assert!(
+        h.message.contains("accept failing (emfile)"),
+        "{}",
+        h.message
+    );
+
+    tokio::time::sleep(poolserve_pool::ACCEPT_ERROR_EVENT_INTERVAL).await;
+    pool.record_accept_error(AcceptErrorKind::Enobufs, &"no buffer space");
+    assert_eq!(
+        accept_errors(&mut events),
+        [(AcceptErrorKind::Enobufs, 3)],
+        "the failures held back are counted in the next event"
+    );
+    assert!(pool.health().message.contains("(enobufs)"));
+    // A whole window without a failed accept: healthy again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(pool.health().status, HealthStatus::Healthy);
 }
 
 #[tokio::test]

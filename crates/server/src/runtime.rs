@@ -13,9 +13,10 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::Duration;
 
-use poolserve_pool::{CloseReport, FieldError, Pool, PoolRegistry};
+use poolserve_pool::{CloseReport, ConfigChange, FieldError, Pool, PoolRegistry};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::admin::{AdminServer, AdminState};
@@ -24,6 +25,7 @@ use crate::http::{Handler, ResponseBody};
 use crate::server::{GrpcServices, Prepared, Server, ServerError, ServerOptions};
 use crate::transport::listener::{self, Listener, Reserved};
 use crate::transport::policy::ServerPolicy;
+use crate::transport::spare_fds::{SpareFdUse, SpareFds};
 use crate::transport::tls::PemPair;
 
 /// Prepares one server of the runtime on a pool (its HTTP service or gRPC services captured).
@@ -42,9 +44,12 @@ pub struct Runtime {
     config: Arc<RwLock<RunConfig>>,
     /// Held by a reload from its plan to its last change, so reloads never interleave.
     reloading: tokio::sync::Mutex<()>,
-    /// The drains of servers a reload stopped; shutdown waits for them too. Dropping a handle
-    /// leaves its drain running.
-    stopped: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    /// The servers a reload stopped and their drains; shutdown waits for them too. Dropping a
+    /// handle leaves its drain running. One still serving out its `drain_delay` can hand its
+    /// sockets to a server a later reload starts on its address.
+    stopped: std::sync::Mutex<Vec<(Weak<Server>, JoinHandle<()>)>>,
+    /// File descriptors the servers keep for the admin endpoint (`admin.spare_fds`).
+    spares: Arc<SpareFds>,
 }
 
 /// Where the sockets of a server a reload starts come from.
@@ -217,6 +222,8 @@ impl Runtime {
             let service = service.lock().unwrap_or_else(|p| p.into_inner()).clone();
             Server::prepare_for_protocol(pool, options, service, grpc.clone())
         });
+        let spares = Arc::new(SpareFds::new(config.admin_spare_fds));
+        let keep = SpareFdUse::Keep(spares.clone());
         let mut inherited = Inherited::new(sockets);
         let mut prepared = Vec::new();
         for spec in &config.servers {
@@ -233,7 +240,9 @@ impl Runtime {
                 .take(&spec.name, spec.listen, wanted, &spec.pool)
                 .await
                 .map_err(fail)?;
-            let server = preparer(new_pool(&registry, spec), options(spec, tls)).map_err(fail)?;
+            let server = preparer(new_pool(&registry, spec), options(spec, tls))
+                .map_err(fail)?
+                .with_spare_fds(keep.clone());
             prepared.push((server, listeners, wanted));
         }
         let servers = Arc::new(RwLock::new(Vec::new()));
@@ -258,6 +267,7 @@ impl Runtime {
                 servers: servers.clone(),
                 worker_threads: tokio::runtime::Handle::current().metrics().num_workers(),
             },
+            spares.clone(),
         )
         .map_err(StartError::Admin)?;
         for unused in inherited.unused() {
@@ -283,6 +293,7 @@ impl Runtime {
             config: running,
             reloading: tokio::sync::Mutex::new(()),
             stopped: std::sync::Mutex::new(Vec::new()),
+            spares,
         })
     }
 
@@ -332,10 +343,20 @@ impl Runtime {
             .filter(|s| plan.stop.iter().any(|n| n == s.name()))
             .cloned()
             .collect();
+        // Servers an earlier reload stopped that still accept, serving out their drain_delay.
+        let leaving: Vec<Arc<Server>> = self
+            .stopped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, drain)| !drain.is_finished())
+            .filter_map(|(server, _)| server.upgrade())
+            .filter(|server| server.is_accepting())
+            .collect();
         let mut promised: Vec<&Arc<Server>> = Vec::new();
         let mut ready = Vec::new();
         for (spec, tls) in std::mem::take(&mut plan.start) {
-            let giver = stopping.iter().find(|s| {
+            let giver = stopping.iter().chain(&leaving).find(|s| {
                 s.local_addr() == spec.listen
                     && s.is_accepting()
                     && !promised.iter().any(|p| Arc::ptr_eq(p, s))
@@ -362,7 +383,10 @@ impl Runtime {
                 },
             };
             match (self.preparer)(new_pool(&self.registry, &spec), options(&spec, tls)) {
-                Ok(prepared) => ready.push((spec, prepared, socket)),
+                Ok(prepared) => {
+                    let prepared = prepared.with_spare_fds(SpareFdUse::Keep(self.spares.clone()));
+                    ready.push((spec, prepared, socket));
+                }
                 Err(e) => errors.push(server_error(&spec, &e)),
             }
         }
@@ -386,6 +410,23 @@ impl Runtime {
 
         // Phase two: commit.
         let mut report = plan.apply_settings();
+        if next.admin_spare_fds != running.admin_spare_fds {
+            self.spares.set_target(next.admin_spare_fds);
+            let change = ConfigChange {
+                field: "spare_fds".into(),
+                old: running.admin_spare_fds.to_string(),
+                new: next.admin_spare_fds.to_string(),
+            };
+            tracing::info!(field = "admin.spare_fds", old = %change.old, new = %change.new, "admin config changed");
+            match report
+                .changed
+                .iter_mut()
+                .find(|(name, _)| name == ADMIN_POOL)
+            {
+                Some((_, changes)) => changes.push(change),
+                None => report.changed.push((ADMIN_POOL.to_owned(), vec![change])),
+            }
+        }
         let mut recorded = crate::config::recorded_after_reload(&running, next);
         let mut started = Vec::new();
         for (spec, prepared, socket) in ready {
@@ -443,25 +484,32 @@ impl Runtime {
             servers.retain(|s| !stopping.iter().any(|x| Arc::ptr_eq(x, s)));
             servers.extend(started);
         }
-        let deadline = recorded.drain_timeout;
+        let (deadline, delay) = (recorded.drain_timeout, recorded.drain_delay);
         *self.write_config() = recorded;
         let mut drains = self.stopped.lock().unwrap_or_else(|p| p.into_inner());
-        drains.retain(|d| !d.is_finished());
+        drains.retain(|(_, d)| !d.is_finished());
         for server in stopping {
             // A replaced server's pool is already out of service: its successor's took the name.
             self.registry.retire(server.pool());
             if !plan.replaced.iter().any(|n| n == server.name()) {
                 report.servers_removed.push(server.name().to_owned());
             }
-            tracing::info!(server = %server.name(), "server stopped; draining");
+            // One that handed its sockets over has stopped accepting already, and drains at once.
+            if server.is_accepting() && !delay.is_zero() {
+                tracing::info!(server = %server.name(), ?delay, "server stopped; serving on, announced as leaving, before its drain");
+            } else {
+                tracing::info!(server = %server.name(), "server stopped; draining");
+            }
             let registry = self.registry.clone();
+            let draining = server.clone();
             // The others go on serving while this one drains; its pool stays listed in the
             // metrics until it is empty, unless a new pool has its name.
-            drains.push(tokio::spawn(async move {
-                let report = server.drain(deadline).await;
-                registry.release(server.pool());
-                tracing::info!(server = %server.name(), polite = report.closed_politely, forced = report.forced, "stopped server drained");
-            }));
+            let drain = tokio::spawn(async move {
+                let report = draining.drain_after(delay, deadline).await;
+                registry.release(draining.pool());
+                tracing::info!(server = %draining.name(), polite = report.closed_politely, forced = report.forced, "stopped server drained");
+            });
+            drains.push((Arc::downgrade(&server), drain));
         }
         Ok(report)
     }
@@ -510,10 +558,11 @@ impl Runtime {
         self.admin.local_addr()
     }
 
-    /// Graceful shutdown: readiness turns 503, every server stops accepting and drains within
-    /// the configured deadline (the rest are closed at once), then the admin endpoint, which
-    /// answered probes meanwhile, drains in what is left of the same deadline. One report per
-    /// pool, the admin endpoint's included.
+    /// Graceful shutdown: readiness turns 503 and gRPC health NOT_SERVING; every server goes
+    /// on accepting and serving for the configured `drain_delay` (so load balancers notice),
+    /// then stops accepting and drains within the configured deadline (the rest are closed at
+    /// once); then the admin endpoint, which answered probes meanwhile, drains in what is left
+    /// of the same deadline. One report per pool, the admin endpoint's included.
     pub async fn shutdown(self) -> Vec<(String, CloseReport)> {
         self.drain(false).await
     }
@@ -533,19 +582,21 @@ impl Runtime {
     /// Drains every server, then the admin endpoint in what is left of the deadline, or both
     /// at once when `admin_too`.
     async fn drain(self, admin_too: bool) -> Vec<(String, CloseReport)> {
-        let started = tokio::time::Instant::now();
         self.draining.store(true, Ordering::Relaxed);
-        let deadline = self
-            .config
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain_timeout;
-        tracing::info!(?deadline, "shutting down");
+        let (deadline, delay) = {
+            let config = self.config.read().unwrap_or_else(|p| p.into_inner());
+            (config.drain_timeout, config.drain_delay)
+        };
+        // A process whose sockets another took over has nothing to keep serving for.
+        let delay = if admin_too { Duration::ZERO } else { delay };
+        tracing::info!(?deadline, ?delay, "shutting down");
+        // The deadline runs from the end of the delay, when the listeners close.
+        let started = tokio::time::Instant::now() + delay;
         let mut draining = JoinSet::new();
         let servers = std::mem::take(&mut *self.write_servers());
         for server in servers {
             let name = server.name().to_owned();
-            draining.spawn(async move { (name, server.drain(deadline).await) });
+            draining.spawn(async move { (name, server.drain_after(delay, deadline).await) });
         }
         let stopped = std::mem::take(&mut *self.stopped.lock().unwrap_or_else(|p| p.into_inner()));
         let servers_drained = async move {
@@ -556,7 +607,7 @@ impl Runtime {
                 }
             }
             // Servers a reload stopped finish their own drain, begun earlier under its deadline.
-            for drain in stopped {
+            for (_, drain) in stopped {
                 let _ = drain.await;
             }
             reports
@@ -565,7 +616,8 @@ impl Runtime {
             tokio::join!(servers_drained, self.admin.shutdown(deadline))
         } else {
             let reports = servers_drained.await;
-            let left = deadline.saturating_sub(started.elapsed());
+            let left = deadline
+                .saturating_sub(tokio::time::Instant::now().saturating_duration_since(started));
             (reports, self.admin.shutdown(left).await)
         };
         reports.push((ADMIN_POOL.to_owned(), admin));

@@ -24,6 +24,7 @@ use crate::transport::listener::{
     self, Io, Launch, Listener, LoopControl, Negotiated, ServeConnection,
 };
 use crate::transport::policy::ServerPolicy;
+use crate::transport::spare_fds::SpareFdUse;
 use crate::transport::tls::{PemPair, ServerCert, TlsError};
 
 /// Everything needed to start one server.
@@ -76,6 +77,8 @@ pub struct Server {
     pool: Pool<ServerPolicy>,
     /// Taken by the first shutdown or hand-over.
     accept: std::sync::Mutex<Option<Accepting>>,
+    /// Notified when the listening sockets are handed over, which ends a `drain_delay`.
+    handed_over: Notify,
     cert: Option<Arc<ServerCert>>,
 }
 
@@ -83,6 +86,8 @@ pub struct Server {
 struct Accepting {
     loops: Vec<AcceptLoop>,
     start: StartAccepting,
+    /// The spare descriptors each loop keeps or spends.
+    spares: SpareFdUse,
 }
 
 impl std::fmt::Debug for Accepting {
@@ -107,7 +112,7 @@ type Companion = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Starts one of a prepared server's accept loops on a listener.
 type StartAccepting =
-    Box<dyn Fn(Listener, Arc<LoopControl>) -> JoinHandle<Option<Listener>> + Send>;
+    Box<dyn Fn(Listener, Arc<LoopControl>, SpareFdUse) -> JoinHandle<Option<Listener>> + Send>;
 
 /// A server built but not yet accepting: its TLS loaded, its pool and dispatch made. Nothing
 /// of it runs and the registry does not list its pool until [`Prepared::start`], so dropping it
@@ -119,6 +124,7 @@ pub(crate) struct Prepared {
     cert: Option<Arc<ServerCert>>,
     accept: StartAccepting,
     companion: Option<Companion>,
+    spares: SpareFdUse,
 }
 
 impl std::fmt::Debug for Prepared {
@@ -131,6 +137,13 @@ impl std::fmt::Debug for Prepared {
 }
 
 impl Prepared {
+    /// Gives this server's accept loops a runtime's spare descriptors to keep (a server's) or
+    /// to spend while the process is out of them (the admin endpoint's).
+    pub(crate) fn with_spare_fds(mut self, spares: SpareFdUse) -> Self {
+        self.spares = spares;
+        self
+    }
+
     /// Puts the pool in service in `registry` (retiring another pool of the same name) and
     /// starts an accept loop on each of `listeners` (at least one, all on the same address).
     pub(crate) fn start(self, registry: &PoolRegistry, listeners: Vec<Listener>) -> Server {
@@ -149,7 +162,7 @@ impl Prepared {
         tracing::info!(server = %self.name, protocol = self.protocol.as_str(), %local_addr, sockets, "listening");
         let loops = listeners
             .into_iter()
-            .map(|l| start_loop(&self.accept, l))
+            .map(|l| start_loop(&self.accept, l, &self.spares))
             .collect();
         Server {
             name: self.name,
@@ -159,16 +172,18 @@ impl Prepared {
             accept: std::sync::Mutex::new(Some(Accepting {
                 loops,
                 start: self.accept,
+                spares: self.spares,
             })),
+            handed_over: Notify::new(),
             cert: self.cert,
         }
     }
 }
 
-fn start_loop(start: &StartAccepting, listener: Listener) -> AcceptLoop {
+fn start_loop(start: &StartAccepting, listener: Listener, spares: &SpareFdUse) -> AcceptLoop {
     let control = Arc::new(LoopControl::default());
     let socket = listener.socket();
-    let task = start(listener, control.clone());
+    let task = start(listener, control.clone(), spares.clone());
     AcceptLoop {
         task,
         control,
@@ -321,7 +336,7 @@ impl Server {
         let name = options.name;
         let accept: StartAccepting = {
             let (pool, name) = (pool.clone(), name.clone());
-            Box::new(move |listener, control| {
+            Box::new(move |listener, control, spares| {
                 tokio::spawn(listener::accept_loop(
                     listener,
                     control,
@@ -330,6 +345,7 @@ impl Server {
                     refusal,
                     dispatch.clone(),
                     name.clone(),
+                    spares,
                 ))
             })
         };
@@ -340,6 +356,7 @@ impl Server {
             cert,
             accept,
             companion,
+            spares: SpareFdUse::None,
         })
     }
 
@@ -421,7 +438,7 @@ impl Server {
             return Err(more);
         };
         for listener in more {
-            let started = start_loop(&accepting.start, listener);
+            let started = start_loop(&accepting.start, listener, &accepting.spares);
             accepting.loops.push(started);
         }
         Ok(())
@@ -448,6 +465,7 @@ impl Server {
         let Some(accepting) = self.accept.lock().unwrap_or_else(|p| p.into_inner()).take() else {
             return Vec::new();
         };
+        self.handed_over.notify_waiters();
         for l in &accepting.loops {
             l.control.hand_over();
         }
@@ -462,6 +480,32 @@ impl Server {
 
     /// Stops accepting and drains the pool within `deadline`; see [`Pool::close_all`].
     pub async fn shutdown(self, deadline: Duration) -> poolserve_pool::CloseReport {
+        self.drain(deadline).await
+    }
+
+    /// [`Server::drain`] after a delay: the pool is announced as leaving ([`Pool::leave`]:
+    /// health `unavailable`, gRPC health NOT_SERVING) while the server goes on accepting and
+    /// serving as usual for `delay`, so load balancers notice before its listeners close; then
+    /// it drains within `deadline`. A server whose sockets are handed over to a server taking
+    /// its place, before or during the delay, drains at once: its address is served on.
+    pub async fn drain_after(
+        &self,
+        delay: Duration,
+        deadline: Duration,
+    ) -> poolserve_pool::CloseReport {
+        if !delay.is_zero() {
+            // Enabled before the check, so a hand-over after it ends the delay.
+            let handed_over = self.handed_over.notified();
+            tokio::pin!(handed_over);
+            handed_over.as_mut().enable();
+            if self.is_accepting() {
+                self.pool.leave();
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = handed_over => {}
+                }
+            }
+        }
         self.drain(deadline).await
     }
 

@@ -1,7 +1,8 @@
 //! The Kubernetes manifest in deploy/ agrees with poolserve: its embedded config passes
 //! `poolserve --check` without a warning, the admin token is a file a Secret mounts, the probes
 //! point at the admin endpoint's `/livez` and `/readyz` and at the gRPC server, the ports are
-//! the config's, the Service leaves the admin port out, and the grace period outlasts the drain.
+//! the config's, the Service leaves the admin port out, `drain_delay` (not a `preStop` sleep)
+//! covers the readiness probe's window, and the grace period outlasts the delay and the drain.
 //! (The manifest is read with PyYAML from the test venv that scripts/test installs.)
 
 use std::path::PathBuf;
@@ -108,12 +109,25 @@ fn the_kubernetes_manifest_matches_the_config_it_carries() {
             assert!(published, "Service misses {name}");
         }
     }
-    // The kubelet waits longer than poolserve's drain.
+    // The pod serves on, unready, for longer than the readiness probe takes to notice; poolserve
+    // does that itself, so no preStop sleep.
+    let delay = humantime_secs(
+        m["drain_delay"]
+            .as_str()
+            .expect("drain_delay is set, so the pod serves on while it leaves the endpoints"),
+    );
+    let noticed = Duration::from_secs(m["readiness_window_seconds"].as_u64().unwrap());
+    assert!(
+        delay > noticed,
+        "drain_delay {delay:?} must outlast the readiness probe's window {noticed:?}"
+    );
+    assert!(m["pre_stop"].is_null(), "a preStop hook: {}", m["pre_stop"]);
+    // The kubelet waits longer than poolserve's delay and drain.
     let drain = humantime_secs(m["drain_timeout"].as_str().unwrap());
     let grace = Duration::from_secs(m["grace_seconds"].as_u64().unwrap());
     assert!(
-        grace > drain,
-        "grace {grace:?} must outlast drain {drain:?}"
+        grace > delay + drain,
+        "grace {grace:?} must outlast drain_delay {delay:?} + drain_timeout {drain:?}"
     );
     // The container runs the mounted config.
     let args: Vec<&str> = m["args"]

@@ -1,7 +1,9 @@
 //! poolserve behind a real load balancer: HAProxy (Debian's, installed by scripts/test) in front
 //! of three instances, health-checking each one's `/readyz` (deploy/haproxy/haproxy.cfg).
-//! A rolling restart under steady load loses no request, and an instance driven to overloaded
-//! gets no new connections until it recovers.
+//! A rolling restart under steady load loses no request, and with `drain_delay` HAProxy never
+//! even has to retry one: each instance turns unready at SIGTERM and serves on until HAProxy has
+//! taken it out of rotation. An instance driven to overloaded gets no new connections until it
+//! recovers.
 //!
 //! HAProxy's config needs the backends' ports before they start, and a restarted instance must
 //! come back on the same ports, so the ports are chosen by binding port 0 and releasing it.
@@ -15,6 +17,9 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_poolserve");
 const WAIT: Duration = Duration::from_secs(15);
+/// Each instance's `drain_delay`: twenty times HAProxy's check interval (100 ms, down after one
+/// failure), margin for a loaded machine.
+const DRAIN_DELAY: &str = "2s";
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -48,6 +53,7 @@ impl Instance {
             format!(
                 r#"
 drain_timeout = "5s"
+drain_delay = "{DRAIN_DELAY}"
 [admin]
 listen = "127.0.0.1:{admin}"
 [log]
@@ -150,9 +156,55 @@ fn http_get(addr: SocketAddr, path: &str) -> Result<String, String> {
     Ok(reply)
 }
 
+/// The body of a chunked HTTP/1.1 response (HAProxy's statistics page is one).
+fn dechunk(mut chunked: &str) -> String {
+    let mut body = String::new();
+    while let Some((size, rest)) = chunked.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        body.push_str(&rest[..size]);
+        let after = &rest[size..];
+        chunked = after.strip_prefix("\r\n").unwrap_or(after);
+    }
+    body
+}
+
 struct Balancer {
     front: SocketAddr,
+    /// HAProxy's statistics page (added by the test, not part of the recipe).
+    stats: SocketAddr,
     child: Child,
+}
+
+impl Balancer {
+    /// The `poolserve` backend's retries and redispatches so far (HAProxy's `wretr` and
+    /// `wredis`): requests HAProxy had to send again because an instance failed them.
+    fn retries(&self) -> (u64, u64) {
+        let reply = http_get(self.stats, "/stats;csv").unwrap();
+        let body = dechunk(reply.split_once("\r\n\r\n").map_or("", |(_, b)| b));
+        let mut lines = body.lines();
+        let header: Vec<&str> = lines
+            .next()
+            .unwrap_or_default()
+            .trim_start_matches("# ")
+            .split(',')
+            .collect();
+        let column = |name: &str| {
+            header
+                .iter()
+                .position(|h| *h == name)
+                .unwrap_or_else(|| panic!("no {name} column in:\n{body}"))
+        };
+        let (retr, redis) = (column("wretr"), column("wredis"));
+        let backend: Vec<&str> = lines
+            .map(|l| l.split(',').collect::<Vec<_>>())
+            .find(|row| row.first() == Some(&"poolserve") && row.get(1) == Some(&"BACKEND"))
+            .unwrap_or_else(|| panic!("no poolserve backend in:\n{body}"));
+        let number = |i: usize| backend[i].parse::<u64>().unwrap_or(0);
+        (number(retr), number(redis))
+    }
 }
 
 impl Drop for Balancer {
@@ -163,9 +215,12 @@ impl Drop for Balancer {
 }
 
 fn start_haproxy(dir: &std::path::Path, instances: &[&Instance]) -> Balancer {
-    let front = free_port();
+    let (front, stats) = (free_port(), free_port());
     let recipe = include_str!("../../../../deploy/haproxy/haproxy.cfg");
     let mut cfg = recipe.replace("@FRONT@", &front.to_string());
+    cfg.push_str(&format!(
+        "\nlisten stats\n    bind 127.0.0.1:{stats}\n    stats enable\n    stats uri /stats\n"
+    ));
     for (i, name) in ["A", "B", "C"].iter().enumerate() {
         cfg = cfg
             .replace(&format!("@WEB_{name}@"), &instances[i].web.to_string())
@@ -182,12 +237,17 @@ fn start_haproxy(dir: &std::path::Path, instances: &[&Instance]) -> Balancer {
         .spawn()
         .unwrap();
     let front = SocketAddr::from(([127, 0, 0, 1], front));
+    let stats = SocketAddr::from(([127, 0, 0, 1], stats));
     let started = Instant::now();
     while http_get(front, "/").map_or(true, |r| !r.starts_with("HTTP/1.1 200")) {
         assert!(started.elapsed() < WAIT, "haproxy never served");
         std::thread::sleep(Duration::from_millis(20));
     }
-    Balancer { front, child }
+    Balancer {
+        front,
+        stats,
+        child,
+    }
 }
 
 /// Waits until `cond` holds, polling (the balancer's health checks run on their own clock).
@@ -272,6 +332,9 @@ fn a_rolling_restart_behind_haproxy_loses_no_request() {
         "load ran: {}",
         ok.load(Ordering::Relaxed)
     );
+    // No request needed HAProxy's retry: every instance was out of rotation before it closed
+    // its listener (without drain_delay, HAProxy redispatches dozens of requests here).
+    assert_eq!(lb.retries(), (0, 0), "(retries, redispatches)");
     drop(lb);
 }
 

@@ -43,6 +43,8 @@ for mount in container.get("volumeMounts", []):
 
 print(json.dumps({
     "drain_timeout": config["drain_timeout"],
+    "drain_delay": config.get("drain_delay"),
+    "pre_stop": container.get("lifecycle", {}).get("preStop"),
     "admin_port": int(config["admin"]["listen"].rsplit(":", 1)[1]),
     "admin_token_file": config["admin"].get("token_file"),
     "secret_files": secret_files,
@@ -51,6 +53,8 @@ print(json.dumps({
     "container_ports": ports,
     "liveness": probe("livenessProbe"),
     "readiness": probe("readinessProbe"),
+    "readiness_window_seconds": container["readinessProbe"].get("periodSeconds", 10)
+    * container["readinessProbe"].get("failureThreshold", 3),
     "startup": probe("startupProbe"),
     "config_mount": container["volumeMounts"][0]["mountPath"],
     "args": container["args"],

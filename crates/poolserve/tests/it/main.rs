@@ -4,5 +4,6 @@
 mod axum_upgrade;
 mod cli;
 mod deploy;
+mod fd_limit;
 mod haproxy;
 mod upgrade;

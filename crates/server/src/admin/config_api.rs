@@ -18,6 +18,9 @@ use crate::config::{AcceptLoopsSetting, ADMIN_POOL};
 pub struct ConfigDocument {
     /// Shutdown drain deadline.
     pub drain_timeout: String,
+    /// How long a stopping server serves on, announced as not ready, before it drains (`0s`:
+    /// no delay).
+    pub drain_delay: String,
     /// The admin endpoint (the token itself is never shown).
     pub admin: AdminDocument,
     /// Logging.
@@ -44,6 +47,9 @@ pub struct AdminDocument {
     pub token_required: bool,
     /// Whether the probes (`/livez`, `/readyz`) need the token too.
     pub probes_need_token: bool,
+    /// File descriptors held in reserve so the endpoint answers while the process is out of
+    /// them.
+    pub spare_fds: usize,
     /// The admin endpoint's pool settings in force, every field filled in.
     pub pool: PoolSettings,
 }
@@ -114,10 +120,12 @@ pub fn config_document(state: &AdminState) -> ConfigDocument {
         .collect();
     ConfigDocument {
         drain_timeout: humantime::format_duration(run.drain_timeout).to_string(),
+        drain_delay: humantime::format_duration(run.drain_delay).to_string(),
         admin: AdminDocument {
             listen: run.admin_listen.to_string(),
             token_required: state.token.is_some(),
             probes_need_token: state.probes_need_token,
+            spare_fds: run.admin_spare_fds,
             pool: state
                 .registry
                 .get(ADMIN_POOL)

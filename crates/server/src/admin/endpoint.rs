@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -16,11 +17,12 @@ use tokio::sync::watch;
 
 use super::state::{AdminState, HealthDocument};
 use super::{auth, config_api, events, openapi, prometheus};
-use crate::config::ADMIN_POOL;
+use crate::config::{ADMIN_POOL, DEFAULT_SPARE_FDS};
 use crate::protocol::Protocol;
 use crate::server::{Prepared, Server, ServerError, ServerOptions};
 use crate::transport::listener::{self, Listener};
 use crate::transport::policy::ServerPolicy;
+use crate::transport::spare_fds::{SpareFdUse, SpareFds};
 
 /// The admin router, for mounting or serving. Every path needs the token when one is set,
 /// except the probes (`/livez`, `/readyz`) unless `probes_need_token`.
@@ -125,7 +127,8 @@ pub struct AdminServer {
 
 impl AdminServer {
     /// Binds `listen` and serves the admin router under a pool with `pool`'s settings,
-    /// registered in `state`'s registry as [`ADMIN_POOL`].
+    /// registered in `state`'s registry as [`ADMIN_POOL`], with [`DEFAULT_SPARE_FDS`] spare
+    /// file descriptors of its own to answer while the process is out of them.
     pub async fn start(
         listen: SocketAddr,
         pool: PoolConfig,
@@ -134,14 +137,18 @@ impl AdminServer {
         let listeners = listener::bind(listen, 1, &pool)
             .await
             .map_err(|e| ServerError::Bind(listen, e))?;
-        Ok(AdminServer::prepare(listeners, pool, state)?.start())
+        let spares = Arc::new(SpareFds::new(DEFAULT_SPARE_FDS));
+        Ok(AdminServer::prepare(listeners, pool, state, spares)?.start())
     }
 
-    /// Prepares the endpoint on `listeners`, starting nothing (see [`Prepared`]).
+    /// Prepares the endpoint on `listeners`, starting nothing (see [`Prepared`]); its accept
+    /// loop may spend `spares`, the spare descriptors a runtime's servers keep for it, so probes
+    /// and scrapes are answered while the servers are out of them.
     pub(crate) fn prepare(
         listeners: Vec<Listener>,
         pool: PoolConfig,
         state: AdminState,
+        spares: Arc<SpareFds>,
     ) -> Result<PreparedAdmin, ServerError> {
         if state.registry.get(ADMIN_POOL).is_some() {
             return Err(ServerError::Registry(format!(
@@ -165,7 +172,8 @@ impl AdminServer {
             protocol: Protocol::Http,
         };
         let pool = registry.create(ADMIN_POOL, policy, options.pool.clone());
-        let prepared = Server::prepare(pool, options, app)?;
+        let prepared =
+            Server::prepare(pool, options, app)?.with_spare_fds(SpareFdUse::Spend(spares));
         Ok(PreparedAdmin {
             prepared,
             listeners,

@@ -126,7 +126,7 @@ pub fn document() -> Value {
                 }
             }},
             "/events": { "get": {
-                "summary": "Every pool event as a server-sent event named by its kind (connection_added, connection_removed, connection_timeout, connection_error, pool_limit_reached, health_status_changed; lagged when events were lost)",
+                "summary": "Every pool event as a server-sent event named by its kind (connection_added, connection_removed, connection_timeout, connection_error, pool_limit_reached, accept_error, health_status_changed; lagged when events were lost)",
                 "responses": { "200": { "description": "event stream", "content": { "text/event-stream": { "schema": { "type": "string" } } } } }
             }},
             "/": { "get": {

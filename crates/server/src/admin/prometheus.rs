@@ -203,6 +203,25 @@ impl Collector for PoolCollector {
         counter(
             &mut e,
             Family {
+                name: "accept_errors",
+                help: "Failed accepts on the server's listening socket, by kind: emfile (the \
+                       process is out of file descriptors), enfile (the system is), enobufs, \
+                       enomem, other. The accept loop pauses after each, 5 ms doubling to 1 s.",
+                unit: None,
+                kind: MetricType::Counter,
+                samples: snaps
+                    .iter()
+                    .flat_map(|(l, m, _)| {
+                        m.accept_errors
+                            .iter()
+                            .map(|(k, v)| (with(l, "kind", k), *v))
+                    })
+                    .collect(),
+            },
+        )?;
+        counter(
+            &mut e,
+            Family {
                 name: "errors",
                 help:
                     "Server-side errors: 5xx responses, failed handlers, connection I/O failures.",

@@ -16,6 +16,12 @@ use crate::transport::tls::TlsFiles;
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 /// How long shutdown waits for in-flight work by default.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Spare file descriptors kept for the admin endpoint when `admin.spare_fds` is left out: one
+/// per admin connection it can open while the process is out of descriptors (a probe, a
+/// scrape, an event stream).
+pub const DEFAULT_SPARE_FDS: usize = 4;
+/// The most `admin.spare_fds` may ask for (the admin endpoint's default connection cap).
+pub const MAX_SPARE_FDS: usize = 64;
 /// The name of the admin endpoint's own pool (in `/health` and `/metrics`); no server may take it.
 pub const ADMIN_POOL: &str = "admin";
 /// Most listening sockets (accept loops) one server may run.
@@ -98,6 +104,9 @@ pub fn default_admin_pool() -> PoolConfig {
 pub struct FileConfig {
     /// How long shutdown waits for in-flight work, e.g. `"30s"`.
     pub drain_timeout: Option<String>,
+    /// How long a server goes on serving, announced as not ready, before its listener closes
+    /// and its drain begins, e.g. `"5s"`; absent: no delay.
+    pub drain_delay: Option<String>,
     /// The admin endpoint.
     pub admin: Option<AdminSection>,
     /// Logging.
@@ -129,6 +138,9 @@ pub struct AdminSection {
     pub token_file: Option<PathBuf>,
     /// Whether `/livez` and `/readyz` need the token too (default: they do not).
     pub probes_need_token: Option<bool>,
+    /// File descriptors held in reserve so the admin endpoint answers while the process is
+    /// out of them (default [`DEFAULT_SPARE_FDS`]).
+    pub spare_fds: Option<usize>,
     /// The admin endpoint's pool settings, over [`default_admin_pool`].
     pub pool: Option<PoolSettings>,
 }
@@ -199,8 +211,13 @@ pub struct RunConfig {
     pub admin_probes_need_token: bool,
     /// The admin endpoint's pool.
     pub admin_pool: PoolConfig,
+    /// File descriptors held in reserve for the admin endpoint.
+    pub admin_spare_fds: usize,
     /// Shutdown drain deadline.
     pub drain_timeout: Duration,
+    /// How long a server stopping (shutdown, or removed by a reload) goes on serving while
+    /// announced as not ready, before it drains; zero for no delay.
+    pub drain_delay: Duration,
     /// Logging.
     pub log: LogConfig,
     /// Worker threads of the async runtime; `None` for one per core. Read by the binary when
@@ -285,7 +302,9 @@ impl RunConfig {
             admin_token: None,
             admin_probes_need_token: false,
             admin_pool: default_admin_pool(),
+            admin_spare_fds: DEFAULT_SPARE_FDS,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            drain_delay: Duration::ZERO,
             log: LogConfig {
                 level: "info".into(),
                 json: false,
@@ -388,6 +407,21 @@ impl FileConfig {
                 default_admin_pool()
             }
         };
+        let admin_spare_fds = match admin.spare_fds {
+            None => DEFAULT_SPARE_FDS,
+            Some(n) if n <= MAX_SPARE_FDS => n,
+            Some(n) => {
+                errors.push(field_error(
+                    "admin.spare_fds",
+                    n,
+                    format!(
+                        "must be between 0 and {MAX_SPARE_FDS} (0: none, and the admin endpoint \
+                         goes unanswered while the process is out of file descriptors)"
+                    ),
+                ));
+                DEFAULT_SPARE_FDS
+            }
+        };
         let drain_timeout = match &self.drain_timeout {
             None => DEFAULT_DRAIN_TIMEOUT,
             Some(raw) => match parse_duration_setting(raw) {
@@ -397,6 +431,17 @@ impl FileConfig {
                     DEFAULT_DRAIN_TIMEOUT
                 }
             },
+        };
+        let drain_delay = match &self.drain_delay {
+            None => Duration::ZERO,
+            Some(raw) => parse_duration_setting(raw).unwrap_or_else(|reason| {
+                errors.push(field_error(
+                    "drain_delay",
+                    format!("{raw:?}"),
+                    format!("{reason} (leave it out for no delay)"),
+                ));
+                Duration::ZERO
+            }),
         };
         let log = self.log.clone().unwrap_or_default();
         let json = match log.format.as_deref() {
@@ -567,7 +612,9 @@ impl FileConfig {
                 admin_token,
                 admin_probes_need_token: admin.probes_need_token.unwrap_or(false),
                 admin_pool,
+                admin_spare_fds,
                 drain_timeout,
+                drain_delay,
                 log,
                 worker_threads,
                 servers,
@@ -616,6 +663,28 @@ mod tests {
         assert_eq!(cfg.servers.len(), 1);
         assert_eq!(cfg.servers[0].pool.max_connections, Some(1000));
         assert_eq!(cfg.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
+        assert_eq!(cfg.drain_delay, Duration::ZERO, "absent: no delay");
+    }
+
+    #[test]
+    fn drain_delay_is_a_bounded_duration() {
+        let with = |delay: &str| {
+            RunConfig::from_toml(&format!(
+                "drain_delay = {delay:?}\n\
+                 [[server]]\nname = \"web\"\nprotocol = \"http\"\nlisten = \"127.0.0.1:0\"\n"
+            ))
+        };
+        assert_eq!(with("5s").unwrap().drain_delay, Duration::from_secs(5));
+        for (bad, why) in [
+            ("0s", "greater than zero (leave it out for no delay)"),
+            ("25h", "at most 24h"),
+            ("soon", "not a duration"),
+        ] {
+            let err = with(bad).unwrap_err();
+            assert_eq!(err.0.len(), 1, "{err}");
+            assert_eq!(err.0[0].field, "drain_delay");
+            assert!(err.0[0].reason.contains(why), "{bad}: {err}");
+        }
     }
 
     #[test]
@@ -659,6 +728,7 @@ mod tests {
         let err = RunConfig::from_toml(
             r#"
             drain_timeout = "never"
+            drain_delay = "-1s"
             [[server]]
             name = "a"
             protocol = "gopher"
@@ -677,6 +747,7 @@ mod tests {
             fields,
             [
                 "drain_timeout",
+                "drain_delay",
                 "server[0] (a).protocol",
                 "server[0] (a).listen",
                 "server[0] (a).pool.max_connections",
@@ -849,6 +920,7 @@ mod tests {
         std::fs::write(&secret, "s3cret\n").unwrap();
         let text = format!(
             "[admin]\nlisten = \"0.0.0.0:9090\"\ntoken_file = {:?}\nprobes_need_token = true\n\
+             spare_fds = 2\n\
              [admin.pool]\nmax_connections = 8\nheaders_timeout = \"1s\"\n\
              [[server]]\nname = \"web\"\nprotocol = \"http\"\nlisten = \"127.0.0.1:0\"\n",
             secret.display().to_string()
@@ -861,6 +933,7 @@ mod tests {
         );
         assert!(cfg.admin_probes_need_token);
         assert_eq!(cfg.admin_pool.max_connections, Some(8));
+        assert_eq!(cfg.admin_spare_fds, 2);
         assert_eq!(cfg.admin_pool.headers_timeout, Duration::from_secs(1));
         assert_eq!(
             cfg.admin_pool.request_timeout,
@@ -874,10 +947,12 @@ mod tests {
         .unwrap();
         assert!(!defaults.admin_probes_need_token);
         assert_eq!(defaults.admin_pool, default_admin_pool());
+        assert_eq!(defaults.admin_spare_fds, DEFAULT_SPARE_FDS);
         assert!(defaults.warnings().is_empty(), "loopback");
 
         let err = RunConfig::from_toml(&format!(
-            "[admin]\ntoken = \"a\"\ntoken_file = {:?}\n[admin.pool]\nmax_connections = 0\n\
+            "[admin]\ntoken = \"a\"\ntoken_file = {:?}\nspare_fds = 65\n\
+             [admin.pool]\nmax_connections = 0\n\
              [[server]]\nname = \"admin\"\nprotocol = \"http\"\nlisten = \"127.0.0.1:0\"\n",
             dir.join("missing").display().to_string()
         ))
@@ -888,6 +963,7 @@ mod tests {
             [
                 "admin.token_file",
                 "admin.pool.max_connections",
+                "admin.spare_fds",
                 "server[0] (admin).name"
             ],
             "{err}"

@@ -8,7 +8,9 @@
 //! instances instead of queueing here; when told to hand the socket over, still open, to the
 //! server that takes its place on the same address, so that address is never without a
 //! listener; or when retired (a server told to run fewer loops), after accepting what is
-//! queued in its socket.
+//! queued in its socket. A failed accept is counted in the pool and paused after
+//! ([`accept_error`]); the admin endpoint's loop may spend a spare descriptor instead
+//! (`spare_fds.rs`).
 
 use std::future::Future;
 use std::io;
@@ -18,14 +20,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use poolserve_pool::{CloseReason, ConnectionGuard, Pool, PoolConfig, Stage};
+use futures_util::FutureExt;
+use poolserve_pool::{CloseReason, ConnectionGuard, Pool, PoolConfig};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Notify;
 use tokio_rustls::TlsAcceptor;
 
+use super::accept_error::{self, Backoff};
 use super::policy::ServerPolicy;
 use super::refusal::Refuser;
+use super::spare_fds::{SpareFdUse, SpareFds};
 use crate::protocol::RefusalReply;
 
 /// An I/O a connection can be served on: a TCP stream, or a TLS stream over one.
@@ -291,7 +296,8 @@ impl<H: ServeConnection> Admit<H> {
 /// hands it over, which gives the socket back still open; or until `control` retires it,
 /// which accepts what is queued and closes it (`None`). Each connection is admitted (or
 /// refused as `refusal` says, before any TLS), handshaken when `tls` is set, then served by
-/// `serve`.
+/// `serve`. `spares` says whether this loop may spend its runtime's spare descriptors (the
+/// admin endpoint's) or keeps them (a server's).
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn accept_loop<H: ServeConnection>(
     listener: Listener,
@@ -301,7 +307,17 @@ pub(crate) async fn accept_loop<H: ServeConnection>(
     refusal: RefusalReply,
     serve: H,
     name: String,
+    spares: SpareFdUse,
 ) -> Option<Listener> {
+    let (spare_fds, spend): (Option<&SpareFds>, bool) = match &spares {
+        SpareFdUse::None => (None, false),
+        SpareFdUse::Keep(s) => (Some(s), false),
+        SpareFdUse::Spend(s) => (Some(s), true),
+    };
+    let mut backoff = Backoff::default();
+    let pause = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(pause);
+    let mut paused = false;
     let mut stage = pool.control();
     let admit = Admit {
         pool,
@@ -313,7 +329,7 @@ pub(crate) async fn accept_loop<H: ServeConnection>(
     // A socket handed over from another server carries that server's keepalive times.
     set_keepalive(&listener.socket, &admit.pool.config(), &name);
     loop {
-        let (stream, peer) = tokio::select! {
+        let accepted = tokio::select! {
             biased;
             () = control.wake.notified() => {
                 if !control.retire.load(Ordering::Relaxed) {
@@ -339,26 +355,52 @@ pub(crate) async fn accept_loop<H: ServeConnection>(
             }
             changed = stage.changed() => {
                 let state = stage.borrow_and_update().clone();
-                if changed.is_err() || state.stage != Stage::Serving {
+                // A leaving pool still accepts: it stops when it drains.
+                if changed.is_err() || !state.stage.serves() {
                     break;
                 }
                 set_keepalive(&listener.socket, &state.config, &name);
                 continue;
             }
-            accepted = listener.socket.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    if is_per_connection_error(&e) {
+            () = &mut pause, if paused => {
+                paused = false;
+                // A spare the admin endpoint spent is taken back before this server takes a
+                // slot; failing that, the accept fails again and pauses longer.
+                if let Some(spares) = spare_fds.filter(|s| s.missing()) {
+                    let _ = spares.refill();
+                }
+                continue;
+            }
+            accepted = listener.socket.accept(), if !paused => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(conn) => conn,
+            Err(e) => {
+                // A connection the peer abandoned: not ours to count or wait on.
+                let Some(kind) = accept_error::kind(&e) else {
+                    continue;
+                };
+                admit.pool.record_accept_error(kind, &e);
+                let spare = spare_fds.filter(|_| spend && kind.is_descriptor_shortage());
+                match spare.map(|spares| accept_with_a_spare(&listener, spares)) {
+                    Some(SpareAccept::Accepted(conn)) => conn,
+                    Some(SpareAccept::NothingWaiting) => continue,
+                    // Out of descriptors or memory: pause instead of spinning.
+                    Some(SpareAccept::Failed) | None => {
+                        pause
+                            .as_mut()
+                            .reset(tokio::time::Instant::now() + backoff.failed());
+                        paused = true;
                         continue;
                     }
-                    // Out of file descriptors and the like: back off instead of spinning, the
-                    // way hyper's and tokio's accept loops do.
-                    tracing::error!(server = %name, error = %e, "accept failed; backing off");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
                 }
-            },
+            }
         };
+        backoff.succeeded();
+        // A spare spent while descriptors were short comes back as soon as one is free.
+        if let Some(spares) = spare_fds.filter(|s| s.missing()) {
+            let _ = spares.refill();
+        }
         control.accepted.fetch_add(1, Ordering::Relaxed);
         admit.take(stream, peer);
     }
@@ -379,6 +421,36 @@ fn accept_now(socket: &TcpListener) -> io::Result<Option<(TcpStream, SocketAddr)
     let stream = std::net::TcpStream::from(stream);
     stream.set_nonblocking(true)?;
     Ok(Some((TcpStream::from_std(stream)?, peer)))
+}
+
+/// What spending a spare descriptor on a failed accept gave.
+enum SpareAccept {
+    /// A connection, in the spare's slot.
+    Accepted((TcpStream, SocketAddr)),
+    /// No connection was waiting (`EMFILE` comes before the queue is looked at): the spare is
+    /// back, and the loop waits for the next connection.
+    NothingWaiting,
+    /// The accept failed again (something else took the slot first).
+    Failed,
+}
+
+/// Closes a spare descriptor and accepts what is already waiting into its slot; reopens the
+/// spare when nothing was.
+fn accept_with_a_spare(listener: &Listener, spares: &SpareFds) -> SpareAccept {
+    if !spares.spend() {
+        return SpareAccept::Failed;
+    }
+    match listener.socket.accept().now_or_never() {
+        Some(Ok(conn)) => SpareAccept::Accepted(conn),
+        Some(Err(_)) => {
+            let _ = spares.refill();
+            SpareAccept::Failed
+        }
+        None => {
+            let _ = spares.refill();
+            SpareAccept::NothingWaiting
+        }
+    }
 }
 
 /// Longest keepalive idle time Linux accepts (`TCP_KEEPIDLE`, seconds).

@@ -1,6 +1,6 @@
 //! `grpc.health.v1.Health` following the pool: SERVING while the pool is healthy or degraded,
-//! NOT_SERVING when it is overloaded, unavailable or draining, for the server (`""`) and each
-//! service alike.
+//! NOT_SERVING when it is overloaded, unavailable, leaving or draining, for the server (`""`)
+//! and each service alike.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -120,8 +120,9 @@ impl Health for PoolHealth {
     }
 }
 
-/// Sets the status from the pool's health now and whenever it changes; once the pool stops
-/// serving it sets NOT_SERVING and lets go, which ends every watch.
+/// Sets the status from the pool's health now and whenever it changes (NOT_SERVING as soon as
+/// the pool is leaving, while it still serves); once the pool drains it sets NOT_SERVING and
+/// lets go, which ends every watch.
 async fn follow(pool: Pool<ServerPolicy>, status: watch::Sender<ServingStatus>) {
     let mut control = pool.control();
     let mut tick = tokio::time::interval(HEALTH_INTERVAL);
@@ -132,7 +133,7 @@ async fn follow(pool: Pool<ServerPolicy>, status: watch::Sender<ServingStatus>) 
         if status.send_if_modified(|s| std::mem::replace(s, now) != now) {
             tracing::debug!(pool = pool.name(), ?now, "gRPC health status set");
         }
-        if stage != Stage::Serving {
+        if !stage.serves() {
             return;
         }
         // The pool re-assesses its health on the same interval; a stage change (drain) is
@@ -169,7 +170,7 @@ mod tests {
                 ServingStatus::NotServing
             );
         }
-        for stage in [Stage::Draining, Stage::Forced] {
+        for stage in [Stage::Leaving, Stage::Draining, Stage::Forced] {
             assert_eq!(
                 serving_status(HealthStatus::Healthy, stage),
                 ServingStatus::NotServing

@@ -15,7 +15,9 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use poolserve_demo::routes as demo;
 use poolserve_pool::{PoolConfig, PoolEventKind, PoolSettings, Subscription};
-use poolserve_server::config::{default_admin_pool, AcceptLoops, LogConfig, RunConfig, ServerSpec};
+use poolserve_server::config::{
+    default_admin_pool, AcceptLoops, LogConfig, RunConfig, ServerSpec, DEFAULT_SPARE_FDS,
+};
 use poolserve_server::tls::{PemPair, TlsFiles};
 use poolserve_server::{Protocol, Runtime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -135,7 +137,9 @@ pub async fn start_tuned(
         admin_token: None,
         admin_probes_need_token: false,
         admin_pool: default_admin_pool(),
+        admin_spare_fds: DEFAULT_SPARE_FDS,
         drain_timeout,
+        drain_delay: Duration::ZERO,
         log: LogConfig {
             level: "info".into(),
             json: false,
