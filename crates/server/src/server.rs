@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use poolserve_pool::{ConnectionGuard, Pool, PoolConfig, PoolRegistry};
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
