@@ -184,7 +184,22 @@ impl<C: ManagedConnection> PhaseTimer<'_, C> {
                 later(sent.max(activity.phase_since), TIMEOUT_GOODBYE_GRACE),
                 Due::GraceOver(CloseReason::Timeout(kind)),
             )),
-            Some(_) => C::deadline(&activity, &self.config).map(|(at, k)| (at, Due::Timeout(k))),
+            // Streams still in flight: the protocol's bounds apply, and the connection's age
+            // with its grace still ends them.
+            Some((_, kind)) => {
+                let own = C::deadline(&activity, &self.config).map(|(at, k)| (at, Due::Timeout(k)));
+                let aged = self.config.max_connection_age.map(|age| {
+                    let limit = later(activity.opened_at, age_limit(age, self.conn.id));
+                    (
+                        later(limit, self.config.max_connection_age_grace),
+                        Due::GraceOver(CloseReason::Timeout(kind)),
+                    )
+                });
+                match (own, aged) {
+                    (Some(o), Some(l)) => Some(if l.0 < o.0 { l } else { o }),
+                    (o, l) => o.or(l),
+                }
+            }
             None => {
                 let own = C::deadline(&activity, &self.config).map(|(at, k)| (at, Due::Timeout(k)));
                 match (own, self.lifetime(&activity)) {

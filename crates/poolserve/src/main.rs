@@ -261,6 +261,12 @@ async fn run(config: RunConfig, started: Started) -> ExitCode {
         None => notify::notify("READY=1"),
     }
     let stop = serve(&servers, file.as_ref(), &mut signals).await;
+    // After an upgrade no signal asked for this drain: the first stop signal (a `systemctl
+    // stop` reaching the old process too) is the one that leaves it be, a second cuts it.
+    let mut stops_left = match stop {
+        Stop::Signal(_) => 1,
+        Stop::Upgraded => 2,
+    };
     let shutdown = async {
         match stop {
             Stop::Signal(signal) => {
@@ -271,11 +277,17 @@ async fn run(config: RunConfig, started: Started) -> ExitCode {
         }
     };
     tokio::pin!(shutdown);
-    tokio::select! {
-        _ = &mut shutdown => ExitCode::SUCCESS,
-        second = signals.stop.next() => {
-            tracing::warn!(signal = second, "second signal during drain: exiting at once");
-            ExitCode::from(130)
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return ExitCode::SUCCESS,
+            signal = signals.stop.next() => {
+                stops_left -= 1;
+                if stops_left == 0 {
+                    tracing::warn!(signal, "second signal during drain: exiting at once");
+                    return ExitCode::from(130);
+                }
+                tracing::info!(signal, "already draining after an upgrade; a second signal exits at once");
+            }
         }
     }
 }
@@ -348,7 +360,10 @@ async fn serve(
         let (hup, usr2) = (std::future::pending::<()>(), std::future::pending::<()>());
         tokio::select! {
             signal = &mut stop => return Stop::Signal(signal),
-            () = hup, if file.is_some() => {
+            () = hup => {
+                if file.is_none() {
+                    tracing::info!("SIGHUP: no config file to re-read");
+                }
                 if let Some((path, _)) = file {
                     seen = modified(path);
                     reload(servers, path, "SIGHUP").await;

@@ -466,7 +466,6 @@ impl Server {
         let Some(accepting) = self.accept.lock().unwrap_or_else(|p| p.into_inner()).take() else {
             return Vec::new();
         };
-        self.handed_over.notify_waiters();
         for l in &accepting.loops {
             l.control.hand_over();
         }
@@ -476,6 +475,10 @@ impl Server {
                 handed.push(listener);
             }
         }
+        // Only now may a `drain_delay` waiting on this end and the drain begin: were the pool
+        // to stop admitting first, a loop still taking a connection would refuse it, or close
+        // its socket, though the server taking over serves this address.
+        self.handed_over.notify_waiters();
         handed
     }
 

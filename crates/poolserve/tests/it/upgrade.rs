@@ -355,6 +355,13 @@ fn sigusr2_upgrades_under_load_without_a_failed_request_and_the_new_process_serv
         "the old process runs the file replaced: {}",
         old_exe.display()
     );
+    // A long request the old process holds through its drain.
+    let sleeper = servers["web"];
+    let held = std::thread::spawn(move || http_get(sleeper, "/sleep?ms=2500"));
+    wait_until("the long request is in", || {
+        http_get(admin, "/metrics")
+            .contains("poolserve_requests_in_flight{server=\"web\",protocol=\"http\"} 1")
+    });
     signal("USR2", old_pid);
     let up = wait_for(&logs, "the new process is up", |l| {
         l["message"] == "poolserve is up" && l["pid"].as_u64() != Some(u64::from(old_pid))
@@ -375,8 +382,16 @@ fn sigusr2_upgrades_under_load_without_a_failed_request_and_the_new_process_serv
     let exe = std::fs::read_link(format!("/proc/{new_pid}/exe")).unwrap();
     assert_eq!(exe, program.canonicalize().unwrap(), "{}", exe.display());
 
+    // A stop meant for the service (systemd signals every process of the unit) reaches the old
+    // process while it drains: it goes on draining, and the long request is answered.
+    wait_for(&logs, "the old process drains", |l| {
+        l["message"] == "upgrade: the new process is ready; this one stops accepting and drains"
+    });
+    signal("TERM", old_pid);
     let status = wait_exit(old);
     assert_eq!(status.code(), Some(0), "the old process drains and exits 0");
+    let reply = held.join().unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     // Requests go on against the new process alone.
     std::fs::write(dir.0.join("mark"), "").unwrap();
     h2c.marked.store(true, Ordering::Relaxed);

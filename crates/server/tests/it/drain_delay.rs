@@ -20,7 +20,7 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
 /// Long enough for every check made while a server is leaving to finish on a loaded machine.
-const DELAY: Duration = Duration::from_secs(3);
+const DELAY: Duration = Duration::from_secs(6);
 
 /// A `Watch` of the server's own gRPC health status on `addr`, its first reply read.
 async fn watch_health(
@@ -99,7 +99,7 @@ async fn shutdown_serves_on_unready_for_the_drain_delay_then_drains() {
     let (status, config) = admin(h.admin, "/config").await;
     assert_eq!(status, 200);
     let config: serde_json::Value = serde_json::from_str(&config).unwrap();
-    assert_eq!(config["drain_delay"], "3s", "{config}");
+    assert_eq!(config["drain_delay"], "6s", "{config}");
     let web = h.runtime.server("web").unwrap().pool().clone();
     let (mut watch, first) = watch_health(h.grpc).await;
     assert_eq!(first, ServingStatus::Serving as i32);
@@ -167,7 +167,7 @@ async fn a_server_removed_by_reload_serves_on_unready_for_the_drain_delay() {
     assert_eq!(report.servers_removed.len(), 4, "{report:?}");
     let (_, config) = admin(h.admin, "/config").await;
     let config: serde_json::Value = serde_json::from_str(&config).unwrap();
-    assert_eq!(config["drain_delay"], "3s", "live: {config}");
+    assert_eq!(config["drain_delay"], "6s", "live: {config}");
     // Out of /health and /readyz at once; the gRPC server says NOT_SERVING on its own port.
     assert_eq!(
         next_status(&mut watch).await,
