@@ -1,12 +1,12 @@
 //! The `poolserve` binary as users run it: `--check`, and SIGTERM or SIGINT draining in-flight requests.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_poolserve");
+use crate::support::{json_lines, signal, wait_exit, BIN};
 const WAIT: Duration = Duration::from_secs(15);
 
 fn write_config(name: &str, text: &str) -> std::path::PathBuf {
@@ -163,17 +163,7 @@ fn an_admin_endpoint_open_without_a_token_is_warned_about() {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                if tx.send(v).is_err() {
-                    return;
-                }
-            }
-        }
-    });
+    let rx = json_lines(child.stdout.take().unwrap());
     let mut warned = None;
     loop {
         let line = rx.recv_timeout(WAIT).expect("the start-up log");
@@ -187,7 +177,7 @@ fn an_admin_endpoint_open_without_a_token_is_warned_about() {
     let warned = warned.expect("a config warning at start");
     assert_eq!(warned["level"], "WARN", "{warned}");
     assert_eq!(warned["field"], "admin.listen", "{warned}");
-    assert_eq!(send_signal("TERM", child.id()), 0);
+    signal("TERM", child.id());
     assert_eq!(wait_exit(child).code(), Some(0));
 }
 
@@ -201,17 +191,7 @@ fn spawn(config: &std::path::Path) -> (Child, SocketAddr, mpsc::Receiver<serde_j
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                if tx.send(v).is_err() {
-                    return;
-                }
-            }
-        }
-    });
+    let rx = json_lines(child.stdout.take().unwrap());
     let addr = loop {
         let Ok(line) = rx.recv_timeout(WAIT) else {
             let status = child.try_wait();
@@ -246,9 +226,9 @@ fn sigint_drains_in_flight_requests_and_exits_0() {
     a_signal_drains_in_flight_requests_and_exits_0("INT");
 }
 
-fn a_signal_drains_in_flight_requests_and_exits_0(signal: &str) {
+fn a_signal_drains_in_flight_requests_and_exits_0(name: &str) {
     let path = write_config(
-        &format!("run-{signal}.toml"),
+        &format!("run-{name}.toml"),
         r#"
 drain_timeout = "10s"
 [admin]
@@ -289,7 +269,7 @@ listen = "127.0.0.1:0"
         assert!(std::time::Instant::now() < deadline, "5 requests in flight");
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert_eq!(send_signal(signal, child.id()), 0);
+    signal(name, child.id());
     wait_for_log(&logs, "draining");
     for _ in 0..5 {
         let reply = done_rx.recv_timeout(WAIT).expect("the request completes");
@@ -317,34 +297,6 @@ fn requests_in_flight(admin: SocketAddr) -> f64 {
         .find(|l| l.starts_with("poolserve_requests_in_flight{") && l.contains("server=\"web\""))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
         .unwrap_or_else(|| panic!("no in-flight gauge for web in:\n{reply}"))
-}
-
-fn send_signal(signal: &str, pid: u32) -> i32 {
-    // The kill(1) utility keeps this test free of unsafe code.
-    Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(pid.to_string())
-        .status()
-        .map(|s| s.code().unwrap_or(1))
-        .unwrap_or(1)
-}
-
-fn wait_exit(mut child: Child) -> std::process::ExitStatus {
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait());
-    });
-    match rx.recv_timeout(WAIT) {
-        Ok(status) => status.unwrap(),
-        Err(_) => {
-            let _ = Command::new("kill")
-                .arg("-KILL")
-                .arg(pid.to_string())
-                .status();
-            panic!("poolserve did not exit after SIGTERM");
-        }
-    }
 }
 
 fn admin_get(admin: SocketAddr, path: &str) -> String {
@@ -459,7 +411,7 @@ listen = "127.0.0.1:0"
     };
     assert_eq!(reloaded["why"], "SIGHUP");
     assert_eq!(web_pool(&admin_get(admin, "/config"))["max_connections"], 5);
-    assert_eq!(send_signal("TERM", child.id()), 0);
+    signal("TERM", child.id());
     assert_eq!(wait_exit(child).code(), Some(0));
 }
 
@@ -504,7 +456,7 @@ accept_loops = "auto"
         let _ = s.read_to_string(&mut reply);
         assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     }
-    assert_eq!(send_signal("TERM", child.id()), 0);
+    signal("TERM", child.id());
     assert_eq!(wait_exit(child).code(), Some(0));
 
     let bad = write_config(

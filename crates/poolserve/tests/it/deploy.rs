@@ -9,20 +9,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_poolserve");
-
-fn venv_python() -> PathBuf {
-    let venv = std::env::var_os("POOLSERVE_TEST_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv"));
-    let bin = venv.join("bin/python");
-    assert!(
-        bin.exists(),
-        "{} is missing: run scripts/test (it installs the Python test clients)",
-        bin.display()
-    );
-    bin
-}
+use crate::support::{venv_python, BIN};
 
 #[test]
 fn the_kubernetes_manifest_matches_the_config_it_carries() {

@@ -6,26 +6,18 @@
 //! and its health recovers once a health window passes without a failed accept.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_poolserve");
+use crate::support::{free_port, BIN};
 const WAIT: Duration = Duration::from_secs(15);
 /// The descriptor limit the child runs under: its own dozen or so, four spares for the admin
 /// endpoint, and room for about 80 connections.
 const NOFILE: u32 = 96;
 /// Clients connecting to the server: more than it has descriptors for.
 const CLIENTS: usize = 140;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Kills the child if the test fails before it exits.
 struct Running(Child);

@@ -9,25 +9,17 @@
 //! come back on the same ports, so the ports are chosen by binding port 0 and releasing it.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_poolserve");
+use crate::support::{free_port, BIN};
 const WAIT: Duration = Duration::from_secs(15);
 /// Each instance's `drain_delay`: twenty times HAProxy's check interval (100 ms, down after one
 /// failure), margin for a loaded machine.
 const DRAIN_DELAY: &str = "2s";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn haproxy_bin() -> std::path::PathBuf {
     ["/usr/sbin/haproxy", "/usr/bin/haproxy"]

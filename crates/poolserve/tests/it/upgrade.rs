@@ -9,26 +9,13 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_poolserve");
+use crate::support::{json_lines, signal, venv_python, wait_exit, BIN};
 const WAIT: Duration = Duration::from_secs(20);
-
-fn venv_python() -> PathBuf {
-    let venv = std::env::var_os("POOLSERVE_TEST_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv"));
-    let bin = venv.join("bin/python");
-    assert!(
-        bin.exists(),
-        "{} is missing: run scripts/test (it installs the Python test clients)",
-        bin.display()
-    );
-    bin
-}
 
 /// A directory of this test's own, removed at the end.
 struct Dir(PathBuf);
@@ -64,37 +51,12 @@ impl Drop for Reaper {
     }
 }
 
-fn signal(name: &str, pid: u32) {
-    let status = Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill -{name} {pid}");
-}
-
 /// Puts a copy of `from` at `to` the way an install does: a new file renamed over the old
 /// one, so a process running the old file keeps it.
 fn install(from: &Path, to: &Path) {
     let staged = to.with_extension("new");
     std::fs::copy(from, &staged).unwrap();
     std::fs::rename(&staged, to).unwrap();
-}
-
-/// The JSON log lines of every process writing to `stdout` (the old one and, inherited, the
-/// new one).
-fn log_lines(stdout: ChildStdout) -> mpsc::Receiver<serde_json::Value> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                if tx.send(v).is_err() {
-                    return;
-                }
-            }
-        }
-    });
-    rx
 }
 
 fn wait_for(
@@ -158,21 +120,6 @@ fn stats_pid(admin: SocketAddr) -> u64 {
     let body = reply.split("\r\n\r\n").nth(1).unwrap_or_default();
     let doc: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("{reply}"));
     doc["pid"].as_u64().unwrap()
-}
-
-fn wait_exit(mut child: Child) -> std::process::ExitStatus {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "poolserve {} did not exit",
-            child.id()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Whether process `pid` is gone (or a zombie nobody reaped: it no longer runs).
@@ -315,7 +262,7 @@ fn sigusr2_upgrades_under_load_without_a_failed_request_and_the_new_process_serv
         .spawn()
         .unwrap();
     reaper.0.push(old.id());
-    let logs = log_lines(old.stdout.take().unwrap());
+    let logs = json_lines(old.stdout.take().unwrap());
     let (servers, admin, old_pid) = started(&logs);
     assert_eq!(old_pid, old.id());
     let mut note = [0u8; 128];
@@ -471,7 +418,7 @@ fn a_new_binary_that_fails_or_is_not_ready_in_time_leaves_the_old_one_serving() 
         .spawn()
         .unwrap();
     reaper.0.push(old.id());
-    let logs = log_lines(old.stdout.take().unwrap());
+    let logs = json_lines(old.stdout.take().unwrap());
     let (servers, admin, pid) = started(&logs);
 
     for (script, why) in [
