@@ -94,15 +94,16 @@ impl Inherited {
 
     /// `wanted` listening sockets for server `name` on `listen`: the handed-over sockets of
     /// its name on its address (any port when `listen`'s is 0) or else on exactly its address,
-    /// plus new ones bound to reach `wanted`. More than `wanted` are returned when more were
-    /// handed over: the server retires the extra ones once it runs.
+    /// plus new ones bound to reach `wanted`, not yet listening (they would join the handed-over
+    /// sockets' group and take connections before this process is ready). More than `wanted`
+    /// are returned when more were handed over: the server retires the extra ones once it runs.
     async fn take(
         &mut self,
         name: &str,
         listen: SocketAddr,
         wanted: usize,
         config: &poolserve_pool::PoolConfig,
-    ) -> Result<Vec<Listener>, ServerError> {
+    ) -> Result<(Vec<Listener>, Vec<Reserved>), ServerError> {
         let same_place =
             |addr: SocketAddr| addr == listen || (listen.port() == 0 && addr.ip() == listen.ip());
         let mut taken = Vec::new();
@@ -128,19 +129,19 @@ impl Inherited {
             }
         }
         let Some(first) = taken.first() else {
+            // A fresh address: nobody else listens there, so listening now takes nothing away.
             return listener::bind(listen, wanted, config)
                 .await
+                .map(|bound| (bound, Vec::new()))
                 .map_err(|e| ServerError::Bind(listen, e));
         };
         let addr = first.local_addr();
         tracing::info!(server = %name, %addr, sockets = taken.len(), by_name, "listening sockets handed over");
-        while taken.len() < wanted {
-            let more = listener::reserve(addr, config)
-                .and_then(Reserved::listen)
-                .map_err(|e| ServerError::Bind(addr, e))?;
-            taken.push(more);
+        let mut more = Vec::new();
+        while taken.len() + more.len() < wanted {
+            more.push(listener::reserve(addr, config).map_err(|e| ServerError::Bind(addr, e))?);
         }
-        Ok(taken)
+        Ok((taken, more))
     }
 
     /// The sockets no server took, by name and address.
@@ -236,14 +237,14 @@ impl Runtime {
                 None => None,
             };
             let wanted = spec.accept_loops.resolve();
-            let listeners = inherited
+            let (listeners, more) = inherited
                 .take(&spec.name, spec.listen, wanted, &spec.pool)
                 .await
                 .map_err(fail)?;
             let server = preparer(new_pool(&registry, spec), options(spec, tls))
                 .map_err(fail)?
                 .with_spare_fds(keep.clone());
-            prepared.push((server, listeners, wanted));
+            prepared.push((server, listeners, more, wanted));
         }
         let servers = Arc::new(RwLock::new(Vec::new()));
         let draining = Arc::new(AtomicBool::new(false));
@@ -251,7 +252,8 @@ impl Runtime {
         for w in config.warnings() {
             tracing::warn!(field = %w.field, value = %w.value, reason = %w.reason, "config warning");
         }
-        let admin_sockets = inherited
+        // One socket is wanted, so none is reserved beside it.
+        let (admin_sockets, _) = inherited
             .take(ADMIN_POOL, config.admin_listen, 1, &config.admin_pool)
             .await
             .map_err(StartError::Admin)?;
@@ -275,7 +277,17 @@ impl Runtime {
         }
 
         // Nothing has accepted yet; from here on nothing fails.
-        for (server, listeners, wanted) in prepared {
+        for ((server, mut listeners, more, wanted), spec) in
+            prepared.into_iter().zip(&config.servers)
+        {
+            for reserved in more {
+                match reserved.listen() {
+                    Ok(l) => listeners.push(l),
+                    Err(e) => {
+                        tracing::error!(server = %spec.name, error = %e, "an added listening socket could not listen");
+                    }
+                }
+            }
             let server = server.start(&registry, listeners);
             server.retire_sockets(wanted);
             servers
