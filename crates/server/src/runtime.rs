@@ -605,8 +605,9 @@ impl Runtime {
         // The deadline runs from the end of the delay, when the listeners close.
         let started = tokio::time::Instant::now() + delay;
         let mut draining = JoinSet::new();
-        let servers = std::mem::take(&mut *self.write_servers());
-        for server in servers {
+        // Listed (in `/config`, `/stats`) until they have drained: they serve on meanwhile.
+        let listed = self.servers.clone();
+        for server in self.servers() {
             let name = server.name().to_owned();
             draining.spawn(async move { (name, server.drain_after(delay, deadline).await) });
         }
@@ -632,6 +633,7 @@ impl Runtime {
                 .saturating_sub(tokio::time::Instant::now().saturating_duration_since(started));
             (reports, self.admin.shutdown(left).await)
         };
+        listed.write().unwrap_or_else(|p| p.into_inner()).clear();
         reports.push((ADMIN_POOL.to_owned(), admin));
         reports.sort_by(|a, b| a.0.cmp(&b.0));
         for (name, r) in &reports {

@@ -125,6 +125,12 @@ async fn shutdown_serves_on_unready_for_the_drain_delay_then_drains() {
     let (status, body) = admin(h.admin, "/readyz").await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(health(h.admin).await["status"], "unavailable");
+    // The servers are still listed with the sockets they accept on.
+    let (_, config) = admin(h.admin, "/config").await;
+    let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    let listed = config["servers"].as_array().unwrap();
+    let web_entry = listed.iter().find(|s| s["name"] == "web").unwrap();
+    assert_eq!(web_entry["listening_sockets"], 1, "{config}");
 
     // Meanwhile every listener accepts and serves as usual, and a kept-alive connection is
     // not asked to close.
