@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use crate::support::{json_lines, signal, wait_exit, BIN};
+use crate::support::{http_get, json_lines, signal, wait_exit, BIN};
 const WAIT: Duration = Duration::from_secs(15);
 
 fn write_config(name: &str, text: &str) -> std::path::PathBuf {
@@ -299,19 +299,6 @@ fn requests_in_flight(admin: SocketAddr) -> f64 {
         .unwrap_or_else(|| panic!("no in-flight gauge for web in:\n{reply}"))
 }
 
-fn admin_get(admin: SocketAddr, path: &str) -> String {
-    let mut s = TcpStream::connect(admin).unwrap();
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut reply = String::new();
-    let _ = s.read_to_string(&mut reply);
-    reply
-}
-
 fn web_pool(config: &str) -> serde_json::Value {
     let body = config.split("\r\n\r\n").nth(1).unwrap_or_default();
     let doc: serde_json::Value = serde_json::from_str(body).unwrap();
@@ -351,15 +338,12 @@ listen = "127.0.0.1:0"
             break line["admin"].as_str().unwrap().parse().unwrap();
         }
     };
-    assert_eq!(
-        web_pool(&admin_get(admin, "/config"))["max_connections"],
-        10
-    );
+    assert_eq!(web_pool(&http_get(admin, "/config"))["max_connections"], 10);
 
     // The file changes: the watcher applies it.
     std::fs::write(&path, text(1, "3s")).unwrap();
     wait_for_log(&logs, "config reloaded");
-    let pool = web_pool(&admin_get(admin, "/config"));
+    let pool = web_pool(&http_get(admin, "/config"));
     assert_eq!(pool["max_connections"], 1);
     assert_eq!(pool["headers_timeout"], "3s");
     // And takes effect: one connection is served, the next is refused with the 503.
@@ -387,7 +371,7 @@ listen = "127.0.0.1:0"
     };
     assert_eq!(refusal["field"], "server[0] (web).pool.max_connections");
     wait_for_log(&logs, "reload refused; the running config stays");
-    assert_eq!(web_pool(&admin_get(admin, "/config"))["max_connections"], 1);
+    assert_eq!(web_pool(&http_get(admin, "/config"))["max_connections"], 1);
 
     // SIGHUP re-reads the file even when its time did not change.
     std::fs::write(&path, text(5, "3s")).unwrap();
@@ -410,7 +394,7 @@ listen = "127.0.0.1:0"
         }
     };
     assert_eq!(reloaded["why"], "SIGHUP");
-    assert_eq!(web_pool(&admin_get(admin, "/config"))["max_connections"], 5);
+    assert_eq!(web_pool(&http_get(admin, "/config"))["max_connections"], 5);
     signal("TERM", child.id());
     assert_eq!(wait_exit(child).code(), Some(0));
 }
@@ -440,7 +424,7 @@ accept_loops = "auto"
             break line["admin"].as_str().unwrap().parse().unwrap();
         }
     };
-    let config = admin_get(admin, "/config");
+    let config = http_get(admin, "/config");
     let doc: serde_json::Value =
         serde_json::from_str(config.split("\r\n\r\n").nth(1).unwrap_or_default()).unwrap();
     assert_eq!(doc["runtime"]["worker_threads"], 3, "{doc}");

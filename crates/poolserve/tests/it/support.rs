@@ -2,8 +2,8 @@
 //! for a process to exit, and its JSON log lines.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::TcpListener;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::sync::mpsc;
@@ -81,4 +81,23 @@ pub fn json_lines(out: impl Read + Send + 'static) -> mpsc::Receiver<serde_json:
         }
     });
     rx
+}
+
+/// A one-shot `GET path` on a new connection to `addr`: the whole reply, head and body (empty
+/// when the connection fails or [`EXIT_WAIT`] passes).
+pub fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut reply = String::new();
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return reply;
+    };
+    let _ = s.set_read_timeout(Some(EXIT_WAIT));
+    if write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    )
+    .is_ok()
+    {
+        let _ = s.read_to_string(&mut reply);
+    }
+    reply
 }

@@ -5,8 +5,8 @@
 //! endpoint included, is the new process, which systemd is told about (`NOTIFY_SOCKET`). A new
 //! binary that fails, or is not ready within `drain_timeout`, leaves the old one serving.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::support::{json_lines, signal, venv_python, wait_exit, BIN};
+use crate::support::{http_get, json_lines, signal, venv_python, wait_exit, BIN};
 const WAIT: Duration = Duration::from_secs(20);
 
 /// A directory of this test's own, removed at the end.
@@ -99,19 +99,6 @@ fn started(
             return (servers, admin, line["pid"].as_u64().unwrap() as u32);
         }
     }
-}
-
-fn http_get(addr: SocketAddr, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut reply = String::new();
-    let _ = s.read_to_string(&mut reply);
-    reply
 }
 
 /// The `pid` of `/stats`: the process answering on the admin endpoint's address.
