@@ -185,16 +185,17 @@ impl<C: ManagedConnection> PhaseTimer<'_, C> {
                 Due::GraceOver(CloseReason::Timeout(kind)),
             )),
             // Streams still in flight: the protocol's bounds apply, and the connection's age
-            // with its grace still ends them.
-            Some((_, kind)) => {
+            // (or the retirement already under way) with its grace still ends them.
+            Some(_) => {
                 let own = C::deadline(&activity, &self.config).map(|(at, k)| (at, Due::Timeout(k)));
-                let aged = self.config.max_connection_age.map(|age| {
-                    let limit = later(activity.opened_at, age_limit(age, self.conn.id));
-                    (
-                        later(limit, self.config.max_connection_age_grace),
-                        Due::GraceOver(CloseReason::Timeout(kind)),
-                    )
-                });
+                let grace = self.config.max_connection_age_grace;
+                let aged = match self.retiring {
+                    Some((since, reason)) => Some((later(since, grace), Due::GraceOver(reason))),
+                    None => self.config.max_connection_age.map(|age| {
+                        let limit = later(activity.opened_at, age_limit(age, self.conn.id));
+                        (later(limit, grace), Due::GraceOver(CloseReason::MaxAge))
+                    }),
+                };
                 match (own, aged) {
                     (Some(o), Some(l)) => Some(if l.0 < o.0 { l } else { o }),
                     (o, l) => o.or(l),
