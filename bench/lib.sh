@@ -50,3 +50,19 @@ duel_round() {
   wait "$la" "$lb"
   echo "$(( $(cpu_ticks "$a") - ca )) $(( $(cpu_ticks "$b") - cb ))"
 }
+
+# Machine-readable results for bench/report.py: csv_row appends one measurement to
+# ${RESULTS_CSV:-bench/out/results.csv}, writing the header first when the file is missing or
+# empty. Columns: date (when this run of the script started, UTC: the same on all its rows, so it
+# tells runs apart), phase (bench/run-all.sh's phase, $BENCH_PHASE; empty for a run by hand),
+# then csv_row's 8 arguments: script (e.g. http1/run.sh), mode (keepalive, close, a message size,
+# or empty), kind (rps, p99_us, duel_ratio, idle_bytes_per_conn, ...), name (the peer measured;
+# poolserve's side for a duel), baseline (a duel's other side, else empty), round, value, unit.
+results_csv=${RESULTS_CSV:-bench/out/results.csv}
+csv_started=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+csv_row() {
+  [ -s "$results_csv" ] ||
+    echo 'date,phase,script,mode,kind,name,baseline,round,value,unit' > "$results_csv"
+  local IFS=,
+  echo "$csv_started,${BENCH_PHASE:-},$*" >> "$results_csv"
+}

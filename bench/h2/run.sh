@@ -3,8 +3,9 @@
 #  1. `GET /` with h2load (CONNS connections x STREAMS concurrent streams each):
 #     poolserve `http2` (h2c) vs a bare hyper HTTP/2 server with the same demo handler
 #     (bench/src/bin/bare_h2.rs) and nginx (`return 200`, Debian's nginx-light, one
-#     worker); over TLS (h2 by ALPN): poolserve `http2` with `tls`, bare_h2 with the same rustls
-#     set-up, nginx, and koatty_serve 2.3.0's Http2Server on Node (bench/koatty, TLS only);
+#     process: `master_process off`, so a duel's CPU ticks of its pid are all of nginx's);
+#     over TLS (h2 by ALPN): poolserve `http2` with `tls`, bare_h2 with the same rustls set-up,
+#     nginx, and koatty_serve 2.3.0's Http2Server on Node (bench/koatty, TLS only);
 #  2. gRPC unary `poolserve.demo.Echo/Unary` with h2load posting one pre-encoded message:
 #     poolserve `grpc` vs a bare tonic::transport::Server with the same service
 #     (bench/src/bin/bare_tonic.rs), h2c;
@@ -22,7 +23,8 @@
 # http2`: LTO compiles the same hyper code differently in a small binary, so this baseline
 # differs from poolserve by little more than the pool). The duel also runs bare_h2_same against
 # bare_h2_ka.
-# Results: bench/out/h2.txt, per round bench/out/h2-rounds.tsv (summarised by summarize.py).
+# Results: bench/out/h2.txt, per round bench/out/h2-rounds.tsv (summarised by summarize.py), and
+# every round's figures in bench/out/results.csv (csv_row in bench/lib.sh; bench/report.py).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -122,6 +124,7 @@ nginx_config() { # $1 = port, $2 = tls (0|1)
   mkdir -p "$out/nginx-h2"
   cat > "$out/nginx-h2/nginx.conf" <<CONF
 worker_processes 1;
+master_process off;
 daemon off;
 pid $PWD/$out/nginx-h2/nginx.pid;
 error_log $PWD/$out/nginx-h2/error.log warn;
@@ -291,6 +294,8 @@ for round in $(seq "$ROUNDS"); do
     done
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$peer" "$r" "$p" "$m" "$b" "$t" "$o" \
       "$attempt" >> "$rounds_tsv"
+    csv_row h2/run.sh "" rps "$peer" "" "$round" "$r" req/s
+    csv_row h2/run.sh "" p99_us "$peer" "" "$round" "$p" us
   done
 done
 
@@ -321,6 +326,7 @@ for round in $(seq "$IDLE_ROUNDS"); do
     stop
     printf '%s\t%s\t%s\t%s\n' "$round" "$peer" "$bytes" "$opened $closed" >> "$idle_tsv"
     echo "  round $round idle $peer: $bytes bytes/conn ($opened $closed)" >&2
+    csv_row h2/run.sh "" idle_bytes_per_conn "$peer" "" "$round" "$bytes" B
   done
 done
 
@@ -352,6 +358,7 @@ if [ "$INSTR_REQUESTS" != 0 ]; then
     fi
     printf '%s\t%s\n' "$peer" "$n" >> "$instr_tsv"
     echo "  instructions $peer: $n per call" >&2
+    csv_row h2/run.sh "" instructions "$peer" "" 1 "$n" instr/call
   done
   rm -f "$out"/h2-callgrind.*
   wrap=(taskset -c 1)
@@ -385,6 +392,7 @@ if [ "$DUEL_ROUNDS" != 0 ]; then
       r=$(python3 -c "print(f'{($ra / max(1, $ta)) / (max(1, $rb) / max(1, $tb)):.3f}')")
       printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$pair" "$round" "$ra" "$ta" "$rb" "$tb" "$r" >> "$duel_tsv"
       echo "  duel $pair round $round: $ra requests / $ta ticks vs $rb / $tb: $r" >&2
+      csv_row h2/run.sh "" duel_ratio "$ours" "$theirs" "$round" "$r" x
     done
   done
 fi

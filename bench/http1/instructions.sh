@@ -62,6 +62,11 @@ echo "instructions per keep-alive request: poolserve $pool, bare hyper $bare," \
   "pool_same $pool_same, bare_same $same" | tee "$out/instructions.txt"
 python3 -c "print(f'poolserve / bare hyper {$pool / $bare:.3f}, pool_same / bare_same {$pool_same / $same:.3f}')" \
   | tee -a "$out/instructions.txt"
+# The same counts in bench/out/results.csv (csv_row in bench/lib.sh; bench/report.py reads it).
+csv_row http1/instructions.sh keepalive instructions poolserve "" 1 "$pool" instr/req
+csv_row http1/instructions.sh keepalive instructions bare_hyper "" 1 "$bare" instr/req
+csv_row http1/instructions.sh keepalive instructions pool_same "" 1 "$pool_same" instr/req
+csv_row http1/instructions.sh keepalive instructions bare_same "" 1 "$same" instr/req
 dump() { ls -t "$out/callgrind.$1".*.1 | head -1; }
 python3 bench/callgrind_by_file.py "$(dump pool_same)" "$(dump bare_same)" "$N" \
   | tee -a "$out/instructions.txt"

@@ -2,12 +2,15 @@
 # HTTP/1.1 benchmarks, every number measured in this one run against a baseline:
 #  1. keep-alive `GET /` with wrk: poolserve `http` vs a bare hyper server with the same demo
 #     handler (bench/src/bin/bare_hyper.rs), nginx `return 200` (Debian's
-#     nginx-light, one worker) and koatty_serve 2.3.0 on Node (bench/koatty);
+#     nginx-light, one process: `master_process off`, so the duel's CPU ticks of its pid are
+#     all of nginx's) and koatty_serve 2.3.0 on Node (bench/koatty);
 #  2. connection churn: the same with `Connection: close` on every request;
 #  3. 10,000 idle keep-alive connections (each served one request): RSS per connection,
 #     poolserve vs bare hyper.
 # Servers run on core 1, wrk and the idle client on core 0; everything on 127.0.0.1; every run
 # is bounded in time. Peers missing from the machine are installed (apt, npm ci) when possible.
+# Results: bench/out/http1.txt, and every round's figures in bench/out/results.csv (csv_row in
+# bench/lib.sh; bench/report.py reads it).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -26,6 +29,7 @@ DUEL_SECS=${DUEL_SECS:-5}      # seconds per duel round
 # also holds poolserve (`same_binary bare http`), so it differs from poolserve by little more
 # than the pool; whole-program LTO compiles the same hyper code differently in the small
 # bare_hyper binary.
+# poolserve_b is the build at $POOLSERVE_B (an A/B of two builds of poolserve).
 DUEL_BASELINES=${DUEL_BASELINES:-"bare_hyper bare_same"}
 out=bench/out
 mkdir -p "$out"
@@ -55,8 +59,11 @@ start() { # $1 = peer; sets server_pid and server_port
   local port admin cfg
   port=$(free_port)
   case "$1" in
-    poolserve)
-      admin=$(free_port); cfg="$out/http1-poolserve.toml"
+    poolserve|poolserve_b)
+      # poolserve_b: another build of poolserve ($POOLSERVE_B), for a duel of two builds.
+      local exe="$bin/poolserve"
+      [ "$1" = poolserve_b ] && exe=${POOLSERVE_B:?"POOLSERVE_B names the other build"}
+      admin=$(free_port); cfg="$out/http1-$1.toml"
       cat > "$cfg" <<TOML
 [admin]
 listen = "127.0.0.1:$admin"
@@ -71,7 +78,7 @@ listen = "127.0.0.1:$port"
   keep_alive_timeout = "120s"
   connection_timeout = "300s"
 TOML
-      taskset -c 1 "$bin/poolserve" --config "$cfg" > "$out/http1-poolserve.log" 2>&1 &
+      taskset -c 1 "$exe" --config "$cfg" > "$out/http1-$1.log" 2>&1 &
       ;;
     bare_hyper)
       taskset -c 1 "$bin/bare_hyper" "127.0.0.1:$port" > "$out/http1-bare.log" 2>&1 &
@@ -84,6 +91,7 @@ TOML
       mkdir -p "$out/nginx"
       cat > "$out/nginx/nginx.conf" <<CONF
 worker_processes 1;
+master_process off;
 daemon off;
 pid $PWD/$out/nginx/nginx.pid;
 error_log $PWD/$out/nginx/error.log warn;
@@ -151,6 +159,8 @@ for mode in $MODES; do
       rps[$peer-$mode]+="$r "; p99[$peer-$mode]+="$p "
       [ "$e" = none ] || errors[$peer-$mode]+="round $round: $e "
       echo "  round $round $mode $peer: $r requests/s, p99 $p us" >&2
+      csv_row http1/run.sh "$mode" rps "$peer" "" "$round" "$r" req/s
+      csv_row http1/run.sh "$mode" p99_us "$peer" "" "$round" "$p" us
     done
   done
   printf '%-11s %-10s %12s %10s  %s\n' peer mode requests/s p99_us "rounds (requests/s)" | tee -a "$results"
@@ -206,6 +216,7 @@ if [ "$DUEL_ROUNDS" != 0 ]; then
       r=$(python3 -c "print(f'{($ra / max(1, $ta)) / ($rb / max(1, $tb)):.3f}')")
       ratios+="$r "
       echo "  duel round $round $mode: poolserve $ra requests / $ta ticks, $base $rb / $tb ticks: $r" >&2
+      csv_row http1/run.sh "$mode" duel_ratio poolserve "$base" "$round" "$r" x
     done
     echo "duel $mode: poolserve / $base requests per CPU-second, median $(median <<<"$ratios"), geometric mean $(python3 -c "import math, sys; r = [float(x) for x in sys.argv[1:]]; print(f'{math.exp(sum(map(math.log, r)) / len(r)):.3f}')" $ratios) (rounds $ratios)" \
       | tee -a "$results"
@@ -241,6 +252,7 @@ for round in $(seq "$IDLE_ROUNDS"); do
     stop
     rss[$peer]+="$r "
     echo "  round $round idle $peer: $r bytes/conn ($opened $closed)" >&2
+    csv_row http1/run.sh keepalive idle_bytes_per_conn "$peer" "" "$round" "$r" B
   done
 done
 printf '%-11s %18s  %s\n' peer rss_bytes/conn "rounds" | tee -a "$results"

@@ -6,6 +6,8 @@
 #     them cost poolserve: measured at ping_interval $PING (default 30s) and, for a cost per
 #     ping, at $FAST_PING (default 2s); the CPU window holds only idle time, no handshakes.
 # Servers run on core 1, the load on core 0; everything on 127.0.0.1; every run is bounded.
+# Results: bench/out/ws.txt, and every round's figures in bench/out/results.csv (csv_row in
+# bench/lib.sh; bench/report.py reads it; bare is named bare_ws there).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -81,6 +83,9 @@ for round in $(seq "$ROUNDS"); do
       rates[$server-$size]+="$r "
       p99s[$server-$size]+="$p "
       echo "  round $round $server $size B: $r msgs/s, p99 $p us" >&2
+      name=$server; [ "$server" = bare ] && name=bare_ws
+      csv_row ws/run.sh "$size" ws_rate "$name" "" "$round" "$r" msg/s
+      csv_row ws/run.sh "$size" ws_p99_us "$name" "" "$round" "$p" us
     done
   done
 done
@@ -132,6 +137,13 @@ stop
 start_bare
 read -r b_rss b_cpu b_pings b_open b_closed <<<"$(idle_run)"
 stop
+# (the mode column holds the ping interval; the FAST_PING run is named poolserve_fast_ping)
+csv_row ws/run.sh "$PING" idle_bytes_per_conn poolserve "" 1 "$p_rss" B
+csv_row ws/run.sh "$FAST_PING" idle_bytes_per_conn poolserve_fast_ping "" 1 "$f_rss" B
+csv_row ws/run.sh none idle_bytes_per_conn bare_ws "" 1 "$b_rss" B
+csv_row ws/run.sh "$PING" idle_cpu_pct poolserve "" 1 "$p_cpu" %
+csv_row ws/run.sh "$FAST_PING" idle_cpu_pct poolserve_fast_ping "" 1 "$f_cpu" %
+csv_row ws/run.sh none idle_cpu_pct bare_ws "" 1 "$b_cpu" %
 printf '%-10s %18s %12s %10s %s\n' poolserve "$p_rss" "$p_cpu" "$p_pings" "$p_open $p_closed (ping every $PING)" | tee -a "$results"
 printf '%-10s %18s %12s %10s %s\n' poolserve "$f_rss" "$f_cpu" "$f_pings" "$f_open $f_closed (ping every $FAST_PING)" | tee -a "$results"
 printf '%-10s %18s %12s %10s %s\n' bare "$b_rss" "$b_cpu" "$b_pings" "$b_open $b_closed (no heartbeat)" | tee -a "$results"
