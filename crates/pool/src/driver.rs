@@ -35,7 +35,9 @@ pub trait ManagedConnection: Future<Output = Result<(), Self::Error>> {
     /// The error the connection can end with.
     type Error: std::fmt::Display;
 
-    /// Asks the connection to finish what is in flight and then close.
+    /// Asks the connection to finish what is in flight and then close. The driver calls this
+    /// from the connection's own task and polls the connection right after, so a connection
+    /// may act on it in that poll without registering a waker of its own.
     fn close_politely(self: Pin<&mut Self>);
 
     /// Whether an error is the peer's doing (a malformed request, a reset): such closes are

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -10,7 +11,6 @@ use poolserve_pool::{
     Activity, CloseReason, ConnectionGuard, ManagedConnection, PoolConfig, TimeoutKind,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::error::WsError;
@@ -22,7 +22,10 @@ use crate::transport::policy::ServerPolicy;
 /// One WebSocket connection from its HTTP request to its close.
 struct WsConnection {
     session: Pin<Box<dyn Future<Output = Result<(), WsError>> + Send>>,
-    close: watch::Sender<bool>,
+    /// Set by the polite close. A flag and not a channel (a `watch` costs some 350 bytes a
+    /// connection): the driver asks from the connection's own task and polls the connection
+    /// right after, so the session sees it without being woken (see `session::close_asked`).
+    close: Arc<AtomicBool>,
 }
 
 impl Future for WsConnection {
@@ -37,7 +40,7 @@ impl ManagedConnection for WsConnection {
 
     /// Before the upgrade: `Connection: close`; after it: close frame 1001.
     fn close_politely(self: Pin<&mut Self>) {
-        self.close.send_replace(true);
+        self.close.store(true, Ordering::Release);
     }
 
     fn is_peer_fault(e: &WsError) -> bool {
@@ -66,10 +69,10 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let tracker = guard.tracker();
-    let (close, closed) = watch::channel(false);
+    let close = Arc::new(AtomicBool::new(false));
     let io = TrackedIo::new(io, tracker.clone());
     let conn = WsConnection {
-        session: Box::pin(session::run(io, tracker, config, closed)),
+        session: Box::pin(session::run(io, tracker, config, close.clone())),
         close,
     };
     guard.serve(conn).await

@@ -1,8 +1,18 @@
 //! The WebSocket session of a `ws`/`wss` server: the HTTP/1.1 upgrade through hyper under the
 //! HTTP/1 bounds, then an echo of every message with a per-connection heartbeat, close codes as
 //! RFC 6455 gives them, and close 1001 when the pool asks.
+//!
+//! Memory: hyper's HTTP/1 connection takes two 8 KiB buffers as it starts, and freed memory
+//! that many connections held at once stays in the process, so hyper is started only once the
+//! request's first byte is in: a connection waiting for its request costs no buffer. After the
+//! upgrade the socket is taken back from hyper unboxed, and the session runs on it directly.
 
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -12,8 +22,8 @@ use hyper::server::conn::http1;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use poolserve_pool::{later, ConnectionTracker, PoolConfig};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{oneshot, watch};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsProtocolError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -26,16 +36,128 @@ use super::handshake::handshake;
 use crate::http::is_peer_fault;
 use crate::transport::io::TrackedIo;
 
+/// Ready once the pool asked for the polite close. It registers no waker: the driver asks from
+/// the connection's task and polls the connection right after, which polls this again.
+fn close_asked(flag: &AtomicBool) -> impl Future<Output = ()> + '_ {
+    std::future::poll_fn(move |_| {
+        if flag.load(Ordering::Acquire) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+}
+
+/// The connection's I/O with the outcome of the read that waited for the request's first
+/// byte, which hyper's first read returns: hyper sees the connection as if it had read it all.
+struct Primed<IO> {
+    first: Option<io::Result<u8>>,
+    io: IO,
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Primed<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if buf.remaining() > 0 {
+            if let Some(first) = this.first.take() {
+                return Poll::Ready(first.map(|byte| buf.put_slice(&[byte])));
+            }
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Primed<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
 pub(super) async fn run<IO>(
     io: TrackedIo<IO>,
     tracker: ConnectionTracker,
     config: Arc<PoolConfig>,
-    mut close: watch::Receiver<bool>,
+    close: Arc<AtomicBool>,
 ) -> Result<(), WsError>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    // 1. The HTTP/1.1 upgrade, under the HTTP/1 bounds.
+    // A function of its own, so that none of its locals stays in this future beside the
+    // session's.
+    let Some((io, part, asked_to_close)) = upgrade(io, &tracker, &config, &close).await? else {
+        return Ok(());
+    };
+    tracker.upgraded();
+
+    // 2. The WebSocket session.
+    let ws_config = WebSocketConfig::default()
+        .max_message_size(Some(config.websocket.max_message_size))
+        .max_frame_size(Some(config.websocket.max_frame_size));
+    let ws = WebSocketStream::from_partially_read(io, part, Role::Server, Some(ws_config)).await;
+    echo(ws, &tracker, &close, asked_to_close).await
+}
+
+/// The HTTP/1.1 upgrade, under the HTTP/1 bounds: the socket taken back from hyper, what hyper
+/// read past the request (a client may send its first frames right behind it), and whether the
+/// pool asked for the polite close meanwhile; `None` when the connection ended without one.
+async fn upgrade<IO>(
+    mut io: TrackedIo<IO>,
+    tracker: &ConnectionTracker,
+    config: &PoolConfig,
+    close: &AtomicBool,
+) -> Result<Option<(TrackedIo<IO>, Vec<u8>, bool)>, WsError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // 0. The request's first byte, before hyper and its buffers. A polite close meanwhile, or
+    // a peer that closes without a byte, ends the connection here, as hyper would end it.
+    let first = {
+        let mut byte = [0u8; 1];
+        tokio::select! {
+            biased;
+            () = close_asked(close) => return Ok(None),
+            read = io.read(&mut byte) => match read {
+                Ok(0) => return Ok(None),
+                Ok(_) => Ok(byte[0]),
+                // hyper's first read reports it, as it would have.
+                Err(e) => Err(e),
+            },
+        }
+    };
+    let io = Primed {
+        first: Some(first),
+        io,
+    };
+
+    // 1. The HTTP/1.1 request and its answer.
     let (upgrade_tx, upgrade_rx) = oneshot::channel::<OnUpgrade>();
     let upgrade_tx = Arc::new(Mutex::new(Some(upgrade_tx)));
     let request_tracker = tracker.clone();
@@ -53,7 +175,8 @@ where
         request.finish();
         async move { Ok::<_, std::convert::Infallible>(res) }
     });
-    let mut asked_to_close = *close.borrow_and_update();
+    // Not asked yet: the wait for the first byte returned otherwise.
+    let mut asked_to_close = false;
     // The HTTP connection, and with it the service holding the upgrade's sender, is dropped at
     // the end of this block: a connection that closed without a valid upgrade request (a TCP
     // probe, a request answered 426) then ends here instead of waiting for an upgrade that can
@@ -65,9 +188,6 @@ where
             .serve_connection(TokioIo::new(io), service)
             .with_upgrades();
         tokio::pin!(conn);
-        if asked_to_close {
-            conn.as_mut().graceful_shutdown();
-        }
         loop {
             tokio::select! {
                 biased;
@@ -75,38 +195,32 @@ where
                     done.map_err(|e| WsError::new(e.to_string(), is_peer_fault(&e)))?;
                     break;
                 }
-                changed = close.changed(), if !asked_to_close => {
+                () = close_asked(close), if !asked_to_close => {
                     asked_to_close = true;
-                    if changed.is_ok() {
-                        conn.as_mut().graceful_shutdown();
-                    }
+                    conn.as_mut().graceful_shutdown();
                 }
             }
         }
     }
     let Ok(on_upgrade) = upgrade_rx.await else {
         // The client never asked to upgrade (or was refused) and the connection closed.
-        return Ok(());
+        return Ok(None);
     };
     let upgraded = on_upgrade
         .await
         .map_err(|e| WsError::peer(format!("upgrade failed: {e}")))?;
-    tracker.upgraded();
-
-    // 2. The WebSocket session.
-    let ws_config = WebSocketConfig::default()
-        .max_message_size(Some(config.websocket.max_message_size))
-        .max_frame_size(Some(config.websocket.max_frame_size));
-    let ws =
-        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
-            .await;
-    echo(ws, &tracker, close, asked_to_close).await
+    // The socket back from hyper, unboxed; hyper's read buffer goes with `parts`.
+    let parts = upgraded
+        .downcast::<TokioIo<Primed<TrackedIo<IO>>>>()
+        .map_err(|_| WsError::new("upgrade: not the connection's own socket", false))?;
+    let part = parts.read_buf.to_vec();
+    Ok(Some((parts.io.into_inner().io, part, asked_to_close)))
 }
 
 async fn echo<S>(
     ws: WebSocketStream<S>,
     tracker: &ConnectionTracker,
-    mut close: watch::Receiver<bool>,
+    close: &AtomicBool,
     already_closing: bool,
 ) -> Result<(), WsError>
 where
@@ -135,11 +249,9 @@ where
     loop {
         tokio::select! {
             biased;
-            changed = close.changed(), if !closing => {
+            () = close_asked(close), if !closing => {
                 closing = true;
-                if changed.is_ok() {
-                    going_away(&mut ws, tracker).await;
-                }
+                going_away(&mut ws, tracker).await;
             }
             changed = control.changed(), if following => {
                 if changed.is_err() {
