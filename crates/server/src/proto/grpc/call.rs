@@ -152,7 +152,8 @@ pin_project_lite::pin_project! {
         budget: Option<ReadBudget>,
         reserving: Option<Reservation>,
         reserved: Option<Reserved>,
-        pending: Option<Frame<Bytes>>,
+        // Boxed: used only when a call ends mid-message, and the body is moved with its request.
+        pending: Option<Box<Frame<Bytes>>>,
         oversized: Option<u64>,
     }
 }
@@ -198,7 +199,7 @@ where
             return this.inner.poll_frame(cx).map_err(Into::into);
         }
         if let Some(frame) = this.pending.take() {
-            return Poll::Ready(Some(Ok(frame)));
+            return Poll::Ready(Some(Ok(*frame)));
         }
         if let Some(declared) = *this.oversized {
             return oversized_request(declared, *this.limit);
@@ -276,12 +277,12 @@ fn oversized_request(declared: u64, limit: usize) -> Poll<Option<Result<Frame<By
 /// first (the receiver judges them), the trailers wait in `pending`.
 fn before(
     unfinished: Option<Bytes>,
-    pending: &mut Option<Frame<Bytes>>,
+    pending: &mut Option<Box<Frame<Bytes>>>,
     trailers: Frame<Bytes>,
 ) -> Frame<Bytes> {
     match unfinished {
         Some(rest) => {
-            *pending = Some(trailers);
+            *pending = Some(Box::new(trailers));
             Frame::data(rest)
         }
         None => trailers,
@@ -304,7 +305,8 @@ pin_project_lite::pin_project! {
         scanner: MessageScanner,
         send_limit: usize,
         deadline: Option<Pin<Box<Sleep>>>,
-        pending: Option<Frame<Bytes>>,
+        // Boxed: used only when a call ends early, and the body is moved with its response.
+        pending: Option<Box<Frame<Bytes>>>,
     }
 }
 
@@ -336,7 +338,7 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
         if let Some(frame) = this.pending.take() {
-            return Poll::Ready(Some(Ok(frame)));
+            return Poll::Ready(Some(Ok(*frame)));
         }
         let Some(mut inner) = this.inner.as_mut().as_pin_mut() else {
             return Poll::Ready(None);
@@ -382,7 +384,7 @@ where
                 if scanned.pass.is_empty() {
                     return Poll::Ready(Some(Ok(end)));
                 }
-                *this.pending = Some(end);
+                *this.pending = Some(Box::new(end));
                 return Poll::Ready(Some(Ok(Frame::data(scanned.pass))));
             }
             if !scanned.pass.is_empty() {
