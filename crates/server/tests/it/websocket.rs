@@ -538,3 +538,119 @@ async fn lowering_the_limit_sheds_websockets_that_talked_and_bounds_their_close(
     }
     drop(silent);
 }
+
+/// The upgrade request, raw.
+const UPGRADE_REQUEST: &[u8] = b"GET / HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\n\
+connection: Upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+sec-websocket-version: 13\r\n\r\n";
+
+/// Reads a response head byte by byte, so nothing after it is consumed.
+async fn read_head(s: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await.unwrap();
+        head.push(b[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
+/// The server reads a request's first byte before it starts the HTTP/1 connection (which then
+/// takes its buffers): the rest of the request, whether it came with that byte or later, and a
+/// frame sent in the same write as the request reach the session.
+#[tokio::test]
+async fn an_upgrade_in_pieces_or_with_its_first_frame_is_served() {
+    let h = start(PoolSettings::default()).await;
+
+    // The request and a masked text frame "hi" in one write.
+    let mut s = TcpStream::connect(h.ws).await.unwrap();
+    let mut bytes = UPGRADE_REQUEST.to_vec();
+    let mask = [1u8, 2, 3, 4];
+    bytes.extend_from_slice(&[0x81, 0x82]);
+    bytes.extend_from_slice(&mask);
+    bytes.extend_from_slice(&[b'h' ^ mask[0], b'i' ^ mask[1]]);
+    s.write_all(&bytes).await.unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let mut echo = [0u8; 4];
+    tokio::time::timeout(WAIT, s.read_exact(&mut echo))
+        .await
+        .expect("the frame sent with the request is echoed")
+        .unwrap();
+    assert_eq!(echo, [0x81, 0x02, b'h', b'i']);
+
+    // The first byte alone, then the rest once the server has it.
+    let pool = h.runtime.server("live").unwrap().pool().clone();
+    let before = pool.metrics().bytes_in;
+    let mut s = TcpStream::connect(h.ws).await.unwrap();
+    s.write_all(&UPGRADE_REQUEST[..1]).await.unwrap();
+    // The byte is counted once the connection's socket reports it: the server has read it.
+    wait_until("the first byte is read", || {
+        pool.metrics().bytes_in > before
+    })
+    .await;
+    s.write_all(&UPGRADE_REQUEST[1..]).await.unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+}
+
+/// A request that stops after its first byte is bounded by `headers_timeout` as any other.
+#[tokio::test]
+async fn a_request_stalled_after_its_first_byte_is_closed_at_headers_timeout() {
+    let h = start(PoolSettings {
+        headers_timeout: Some("300ms".into()),
+        ..Default::default()
+    })
+    .await;
+    let pool = h.runtime.server("live").unwrap().pool().clone();
+    let mut s = TcpStream::connect(h.ws).await.unwrap();
+    let started = Instant::now();
+    s.write_all(b"G").await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut rest))
+        .await
+        .expect("the server closes")
+        .unwrap_or_default();
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
+    wait_until("the timeout is counted", || {
+        pool.metrics()
+            .timeouts
+            .iter()
+            .any(|(k, n)| *k == TimeoutKind::Headers.as_str() && *n == 1)
+    })
+    .await;
+}
+
+/// A drain closes a connection whose request has not begun at once, with no request lost: the
+/// polite close reaches the wait for the first byte.
+#[tokio::test]
+async fn a_drain_closes_a_connection_whose_request_has_not_begun() {
+    let h = start_with(PoolSettings::default(), Duration::from_secs(30)).await;
+    let pool = h.runtime.server("live").unwrap().pool().clone();
+    let mut s = TcpStream::connect(h.ws).await.unwrap();
+    wait_until("the connection is admitted", || {
+        pool.active_connections() == 1
+    })
+    .await;
+    let started = Instant::now();
+    let shutdown = tokio::spawn(h.runtime.shutdown());
+    let mut rest = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut rest))
+        .await
+        .expect("the server closes")
+        .unwrap_or_default();
+    assert!(rest.is_empty(), "{rest:?}");
+    let reports = shutdown.await.unwrap();
+    let live = reports.iter().find(|(n, _)| n == "live").unwrap().1;
+    assert_eq!((live.closed_politely, live.forced), (1, 0));
+    // Well inside the 30 s drain deadline.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}

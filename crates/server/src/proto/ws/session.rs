@@ -48,11 +48,25 @@ fn close_asked(flag: &AtomicBool) -> impl Future<Output = ()> + '_ {
     })
 }
 
-/// The connection's I/O with the outcome of the read that waited for the request's first
-/// byte, which hyper's first read returns: hyper sees the connection as if it had read it all.
+/// The connection's I/O with the request's first byte, read before hyper started, handed to
+/// hyper's first read together with whatever else the socket has ready then: hyper sees the
+/// connection as if it had read it all, and a head that came in one segment fits its first
+/// buffer (a read of the lone byte would have it grow that buffer before the next read).
 struct Primed<IO> {
-    first: Option<io::Result<u8>>,
+    first: Option<u8>,
+    /// An error of the read that followed the first byte, for hyper's next read.
+    error: Option<io::Error>,
     io: IO,
+}
+
+impl<IO> Primed<IO> {
+    fn new(first: u8, io: IO) -> Self {
+        Primed {
+            first: Some(first),
+            error: None,
+            io,
+        }
+    }
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Primed<IO> {
@@ -62,12 +76,21 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Primed<IO> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if buf.remaining() > 0 {
-            if let Some(first) = this.first.take() {
-                return Poll::Ready(first.map(|byte| buf.put_slice(&[byte])));
-            }
+        if let Some(e) = this.error.take() {
+            return Poll::Ready(Err(e));
         }
-        Pin::new(&mut this.io).poll_read(cx, buf)
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        let Some(first) = this.first.take() else {
+            return Pin::new(&mut this.io).poll_read(cx, buf);
+        };
+        buf.put_slice(&[first]);
+        // The rest of what has arrived goes with it; nothing more yet is no reason to wait.
+        if let Poll::Ready(Err(e)) = Pin::new(&mut this.io).poll_read(cx, buf) {
+            this.error = Some(e);
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -137,25 +160,22 @@ async fn upgrade<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    // 0. The request's first byte, before hyper and its buffers. A polite close meanwhile, or
-    // a peer that closes without a byte, ends the connection here, as hyper would end it.
+    // 0. The request's first byte, before hyper and its buffers. A polite close meanwhile (the
+    // close is looked at first: a request not begun is not waited for), a peer that closes
+    // without a byte, or a failed read ends the connection here, as hyper ends a connection
+    // whose read fails or ends before a request began: closed, no error.
     let first = {
         let mut byte = [0u8; 1];
         tokio::select! {
             biased;
             () = close_asked(close) => return Ok(None),
             read = io.read(&mut byte) => match read {
-                Ok(0) => return Ok(None),
-                Ok(_) => Ok(byte[0]),
-                // hyper's first read reports it, as it would have.
-                Err(e) => Err(e),
+                Ok(0) | Err(_) => return Ok(None),
+                Ok(_) => byte[0],
             },
         }
     };
-    let io = Primed {
-        first: Some(first),
-        io,
-    };
+    let io = Primed::new(first, io);
 
     // 1. The HTTP/1.1 request and its answer.
     let (upgrade_tx, upgrade_rx) = oneshot::channel::<OnUpgrade>();
@@ -351,4 +371,36 @@ where
     };
     let _ = tx.send(Message::Close(Some(frame))).await;
     Err(WsError::peer(format!("{reason}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn the_first_read_hands_over_the_first_byte_and_what_has_arrived_since() {
+        let (mut client, server) = tokio::io::duplex(64);
+        client.write_all(b"ET / HTTP/1.1").await.unwrap();
+        let mut primed = Primed::new(b'G', server);
+        let mut buf = [0u8; 32];
+        let n = primed.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"GET / HTTP/1.1");
+        // Then reads go to the socket as they come.
+        client.write_all(b"\r\n").await.unwrap();
+        let n = primed.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"\r\n");
+    }
+
+    #[tokio::test]
+    async fn the_first_byte_alone_is_handed_over_at_once() {
+        let (_client, server) = tokio::io::duplex(64);
+        let mut primed = Primed::new(b'G', server);
+        let mut buf = [0u8; 32];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), primed.read(&mut buf))
+            .await
+            .expect("nothing more yet is no reason to wait")
+            .unwrap();
+        assert_eq!(&buf[..n], b"G");
+    }
 }
