@@ -146,6 +146,7 @@ impl ConnectionShared {
     }
 
     /// Now, in nanoseconds since the pool's origin: one clock read.
+    #[inline]
     fn now(&self) -> u64 {
         self.core.now_nanos()
     }
