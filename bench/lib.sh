@@ -51,6 +51,40 @@ duel_round() {
   echo "$(( $(cpu_ticks "$a") - ca )) $(( $(cpu_ticks "$b") - cb ))"
 }
 
+# A duel round's ratio, requests per CPU tick of A over B's, to 3 decimals: $1 A's requests, $2
+# its CPU ticks, $3 and $4 B's. Prints nothing, and a warning, when any of them is 0, empty or not
+# a count (a load generator or a server that failed): a ratio made of those would be made up.
+duel_ratio() {
+  local v
+  for v in "$@"; do
+    if ! [[ $v =~ ^[1-9][0-9]*$ ]]; then
+      echo "warning: duel round without a ratio (requests, ticks: A ${1:-?} ${2:-?}," \
+        "B ${3:-?} ${4:-?})" >&2
+      return 0
+    fi
+  done
+  python3 -c "print(f'{($1 / $2) / ($3 / $4):.3f}')"
+}
+
+# Whether an idle client's report (the rest of the arguments: its open=N and closed_early=N, and
+# h2_idle's failed=N) shows all $1 connections asked for open, none failed and none closed early;
+# warns when not. RSS growth divided by $1 when not all of them were there would be made up.
+idle_complete() {
+  local asked=$1 word opened="" failed=0 closed=""
+  shift
+  for word in $*; do
+    case $word in
+      open=*) opened=${word#open=} ;;
+      failed=*) failed=${word#failed=} ;;
+      closed_early=*) closed=${word#closed_early=} ;;
+    esac
+  done
+  [ "$opened" = "$asked" ] && [ "$failed" = 0 ] && [ "$closed" = 0 ] && return 0
+  echo "warning: the idle client opened ${opened:-?} of $asked connections, ${failed:-?} failed," \
+    "${closed:-?} closed early: no figure per connection" >&2
+  return 1
+}
+
 # Machine-readable results for bench/report.py: csv_row appends one measurement to
 # ${RESULTS_CSV:-bench/out/results.csv}, writing the header first when the file is missing or
 # empty. Columns: date (when this run of the script started, UTC: the same on all its rows, so it

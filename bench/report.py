@@ -10,17 +10,22 @@ Usage: bench/.venv/bin/python bench/report.py [--csv FILE] [--commands FILE] [--
 command column of the table is the command of the phase that measured the row. A target whose
 rows are not in the CSV is "not measured in this run"; nothing is carried over from an earlier
 RESULTS.md. When the CSV holds several runs of one script (runs by hand append to it), each row
-is taken from the latest run that measured all of its sides.
+is taken from the latest run that measured all of its sides. A value that is empty or not a
+number is a failed round: left out of the figures and counted in the figure text. A row measured
+by a phase that commands.tsv says did not exit 0 reads "partial" and is not judged. Verdicts
+compare the unrounded figures; the table shows them rounded.
 """
 import argparse
 import csv
 import math
+import operator
 import os
 import statistics
 import sys
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 MIN_DUEL_ROUNDS = 16
+MIN_SEQ_ROUNDS = 3  # paired rounds a target judged on sequential rounds needs
 PLOT_NAMES = ["duels", "ratios", "http1_peers", "h2_peers", "ws_echo", "idle_memory"]
 # The pool's memory per idle connection: poolserve's side minus its baseline's, per script.
 IDLE_PAIRS = {"http1/run.sh": [("poolserve", "bare_hyper")],
@@ -33,8 +38,10 @@ IDLE_PAIRS = {"http1/run.sh": [("poolserve", "bare_hyper")],
 #   ratio:  per-round ratios of `kind` between `name` and `baseline`, both measured in the same
 #           sequential rounds (paired by round)
 #   memory: median of `name`'s idle bytes per connection minus the median of `baseline`'s
-#           (`extra`: more such pairs, shown beside and judged alike)
-#   instructions: callgrind counts (reported only; left out when its phase was not run)
+#           (`extra`: more such pairs, shown beside and judged alike; one missing: not judged)
+#   cpu:    median of `name`'s `kind` in `mode`, `baseline`'s (in `baseline_mode`) beside it
+#   instructions: callgrind counts of `name` and `baseline` (`also`: more pairs shown beside;
+#           reported only; left out when its phase was not run)
 TARGETS = [
     dict(what="HTTP/1.1 keep-alive requests, duel", type="duel", script="http1/run.sh",
          mode="keepalive", name="poolserve", baseline="bare_hyper", op=">=", target=0.97,
@@ -55,12 +62,12 @@ TARGETS = [
          name="poolserve", baseline="bare_h2_ka", op=">=", target=0.92, phase="h2_duel"),
     dict(what="gRPC unary calls, duel", type="duel", script="h2/run.sh", mode="",
          name="poolserve_grpc", baseline="bare_tonic_ka", op=">=", target=0.97, phase="h2_duel"),
-    dict(what="WebSocket echo, 64 B messages, sequential rounds", type="ratio",
-         script="ws/run.sh", mode="64", kind="ws_rate", unit="msgs/s", name="poolserve",
-         baseline="bare_ws", op=">=", target=0.97, phase="ws"),
-    dict(what="WebSocket echo, 16 KiB messages, sequential rounds", type="ratio",
-         script="ws/run.sh", mode="16384", kind="ws_rate", unit="msgs/s", name="poolserve",
-         baseline="bare_ws", op=">=", target=0.97, phase="ws"),
+    dict(what="WebSocket echo, 64 B messages, duel (messages per CPU-second)", type="duel",
+         script="ws/run.sh", mode="64", name="poolserve", baseline="bare_ws", op=">=",
+         target=0.97, phase="ws"),
+    dict(what="WebSocket echo, 16 KiB messages, duel (messages per CPU-second)", type="duel",
+         script="ws/run.sh", mode="16384", name="poolserve", baseline="bare_ws", op=">=",
+         target=0.97, phase="ws"),
     dict(what="pool memory per idle HTTP/1.1 keep-alive connection", type="memory",
          script="http1/run.sh", mode="keepalive", name="poolserve", baseline="bare_hyper",
          op="<=", target=1024, phase="http1_idle"),
@@ -72,8 +79,27 @@ TARGETS = [
          mode=None, name="poolserve", baseline="bare_ws", op="<=", target=1024, phase="ws"),
     dict(what="HTTP/1.1 keep-alive user-space instructions per request (callgrind)",
          type="instructions", script="http1/instructions.sh", mode="keepalive",
-         name="poolserve", baseline="bare_hyper", op=None, target=None, phase="instructions",
+         name="poolserve", baseline="bare_hyper", also=[("pool_same", "bare_same")],
+         per="request", op=None, target=None, phase="instructions", optional=True),
+    # Earlier issues' targets.
+    dict(what="h2 over TLS requests, duel (h2load -c16 -m16)", type="duel", script="h2/run.sh",
+         mode="", name="poolserve_tls", baseline="bare_h2_ka_tls", op=">=", target=0.97,
+         phase="h2_duel"),
+    dict(what="HTTP/1.1 `Connection: close` requests, sequential rounds (wrk)", type="ratio",
+         script="http1/run.sh", mode="close", kind="rps", unit="req/s", name="poolserve",
+         baseline="bare_hyper", op=">=", target=0.97, phase="http1_seq"),
+    dict(what="heartbeat CPU of 10,000 idle WebSocket connections (ping every 30s, the default)",
+         type="cpu", script="ws/run.sh", mode="30s", kind="idle_cpu_pct", name="poolserve",
+         baseline="bare_ws", baseline_mode="none", op="<", target=2, phase="ws",
+         baseline_text="bare_ws (no heartbeat)"),
+    # Instruction counts of HTTP/2 and gRPC, reported.
+    dict(what="h2c user-space instructions per stream (callgrind, h2load -c16 -m16)",
+         type="instructions", script="h2/run.sh", mode="", name="poolserve",
+         baseline="bare_h2_ka", per="stream", op=None, target=None, phase="h2_instructions",
          optional=True),
+    dict(what="gRPC unary user-space instructions per call (callgrind)", type="instructions",
+         script="h2/run.sh", mode="", name="poolserve_grpc", baseline="bare_tonic_ka",
+         per="call", op=None, target=None, phase="h2_instructions", optional=True),
 ]
 
 
@@ -87,8 +113,18 @@ def number(text):
     return v if math.isfinite(v) else None
 
 
+def figures(per_round):
+    """{round: value} without the failed rounds (value None)."""
+    return {r: v for r, v in per_round.items() if v is not None}
+
+
+def positive(v):
+    return v is not None and v > 0
+
+
 class Results:
-    """The CSV's rows, grouped by run (the `date` column: one run of one script)."""
+    """The CSV's rows, grouped by run (the `date` column: one run of one script). A row whose
+    value is empty or not a number is kept with value None: a failed round."""
 
     def __init__(self, path):
         self.rows = []
@@ -96,8 +132,6 @@ class Results:
             with open(path, newline="") as f:
                 for r in csv.DictReader(f):
                     r["value"] = number(r.get("value"))
-                    if r["value"] is None:
-                        continue
                     try:
                         r["round"] = int(r.get("round") or 0)
                     except ValueError:
@@ -105,7 +139,8 @@ class Results:
                     self.rows.append(r)
 
     def runs(self, script, kind, mode=None, baseline=""):
-        """{date: (phase, {name: {round: value}})} of the matching rows; mode None: any."""
+        """{date: (phase, {name: {round: value}})} of the matching rows (value None: a failed
+        round); mode None: any."""
         out = {}
         for r in self.rows:
             if r["script"] != script or r["kind"] != kind or r["baseline"] != baseline:
@@ -117,12 +152,12 @@ class Results:
         return out
 
     def pick(self, script, kind, names, mode=None, baseline=""):
-        """(date, phase, {name: {round: value}}) of the latest run measuring every one of
-        `names`, or None."""
+        """(date, phase, {name: {round: value}}) of the latest run with a figure of every one
+        of `names`, or None."""
         runs = self.runs(script, kind, mode, baseline)
         for date in sorted(runs, reverse=True):
             phase, per = runs[date]
-            if all(per.get(n) for n in names):
+            if all(figures(per.get(n, {})) for n in names):
                 return date, phase, per
         return None
 
@@ -154,15 +189,25 @@ def geomean(values):
     return math.exp(sum(math.log(v) for v in values) / len(values))
 
 
+OPS = {">=": (operator.ge, "≥"), "<=": (operator.le, "≤"), "<": (operator.lt, "<")}
+
+
 def met(value, op, target):
-    return value >= target if op == ">=" else value <= target
+    """On the unrounded value: rounding is for the table only."""
+    return OPS[op][0](value, target)
 
 
 def target_text(op, target, unit="x"):
-    sign = "≥" if op == ">=" else "≤"
+    sign = OPS[op][1]
     if unit == "B":
         return f"{sign} {target / 1024:g} KiB" if target % 1024 == 0 else f"{sign} {target:g} B"
+    if unit == "%":
+        return f"{sign} {target:g} % of a core"
     return f"{sign} {target:g}x"
+
+
+def unit_of(t):
+    return {"memory": "B", "cpu": "%"}.get(t["type"], "x")
 
 
 def ints(v):
@@ -175,11 +220,11 @@ def signed(v, plus=""):
 
 
 def ratio_stats(ratios):
-    """median and geometric mean of per-round ratios, each rounded as shown."""
-    return round(statistics.median(ratios), 3), round(geomean(ratios), 3)
+    """median and geometric mean of per-round ratios, unrounded."""
+    return statistics.median(ratios), geomean(ratios)
 
 
-def judge_ratios(t, ratios, min_rounds=0):
+def judge_ratios(t, ratios, min_rounds):
     if t["op"] is None:
         return "reported"
     med, geo = ratio_stats(ratios)
@@ -197,13 +242,13 @@ def ratios_text(ratios):
 
 
 def dropped(n):
-    """A note on rounds left out of the ratios: a round with a zero (a failed load) or with
-    one side missing."""
-    return f"; {n} round{'s' if n > 1 else ''} without a figure left out" if n > 0 else ""
+    """A note on the failed rounds left out of a figure: a round with an empty value or a zero
+    (a failed load), or with one side missing."""
+    return f"; {n} failed round{'s' if n > 1 else ''} (no figure) left out" if n > 0 else ""
 
 
 def paired_ratios(a, b):
-    return [a[r] / b[r] for r in sorted(a) if r in b and b[r] > 0 and a[r] > 0]
+    return [a[r] / b[r] for r in sorted(a) if r in b and positive(b[r]) and positive(a[r])]
 
 
 def row_for(t, res):
@@ -215,7 +260,7 @@ def row_for(t, res):
         if not got:
             return None, baseline, None, None, None
         date, phase, per = got
-        ratios = [v for _, v in sorted(per[t["name"]].items()) if v > 0]
+        ratios = [v for _, v in sorted(per[t["name"]].items()) if positive(v)]
         if not ratios:
             return None, baseline, None, None, None
         return (ratios_text(ratios) + dropped(len(per[t["name"]]) - len(ratios)), baseline,
@@ -229,10 +274,11 @@ def row_for(t, res):
         ratios = paired_ratios(a, b)
         if not ratios:
             return None, baseline, None, None, None
-        fig = (ratios_text(ratios) + f"; {ints(statistics.median(a.values()))} against "
-               f"{ints(statistics.median(b.values()))} {t['unit']} (medians)"
-               + dropped(len(set(a) | set(b)) - len(ratios)))
-        return fig, baseline, judge_ratios(t, ratios), date, phase
+        med_a = statistics.median([v for v in a.values() if positive(v)])
+        med_b = statistics.median([v for v in b.values() if positive(v)])
+        fig = (ratios_text(ratios) + f"; {ints(med_a)} against {ints(med_b)} {t['unit']} "
+               "(medians)" + dropped(len(set(a) | set(b)) - len(ratios)))
+        return fig, baseline, judge_ratios(t, ratios, MIN_SEQ_ROUNDS), date, phase
     if t["type"] == "memory":
         pairs = [("", t["name"], t["baseline"])] + list(t.get("extra", []))
         parts, values, dates, phase, missing = [], [], [], None, []
@@ -242,12 +288,14 @@ def row_for(t, res):
                 missing.append(label or ours)
                 continue
             date, ph, per = got
-            a = statistics.median(per[ours].values())
-            b = statistics.median(per[theirs].values())
-            n = min(len(per[ours]), len(per[theirs]))
+            fa, fb = figures(per[ours]), figures(per[theirs])
+            a, b = statistics.median(fa.values()), statistics.median(fb.values())
+            n = min(len(fa), len(fb))
             rounds = f"median of {n} rounds" if n > 1 else "one round"
+            failed = len(per[ours]) - len(fa) + len(per[theirs]) - len(fb)
             parts.append(f"{label + ' ' if label else ''}{signed(a - b)} B "
-                         f"({ours} {ints(a)} − {theirs} {ints(b)} B per connection, {rounds})")
+                         f"({ours} {ints(a)} − {theirs} {ints(b)} B per connection, {rounds}"
+                         f"{dropped(failed)})")
             values.append(a - b)
             dates.append(date)
             phase = phase or ph
@@ -256,22 +304,46 @@ def row_for(t, res):
         if missing:
             parts.append(f"{', '.join(missing)}: not measured in this run")
         ok = all(met(v, t["op"], t["target"]) for v in values)
-        verdict = f"{target_text(t['op'], t['target'], 'B')}: {'met' if ok else 'not met'}"
+        # A pair not measured may not meet the target: met only when every pair was measured.
+        judged = ("not met" if not ok else
+                  f"not judged ({', '.join(missing)} not measured)" if missing else "met")
+        verdict = f"{target_text(t['op'], t['target'], 'B')}: {judged}"
         return "; ".join(parts), baseline, verdict, max(dates), phase
-    if t["type"] == "instructions":
-        names = ["poolserve", "bare_hyper", "pool_same", "bare_same"]
-        got = res.pick(t["script"], "instructions", names[:2], t["mode"])
+    if t["type"] == "cpu":
+        got = res.pick(t["script"], t["kind"], [t["name"]], t["mode"])
         if not got:
             return None, baseline, None, None, None
         date, phase, per = got
-        n = {k: next(iter(per[k].values())) for k in names if per.get(k)}
-        if not (n["poolserve"] > 0 and n["bare_hyper"] > 0):
+        ours = figures(per[t["name"]])
+        value = statistics.median(ours.values())
+        n = len(ours)
+        rounds = f"median of {n} rounds" if n > 1 else "one round"
+        fig = f"{value:.3f} % of a core ({rounds}{dropped(len(per[t['name']]) - n)})"
+        theirs = res.runs(t["script"], t["kind"], t["baseline_mode"]).get(date, (None, {}))[1]
+        theirs = figures(theirs.get(t["baseline"], {}))
+        fig += (f"; {t['baseline']} {statistics.median(theirs.values()):.3f} %" if theirs else
+                f"; {t['baseline']}: not measured in this run")
+        verdict = (f"{target_text(t['op'], t['target'], '%')}: "
+                   f"{'met' if met(value, t['op'], t['target']) else 'not met'}")
+        return fig, baseline, verdict, date, phase
+    if t["type"] == "instructions":
+        ours, theirs = t["name"], t["baseline"]
+        got = res.pick(t["script"], "instructions", [ours, theirs], t["mode"])
+        if not got:
             return None, baseline, None, None, None
-        fig = f"{ints(n['poolserve'])} per request"
-        base = f"bare_hyper {ints(n['bare_hyper'])} ({n['poolserve'] / n['bare_hyper']:.3f}x)"
-        if n.get("pool_same") and n.get("bare_same"):
-            base += (f"; pool_same {ints(n['pool_same'])} / bare_same {ints(n['bare_same'])} "
-                     f"({n['pool_same'] / n['bare_same']:.3f}x)")
+        date, phase, per = got
+        n = {}  # a count of 0 is a failed one
+        for k, values in per.items():
+            counts = [v for _, v in sorted(values.items()) if positive(v)]
+            if counts:
+                n[k] = counts[0]
+        if ours not in n or theirs not in n:
+            return None, baseline, None, None, None
+        fig = f"{ints(n[ours])} per {t['per']}"
+        base = f"{theirs} {ints(n[theirs])} ({n[ours] / n[theirs]:.3f}x)"
+        for a, b in t.get("also", []):
+            if a in n and b in n:
+                base += f"; {a} {ints(n[a])} / {b} {ints(n[b])} ({n[a] / n[b]:.3f}x)"
         return fig, base, "reported", date, phase
     raise ValueError(t["type"])
 
@@ -284,12 +356,44 @@ def command_for(phase, script, commands):
     return "—"
 
 
-def missing_text(t, commands):
+def status_text(status):
+    """What commands.tsv's status of a phase that did not exit 0 means (`timeout -k` exits 124
+    when the phase ended at its TERM, 137 when it had to be killed)."""
+    return {"124": "timed out", "137": "timed out", "skipped": "was skipped"}.get(
+        status, f"exited {status}")
+
+
+def failed_text(t, res):
+    """For a row without a figure: which of its sides has rows in the CSV's latest run of them,
+    every one a failed round, or None."""
+    kind = {"duel": "duel_ratio", "memory": "idle_bytes_per_conn",
+            "instructions": "instructions"}.get(t["type"]) or t["kind"]
+    sides = [t["name"]] if t["type"] in ("duel", "cpu") else [t["name"], t["baseline"]]
+    runs = res.runs(t["script"], kind, t["mode"], t["baseline"] if t["type"] == "duel" else "")
+    if not runs:
+        return None
+    per = runs[max(runs)][1]
+    dead = [f"{n}'s {len(per[n])} round{'s' if len(per[n]) > 1 else ''}" for n in sides
+            if per.get(n) and not figures(per[n])]
+    return f"no figure: {', '.join(dead)} failed" if dead else None
+
+
+def missing_text(t, commands, res):
     status = commands.get(t["phase"], (None,))[0]
+    head = failed_text(t, res) or "not measured in this run"
     if status in (None, "0", ""):
-        return "not measured in this run"
-    why = {"124": "timed out", "skipped": "was skipped"}.get(status, f"exited {status}")
-    return f"not measured in this run (its phase, {t['phase']}, {why})"
+        return head
+    return f"{head} (its phase, {t['phase']}, {status_text(status)})"
+
+
+def partial_verdict(t, phase, commands):
+    """The verdict of a row with figures whose phase did not exit 0, or None."""
+    status = commands.get(phase, ("0",))[0] if phase else "0"
+    if status in ("0", ""):
+        return None
+    head = ("reported" if t["op"] is None else
+            f"{target_text(t['op'], t['target'], unit_of(t))}, not judged")
+    return f"partial: its phase {phase} {status_text(status)} ({head})"
 
 
 def md_cell(text):
@@ -333,14 +437,15 @@ def save(fig, plots, base, made):
 
 
 def strip_plot(plt, entries, title, ylabel, plots, base, made):
-    """entries: (label, values, op, target). One column of dots (one per round) per entry,
-    its median as a black bar, its geometric mean as a diamond, its target as a red dashes."""
+    """entries: (label, values, op, target, failed rounds). One column of dots (one per round)
+    per entry, its median as a black bar, its geometric mean as a diamond, its target as a red
+    dashes."""
     if not entries:
         return
     fig, ax = plt.subplots(figsize=(max(6.5, 1.6 * len(entries) + 2), 5.2))
     ax.axhline(1.0, color="#555555", lw=1, ls=":", zorder=1)
     target_drawn = False
-    for i, (label, values, op, target) in enumerate(entries):
+    for i, (label, values, op, target, _) in enumerate(entries):
         n = len(values)
         xs = [i + (0.28 * ((k / (n - 1)) - 0.5) if n > 1 else 0) for k in range(n)]
         ax.scatter(xs, values, s=22, color="#1f77b4", alpha=0.75, zorder=3,
@@ -355,11 +460,12 @@ def strip_plot(plt, entries, title, ylabel, plots, base, made):
         if target is not None:
             ax.hlines(target, i - 0.4, i + 0.4, color="#d62728", lw=1.6, ls="--", zorder=2,
                       label=None if target_drawn else "target")
-            ax.annotate(f"{'≥' if op == '>=' else '≤'} {target:g}", (i - 0.4, target),
+            ax.annotate(f"{OPS[op][1]} {target:g}", (i - 0.4, target),
                         xytext=(0, 3), textcoords="offset points", fontsize=8, color="#d62728")
             target_drawn = True
     ax.set_xticks(range(len(entries)))
-    ax.set_xticklabels([f"{e[0]}\n({len(e[1])} rounds)" for e in entries], fontsize=8)
+    ax.set_xticklabels([f"{e[0]}\n({len(e[1])} rounds" + (f", {e[4]} failed)" if e[4] else ")")
+                        for e in entries], fontsize=8)
     ax.set_xlim(-0.6, len(entries) - 0.4)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=11)
@@ -423,7 +529,8 @@ def latest_all(res, script, kind, mode=None):
     if not runs:
         return {}, None
     date = max(runs)
-    return runs[date][1], date
+    per = {name: figures(v) for name, v in runs[date][1].items()}
+    return {name: v for name, v in per.items() if v}, date
 
 
 def make_plots(res, plots):
@@ -447,10 +554,12 @@ def make_plots(res, plots):
     for script, mode, name, baseline in keys:
         got = res.pick(script, "duel_ratio", [name], mode, baseline)
         if got:
-            vals = [v for _, v in sorted(got[2][name].items()) if v > 0]
+            rounds = got[2][name]
+            vals = [v for _, v in sorted(rounds.items()) if positive(v)]
             op, target = targets.get((script, mode, name, baseline), (None, None))
             if vals:
-                entries.append((label_of(script, mode, name, baseline), vals, op, target))
+                entries.append((label_of(script, mode, name, baseline), vals, op, target,
+                                len(rounds) - len(vals)))
     strip_plot(plt, entries, "Shared-core duels: requests per CPU-second, poolserve / baseline, "
                "per round", "ratio (poolserve / baseline)", plots, "duels", made)
 
@@ -461,11 +570,13 @@ def make_plots(res, plots):
             continue
         got = res.pick(t["script"], t["kind"], [t["name"], t["baseline"]], t["mode"])
         if got:
-            vals = paired_ratios(got[2][t["name"]], got[2][t["baseline"]])
-            what = "p99" if t["kind"] == "p99_us" else "msgs/s"
+            a, b = got[2][t["name"]], got[2][t["baseline"]]
+            vals = paired_ratios(a, b)
+            what = {"p99_us": "p99", "rps": "req/s"}.get(t["kind"], "msgs/s")
             label = label_of(t["script"], t["mode"], t["name"], t["baseline"])
             if vals:
-                entries.append((label.replace("\n", f" {what}\n", 1), vals, t["op"], t["target"]))
+                entries.append((label.replace("\n", f" {what}\n", 1), vals, t["op"], t["target"],
+                                len(set(a) | set(b)) - len(vals)))
     strip_plot(plt, entries, "Sequential rounds: poolserve / baseline within each round",
                "ratio (poolserve / baseline)", plots, "ratios", made)
 
@@ -557,7 +668,12 @@ def main():
         "poolserve / baseline. A duel runs both at once on one core, fresh processes every "
         "round, and compares requests per CPU-second within each round; a ratio target is met "
         "when the median and the geometric mean of the per-round ratios both meet it (a duel "
-        f"needs {MIN_DUEL_ROUNDS} rounds or more).",
+        f"needs {MIN_DUEL_ROUNDS} rounds or more, a target on sequential rounds "
+        f"{MIN_SEQ_ROUNDS} paired rounds). Verdicts compare the unrounded figures. A failed "
+        "round (no figure) is left out and counted; a row whose phase failed or timed out "
+        "reads \"partial\" and is not judged. Issue #16's targets come first, then earlier "
+        "issues' (h2 over TLS duel, `Connection: close`, heartbeat CPU), then the HTTP/2 and "
+        "gRPC instruction counts.",
         "",
         "| what | figure | baseline | target | date | command |",
         "|---|---|---|---|---|---|",
@@ -567,13 +683,14 @@ def main():
         if fig is None:
             if t.get("optional") and commands.get(t["phase"], ("skipped",))[0] == "skipped":
                 continue
-            fig = missing_text(t, commands)
+            fig = missing_text(t, commands, res)
             if t["op"] is None:
                 verdict = "reported"
             else:
-                verdict = target_text(t["op"], t["target"], "B" if t["type"] == "memory" else "x")
+                verdict = target_text(t["op"], t["target"], unit_of(t))
             date, cmd = "—", command_for(t["phase"], None, commands)
         else:
+            verdict = partial_verdict(t, phase, commands) or verdict
             cmd = command_for(phase, t["script"], commands)
             date = date[:10]
         lines.append("| " + " | ".join(md_cell(c) for c in

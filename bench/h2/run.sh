@@ -294,6 +294,10 @@ for round in $(seq "$ROUNDS"); do
     done
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$peer" "$r" "$p" "$m" "$b" "$t" "$o" \
       "$attempt" >> "$rounds_tsv"
+    # A failed run (load prints rps 0 and p99 0) has no figures: empty values in the CSV.
+    if [ "$r" = 0 ]; then
+      echo "warning: round $round $peer measured no requests" >&2; r=""; p=""
+    fi
     csv_row h2/run.sh "" rps "$peer" "" "$round" "$r" req/s
     csv_row h2/run.sh "" p99_us "$peer" "" "$round" "$p" us
   done
@@ -324,6 +328,8 @@ for round in $(seq "$IDLE_ROUNDS"); do
     start "$peer"
     read -r bytes opened closed <<<"$(idle_run "$kind")"
     stop
+    # "open=N failed=N" and "closed_early=N": not all there, no figure per connection.
+    idle_complete "$IDLE" "$opened" "$closed" || bytes=""
     printf '%s\t%s\t%s\t%s\n' "$round" "$peer" "$bytes" "$opened $closed" >> "$idle_tsv"
     echo "  round $round idle $peer: $bytes bytes/conn ($opened $closed)" >&2
     csv_row h2/run.sh "" idle_bytes_per_conn "$peer" "" "$round" "$bytes" B
@@ -389,7 +395,7 @@ if [ "$DUEL_ROUNDS" != 0 ]; then
       read -r ta tb <<<"$(duel_round "$pa" "$pb" h2a h2b "$((round / 2))")"
       kill "$pa" "$pb"; wait "$pa" "$pb" 2>/dev/null || true
       ra=$(duel_succeeded "$out/duel-a.txt"); rb=$(duel_succeeded "$out/duel-b.txt")
-      r=$(python3 -c "print(f'{($ra / max(1, $ta)) / (max(1, $rb) / max(1, $tb)):.3f}')")
+      r=$(duel_ratio "$ra" "$ta" "$rb" "$tb")  # empty, with a warning, for a failed round
       printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$pair" "$round" "$ra" "$ta" "$rb" "$tb" "$r" >> "$duel_tsv"
       echo "  duel $pair round $round: $ra requests / $ta ticks vs $rb / $tb: $r" >&2
       csv_row h2/run.sh "" duel_ratio "$ours" "$theirs" "$round" "$r" x

@@ -36,10 +36,12 @@ def rows(path):
 
 
 def by_peer(table, field):
-    """{peer: {round: value}} in first-seen peer order."""
+    """{peer: {round: value}} in first-seen peer order; a round without a figure (empty, as
+    run.sh writes for an idle run that did not hold every connection) is left out."""
     out = {}
     for r in table:
-        out.setdefault(r["peer"], {})[int(r["round"])] = float(r[field])
+        if r[field] != "":
+            out.setdefault(r["peer"], {})[int(r["round"])] = float(r[field])
     return out
 
 
@@ -131,12 +133,17 @@ def duel(path):
     if not table:
         return
     per = {}
-    for r in table:
-        per.setdefault(r["pair"], []).append(float(r["ratio"]))
+    for r in table:  # a failed round has an empty ratio: left out
+        per.setdefault(r["pair"], [])
+        if r["ratio"] != "":
+            per[r["pair"]].append(float(r["ratio"]))
     print()
     print("shared-core duel, requests per CPU-second   median [min-max]   rounds")
     for pair, ratios in per.items():
         ours, peer = pair.split(":")
+        if not ratios:
+            print(f"{ours + ' / ' + peer:<31} no round gave a ratio")
+            continue
         print(f"{ours + ' / ' + peer:<31} {statistics.median(ratios):>6.3f} "
               f"[{min(ratios):.3f}-{max(ratios):.3f}]   " + " ".join(f"{x:.3f}" for x in ratios))
 

@@ -139,7 +139,7 @@ load() { # $1 = mode (keepalive|close), $2 = seconds; prints "rps p99_us errors"
   rps=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' <<<"$report")
   p99=$(p99_us <<<"$report")
   errs=$(awk '/Socket errors|Non-2xx/ {print}' <<<"$report" | tr -s ' ' | paste -sd';' -)
-  echo "$rps $p99 ${errs:-none}"
+  echo "${rps:-0} ${p99:-0} ${errs:-none}"
 }
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
@@ -159,6 +159,10 @@ for mode in $MODES; do
       rps[$peer-$mode]+="$r "; p99[$peer-$mode]+="$p "
       [ "$e" = none ] || errors[$peer-$mode]+="round $round: $e "
       echo "  round $round $mode $peer: $r requests/s, p99 $p us" >&2
+      # A failed run (no requests) has no figures: empty values in the CSV, not zeros.
+      if [ "$r" = 0 ]; then
+        echo "warning: round $round $mode $peer measured no requests" >&2; r=""; p=""
+      fi
       csv_row http1/run.sh "$mode" rps "$peer" "" "$round" "$r" req/s
       csv_row http1/run.sh "$mode" p99_us "$peer" "" "$round" "$p" us
     done
@@ -177,10 +181,13 @@ for mode in $MODES; do
     python3 - "${rps[poolserve-$mode]}" "${rps[$peer-$mode]}" "${p99[poolserve-$mode]}" "${p99[$peer-$mode]}" <<PY | tee -a "$results"
 import statistics as st, sys
 a, b, pa, pb = ([float(x) for x in arg.split()] for arg in sys.argv[1:])
-r = [x / y for x, y in zip(a, b) if y]
-q = [x / max(1, y) for x, y in zip(pa, pb)]
-print(f"$mode: poolserve / $peer = {st.median(a) / st.median(b):.3f} x requests/s (per round: median {st.median(r):.3f}, "
-      f"{min(r):.3f}-{max(r):.3f}), p99 {st.median(pa) / max(1, st.median(pb)):.3f} x (per round: median {st.median(q):.3f})")
+r = [x / y for x, y in zip(a, b) if x and y]
+q = [x / y for x, y in zip(pa, pb) if x and y]
+if r and q:
+    print(f"$mode: poolserve / $peer = {st.median(a) / st.median(b):.3f} x requests/s (per round: median {st.median(r):.3f}, "
+          f"{min(r):.3f}-{max(r):.3f}), p99 {st.median(pa) / max(1, st.median(pb)):.3f} x (per round: median {st.median(q):.3f})")
+else:
+    print(f"$mode: poolserve / $peer: no round measured both")
 PY
   done
 done
@@ -213,12 +220,12 @@ if [ "$DUEL_ROUNDS" != 0 ]; then
       read -r ta tb <<<"$(duel_round "$pa" "$pb" wrk_a wrk_b "$((round / 2))")"
       kill "$pa" "$pb"; wait "$pa" "$pb" 2>/dev/null || true
       ra=$(duel_requests "$out/duel-a.txt"); rb=$(duel_requests "$out/duel-b.txt")
-      r=$(python3 -c "print(f'{($ra / max(1, $ta)) / ($rb / max(1, $tb)):.3f}')")
+      r=$(duel_ratio "$ra" "$ta" "$rb" "$tb")  # empty, with a warning, for a failed round
       ratios+="$r "
       echo "  duel round $round $mode: poolserve $ra requests / $ta ticks, $base $rb / $tb ticks: $r" >&2
       csv_row http1/run.sh "$mode" duel_ratio poolserve "$base" "$round" "$r" x
     done
-    echo "duel $mode: poolserve / $base requests per CPU-second, median $(median <<<"$ratios"), geometric mean $(python3 -c "import math, sys; r = [float(x) for x in sys.argv[1:]]; print(f'{math.exp(sum(map(math.log, r)) / len(r)):.3f}')" $ratios) (rounds $ratios)" \
+    echo "duel $mode: poolserve / $base requests per CPU-second, median $(median <<<"$ratios"), geometric mean $(python3 -c "import math, sys; r = [float(x) for x in sys.argv[1:]]; print(f'{math.exp(sum(map(math.log, r)) / len(r)):.3f}' if r else '-')" $ratios) (rounds $ratios)" \
       | tee -a "$results"
   done
   done
@@ -250,6 +257,7 @@ for round in $(seq "$IDLE_ROUNDS"); do
     start "$peer"
     read -r r opened closed <<<"$(idle_run)"
     stop
+    idle_complete "$IDLE" "$opened" "$closed" || r=""  # not all there: no figure per connection
     rss[$peer]+="$r "
     echo "  round $round idle $peer: $r bytes/conn ($opened $closed)" >&2
     csv_row http1/run.sh keepalive idle_bytes_per_conn "$peer" "" "$round" "$r" B
@@ -259,5 +267,7 @@ printf '%-11s %18s  %s\n' peer rss_bytes/conn "rounds" | tee -a "$results"
 for peer in poolserve bare_hyper; do
   printf '%-11s %18s  %s\n' "$peer" "$(median <<<"${rss[$peer]}")" "${rss[$peer]}" | tee -a "$results"
 done
-python3 -c "print(f'pool overhead per idle keep-alive connection: {$(median <<<"${rss[poolserve]}") - $(median <<<"${rss[bare_hyper]}")} bytes')" \
-  | tee -a "$results"
+pool=$(median <<<"${rss[poolserve]}"); bare=$(median <<<"${rss[bare_hyper]}")
+if [ -n "$pool" ] && [ -n "$bare" ]; then
+  echo "pool overhead per idle keep-alive connection: $((pool - bare)) bytes" | tee -a "$results"
+fi

@@ -19,6 +19,8 @@ IDLE=${IDLE:-10000}       # idle connections
 HOLD=${HOLD:-40}          # seconds the idle connections are held while CPU is measured
 PING=${PING:-30s}         # heartbeat interval during the idle run (30s is the default)
 FAST_PING=${FAST_PING:-2s} # a short interval, so the window holds enough pings to cost one
+DUEL_ROUNDS=${DUEL_ROUNDS:-0}  # shared-core duel rounds per message size, poolserve vs bare (0 skips)
+DUEL_SECS=${DUEL_SECS:-4}      # seconds per duel round
 out=bench/out
 mkdir -p "$out"
 results="$out/ws.txt"
@@ -67,13 +69,15 @@ echo_run() { # $1 = size, $2 = seconds
   taskset -c 0 "$bin/ws_load" echo "ws://127.0.0.1:$server_port/" "$CONNS" "$1" "$2"
 }
 
-# Each round runs both servers in turn at each size; medians over rounds, and the median of the
-# within-round ratios (each round's pair ran back to back, which cancels most machine drift).
+# Each round runs both servers in turn at each size, taking turns at which runs first (odd rounds
+# poolserve, even rounds bare); medians over rounds, and the median of the within-round ratios
+# (each round's pair ran back to back, which cancels most machine drift).
 declare -A rates p99s
 [ "$ECHO" = 1 ] || ROUNDS=0
 for round in $(seq "$ROUNDS"); do
+  order="poolserve bare"; (( round % 2 )) || order="bare poolserve"
   for size in 64 16384; do
-    for server in poolserve bare; do
+    for server in $order; do
       if [ "$server" = poolserve ]; then start_poolserve 30s; else start_bare; fi
       echo_run "$size" 2 > /dev/null                    # warm-up
       line=$(echo_run "$size" "$SECS")
@@ -105,6 +109,36 @@ print(f"ratio poolserve/bare at {size} B: {med(ratios):.3f} (per round: {' '.joi
 PY
 done
 
+# The shared-core duel (bench/lib.sh), as for HTTP: poolserve and bare on core 1 at once, each
+# under its own echo load on core 0, fresh processes every round, taking turns at which starts
+# first; messages per CPU-second of each, compared within the round.
+rate_of() { sed -nE 's/.*messages_per_sec=([0-9]+).*/\1/p' "$1"; }
+if [ "$DUEL_ROUNDS" != 0 ]; then
+  for size in 64 16384; do
+    ratios=""
+    for round in $(seq "$DUEL_ROUNDS"); do
+      if (( round % 2 )); then
+        start_poolserve 30s; pa=$server_pid; porta=$server_port
+        start_bare; pb=$server_pid; portb=$server_port
+      else
+        start_bare; pb=$server_pid; portb=$server_port
+        start_poolserve 30s; pa=$server_pid; porta=$server_port
+      fi
+      wa=(taskset -c 0 "$bin/ws_load" echo "ws://127.0.0.1:$porta/" "$CONNS" "$size" "$DUEL_SECS")
+      wb=(taskset -c 0 "$bin/ws_load" echo "ws://127.0.0.1:$portb/" "$CONNS" "$size" "$DUEL_SECS")
+      taskset -c 0 "$bin/ws_load" echo "ws://127.0.0.1:$porta/" "$CONNS" "$size" 1 > /dev/null
+      taskset -c 0 "$bin/ws_load" echo "ws://127.0.0.1:$portb/" "$CONNS" "$size" 1 > /dev/null
+      read -r ta tb <<<"$(duel_round "$pa" "$pb" wa wb "$((round / 2))")"
+      kill "$pa" "$pb"; wait "$pa" "$pb" 2>/dev/null || true
+      r=$(duel_ratio "$(rate_of "$out/duel-a.txt")" "$ta" "$(rate_of "$out/duel-b.txt")" "$tb")
+      ratios+="${r:-failed} "
+      echo "  duel round $round $size B: poolserve / bare messages per CPU-second: ${r:-failed}" >&2
+      csv_row ws/run.sh "$size" duel_ratio poolserve bare_ws "$round" "$r" x
+    done
+    echo "duel $size B: poolserve / bare messages per CPU-second, rounds $ratios" | tee -a "$results"
+  done
+fi
+
 idle_run() { # prints rss_per_conn_bytes cpu_percent pings_received opened closed_early
   local before after t0 t1 c0 c1 fifo opened held closed
   before=$(rss_kib "$server_pid")
@@ -130,13 +164,17 @@ printf '%-10s %18s %12s %10s %s\n' server rss_bytes/conn cpu_%_core pings note |
 start_poolserve "$PING"
 read -r p_rss p_cpu p_pings p_open p_closed <<<"$(idle_run)"
 stop
+# Not all IDLE connections open and held: no figure per connection, nor a CPU of IDLE of them.
+idle_complete "$IDLE" "$p_open" "$p_closed" || { p_rss=""; p_cpu=""; }
 # The same at a short interval, so enough pings land in the window to cost one.
 start_poolserve "$FAST_PING"
 read -r f_rss f_cpu f_pings f_open f_closed <<<"$(idle_run)"
 stop
+idle_complete "$IDLE" "$f_open" "$f_closed" || { f_rss=""; f_cpu=""; }
 start_bare
 read -r b_rss b_cpu b_pings b_open b_closed <<<"$(idle_run)"
 stop
+idle_complete "$IDLE" "$b_open" "$b_closed" || { b_rss=""; b_cpu=""; }
 # (the mode column holds the ping interval; the FAST_PING run is named poolserve_fast_ping)
 csv_row ws/run.sh "$PING" idle_bytes_per_conn poolserve "" 1 "$p_rss" B
 csv_row ws/run.sh "$FAST_PING" idle_bytes_per_conn poolserve_fast_ping "" 1 "$f_rss" B
@@ -150,9 +188,10 @@ printf '%-10s %18s %12s %10s %s\n' bare "$b_rss" "$b_cpu" "$b_pings" "$b_open $b
 python3 - "$p_rss" "$b_rss" "$f_cpu" "$b_cpu" "$f_pings" "$HOLD" "$IDLE" "$PING" <<'PY' | tee -a "$results"
 import re, sys
 p_rss, b_rss, f_cpu, b_cpu, f_pings, hold, idle, ping = sys.argv[1:]
-print(f"pool overhead per idle connection: {int(p_rss) - int(b_rss)} bytes")
-pings = int(f_pings)
-if pings:
+if p_rss and b_rss:
+    print(f"pool overhead per idle connection: {int(p_rss) - int(b_rss)} bytes")
+pings = int(f_pings) if f_pings.isdigit() else 0
+if pings and f_cpu and b_cpu:
     per_ping_us = (float(f_cpu) - float(b_cpu)) / 100 * float(hold) / pings * 1e6
     m = re.fullmatch(r"(\d+)(ms|s|m)", ping)
     secs = int(m[1]) * {"ms": 0.001, "s": 1, "m": 60}[m[2]]
