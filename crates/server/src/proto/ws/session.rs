@@ -253,6 +253,10 @@ where
     let mut control = tracker.control();
     let mut ping_interval = control.borrow_and_update().config.websocket.ping_interval;
     let mut following = true;
+    // Waits for a config change across messages: a `changed()` made afresh in every turn of the
+    // loop would register with the channel and leave it again for every message.
+    let config_change = next_change(control);
+    tokio::pin!(config_change);
     let heartbeat = tokio::time::sleep_until(later(Instant::now(), ping_interval));
     tokio::pin!(heartbeat);
     let send_failed = |e: WsProtocolError| match e {
@@ -273,12 +277,13 @@ where
                 closing = true;
                 going_away(&mut ws, tracker).await;
             }
-            changed = control.changed(), if following => {
+            (changed, mut control) = &mut config_change, if following => {
                 if changed.is_err() {
                     following = false;
                     continue;
                 }
                 let interval = control.borrow_and_update().config.websocket.ping_interval;
+                config_change.set(next_change(control));
                 if interval != ping_interval {
                     ping_interval = interval;
                     let last = tracker.activity().last_message;
@@ -329,6 +334,17 @@ where
             }
         }
     }
+}
+
+/// The pool's next config change, and the receiver to wait for the one after.
+async fn next_change(
+    mut control: tokio::sync::watch::Receiver<poolserve_pool::ControlState>,
+) -> (
+    Result<(), tokio::sync::watch::error::RecvError>,
+    tokio::sync::watch::Receiver<poolserve_pool::ControlState>,
+) {
+    let changed = control.changed().await;
+    (changed, control)
 }
 
 async fn going_away<S>(tx: &mut WebSocketStream<S>, tracker: &ConnectionTracker)
