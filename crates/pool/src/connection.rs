@@ -67,22 +67,26 @@ pub(crate) struct ConnectionShared {
     /// that the peer has yet to answer; 0 = none.
     close_sent_since: AtomicU64,
     pub id: ConnectionId,
-    pub opened_at: Instant,
+    /// Nanoseconds since the pool's origin of the admission (8 bytes where an `Instant` takes
+    /// 16).
+    opened: u64,
     pub peer: Option<SocketAddr>,
 }
 
 // The fields a request touches end before the driver's waker (see the layout note above).
 const _: () = assert!(std::mem::offset_of!(ConnectionShared, driver_task) <= 96 - 16);
+// One of these is allocated per connection, with the `Arc`'s 16 bytes of counts: 168 bytes,
+// which glibc serves from a 176-byte chunk (184 bytes and more take a 192-byte one).
+const _: () = assert!(std::mem::size_of::<ConnectionShared>() <= 152);
 
 impl ConnectionShared {
     pub fn new(core: Arc<PoolCore>, id: ConnectionId, peer: Option<SocketAddr>) -> Self {
-        let opened_at = Instant::now();
-        let since = core.nanos(opened_at);
+        let since = core.nanos(Instant::now());
         ConnectionShared {
             core,
             id,
             peer,
-            opened_at,
+            opened: since,
             phase: AtomicU8::new(Phase::Idle as u8),
             phase_since: AtomicU64::new(since),
             in_flight: AtomicU32::new(0),
@@ -158,7 +162,7 @@ impl ConnectionShared {
         Activity {
             phase: Phase::from_u8(self.phase.load(Ordering::Relaxed)),
             phase_since: self.core.instant(self.phase_since.load(Ordering::Relaxed)),
-            opened_at: self.opened_at,
+            opened_at: self.opened_at(),
             in_flight: self.in_flight.load(Ordering::Relaxed),
             requests: self.requests.load(Ordering::Relaxed),
             write_blocked_since: (blocked != 0).then(|| self.core.instant(blocked - 1)),
@@ -175,11 +179,15 @@ impl ConnectionShared {
         self.multiplexed.load(Ordering::Relaxed)
     }
 
+    /// When the connection was admitted.
+    pub fn opened_at(&self) -> Instant {
+        self.core.instant(self.opened)
+    }
+
     /// Whether the peer ever sent a byte, on a multiplexed connection (whose reads are
     /// stamped); any other connection counts as having read.
     pub fn has_read(&self) -> bool {
-        !self.is_multiplexed()
-            || self.last_read.load(Ordering::Relaxed) != self.core.nanos(self.opened_at)
+        !self.is_multiplexed() || self.last_read.load(Ordering::Relaxed) != self.opened
     }
 
     pub fn is_upgraded(&self) -> bool {
@@ -517,7 +525,7 @@ impl ConnectionTracker {
             caller_deadline_ms: NO_CALLER_DEADLINE,
             error: false,
             finished: false,
-            body_broken_off: None,
+            body: None,
         }
     }
 
@@ -678,11 +686,22 @@ pub struct RequestTracker {
     caller_deadline_ms: u32,
     error: bool,
     finished: bool,
-    /// Set by the request's [`RequestBodyTracker`] when the peer broke its body off; `None`
-    /// for a request whose body was complete with its head (most are), which needs no cell.
-    /// Per request, not per connection: on a multiplexed connection one stream's broken body
-    /// says nothing of another's failure, and a long-lived connection outlives it.
-    body_broken_off: Option<Arc<AtomicBool>>,
+    /// Shared with the request's [`RequestBodyTracker`], which flags in it a body the peer broke
+    /// off; `None` for a request whose body was complete with its head (most are), which needs
+    /// no cell. Per request, not per connection: on a multiplexed connection one stream's broken
+    /// body says nothing of another's failure, and a long-lived connection outlives it.
+    body: Option<Arc<BodyCell>>,
+}
+
+/// What a request whose body is still arriving shares with its body's tracker: one allocation
+/// per such request, and one pointer in the body (which the handler's future holds, and on
+/// HTTP/1 the connection's buffer for it, sized to the largest such future, for as long as the
+/// connection lives).
+#[derive(Debug)]
+struct BodyCell {
+    conn: Arc<ConnectionShared>,
+    /// The peer broke the body off.
+    broken_off: AtomicBool,
 }
 
 impl RequestTracker {
@@ -695,14 +714,17 @@ impl RequestTracker {
     /// while the request is still arriving: through it the body reports its end, and a peer
     /// that broke it off, which exempts this request's failure from the error count.
     pub fn body_tracker(&mut self) -> RequestBodyTracker {
-        let broken_off = self
-            .body_broken_off
-            .get_or_insert_with(|| Arc::new(AtomicBool::new(false)))
+        let conn = &self.conn;
+        let cell = self
+            .body
+            .get_or_insert_with(|| {
+                Arc::new(BodyCell {
+                    conn: conn.clone(),
+                    broken_off: AtomicBool::new(false),
+                })
+            })
             .clone();
-        RequestBodyTracker {
-            conn: self.conn.clone(),
-            broken_off,
-        }
+        RequestBodyTracker { cell }
     }
 
     /// The response head is ready; `error` marks a server-side failure (a 5xx). The time to
@@ -768,9 +790,9 @@ impl RequestTracker {
     /// off this request's body first (see [`RequestBodyTracker::broken_off`]).
     pub fn fail(&mut self) {
         if !self
-            .body_broken_off
+            .body
             .as_ref()
-            .is_some_and(|b| b.load(Ordering::Relaxed))
+            .is_some_and(|b| b.broken_off.load(Ordering::Relaxed))
         {
             self.error = true;
         }
@@ -845,22 +867,24 @@ impl Drop for RequestTracker {
 /// end, and a peer that broke it off. Made by [`RequestTracker::body_tracker`]; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct RequestBodyTracker {
-    conn: Arc<ConnectionShared>,
-    broken_off: Arc<AtomicBool>,
+    cell: Arc<BodyCell>,
 }
+
+// Held by every request body still arriving: one pointer.
+const _: () = assert!(std::mem::size_of::<Option<RequestBodyTracker>>() == 8);
 
 impl RequestBodyTracker {
     /// The whole body has arrived (or the handler let go of it); the request timeout no longer
     /// applies.
     pub fn received(&self) {
-        self.conn.body_received();
+        self.cell.conn.body_received();
     }
 
     /// The peer broke the body off (a reset stream, a truncated upload): a failure of this
     /// request is then the peer's doing and is not counted as this server's error. Other
     /// requests of the connection, before and after, are counted as ever.
     pub fn broken_off(&self) {
-        self.broken_off.store(true, Ordering::Relaxed);
+        self.cell.broken_off.store(true, Ordering::Relaxed);
     }
 
     /// The body of a request on a multiplexed connection did not arrive within
@@ -868,7 +892,7 @@ impl RequestBodyTracker {
     /// the request's failure is not this server's error. The connection and its other streams
     /// go on, so no close is recorded.
     pub fn timed_out(&self) {
-        let s = &self.conn;
+        let s = &self.cell.conn;
         s.core.counters.timeouts[TimeoutKind::Request.index()].fetch_add(1, Ordering::Relaxed);
         self.broken_off();
         tracing::debug!(pool = %s.core.name, id = s.id, "request timed out on a multiplexed connection");
@@ -876,6 +900,6 @@ impl RequestBodyTracker {
 
     /// The pool's `request_timeout` in force.
     pub fn request_timeout(&self) -> std::time::Duration {
-        self.conn.core.config().request_timeout
+        self.cell.conn.core.config().request_timeout
     }
 }

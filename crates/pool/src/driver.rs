@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use tokio::time::Instant;
 
+use tokio::sync::futures::Notified;
 use tokio::time::Sleep;
 
 use crate::activity::{idle_deadline, later, Activity};
@@ -121,21 +122,34 @@ struct PhaseTimer<'a, C> {
     /// The connection type whose rule is applied.
     rule: PhantomData<fn() -> C>,
     config: Arc<PoolConfig>,
-    /// Pinned in the driver's own future: no allocation of its own.
+    /// Pinned in the driver's own future: no allocation of its own. Its deadline is the
+    /// instant the timer is set to fire, while `armed`.
     sleep: Pin<&'a mut Sleep>,
-    /// When the timer is set to fire; `None` before it is first set, once it fired, and after a
-    /// config change, so the next deadline arms it afresh.
-    armed: Option<Instant>,
-    key: Option<u32>,
+    /// Set once a timeout's goodbye was sent (when, in nanoseconds since the pool's origin, and
+    /// for which timeout): from then on the deadline is the end of its grace once no request is
+    /// in flight.
+    goodbye: Option<(u64, TimeoutKind)>,
+    /// Set once the connection started retiring for its age or request count, with when (in
+    /// nanoseconds since the pool's origin): it is dropped `max_connection_age_grace` later,
+    /// while the protocol's own bounds still apply.
+    retiring: Option<(u64, CloseReason)>,
+    /// The [`ConnectionShared::deadline_key`] the deadline was last computed for; [`NO_KEY`]
+    /// before the first.
+    key: u32,
+    /// Whether the timer is set to fire (at the sleep's deadline): not before it is first set,
+    /// once it fired, and after a config change, so the next deadline arms it afresh.
+    armed: bool,
     /// Whether the connection may still take a shedding claim.
     may_shed: bool,
-    /// Set once a timeout's goodbye was sent (when, and for which timeout): from then on the
-    /// deadline is the end of its grace once no request is in flight.
-    goodbye: Option<(Instant, TimeoutKind)>,
-    /// Set once the connection started retiring for its age or request count, with when: it is
-    /// dropped `max_connection_age_grace` later, while the protocol's own bounds still apply.
-    retiring: Option<(Instant, CloseReason)>,
 }
+
+/// `PhaseTimer::key` before the deadline was first computed: no deadline key has every bit set.
+const NO_KEY: u32 = u32::MAX;
+
+// The timer lives as long as its connection, in the connection's task: kept small (times as
+// nanoseconds since the pool's origin rather than `Option<Instant>`s, which take 16 bytes and
+// more).
+const _: () = assert!(std::mem::size_of::<PhaseTimer<'static, ()>>() <= 64);
 
 impl<C: ManagedConnection> PhaseTimer<'_, C> {
     /// Polled after every poll of the connection: what it costs a busy connection is the
@@ -143,10 +157,10 @@ impl<C: ManagedConnection> PhaseTimer<'_, C> {
     #[inline(always)]
     fn poll_expiry(&mut self, woken: bool, cx: &mut Context<'_>) -> Poll<Expiry> {
         let key = self.conn.deadline_key();
-        if !woken && self.key == Some(key) {
+        if !woken && self.key == key {
             return Poll::Pending;
         }
-        self.key = Some(key);
+        self.key = key;
         self.recheck(woken, cx)
     }
 
@@ -176,14 +190,17 @@ impl<C: ManagedConnection> PhaseTimer<'_, C> {
         }
         // An HTTP/1 response carried the polite close: the grace starts now.
         if self.retiring.is_none() && retirement.is_sent() {
-            self.retiring = retirement.reason().map(|r| (Instant::now(), r));
+            self.retiring = retirement.reason().map(|r| (self.stamp(Instant::now()), r));
         }
         let activity = self.conn.activity();
         let rule = match self.goodbye {
             // A stream accepted before the goodbye took effect is answered: the grace runs
             // from when the last one finished.
             Some((sent, kind)) if activity.in_flight == 0 => Some((
-                later(sent.max(activity.phase_since), TIMEOUT_GOODBYE_GRACE),
+                later(
+                    self.instant(sent).max(activity.phase_since),
+                    TIMEOUT_GOODBYE_GRACE,
+                ),
                 Due::GraceOver(CloseReason::Timeout(kind)),
             )),
             // Streams still in flight: the protocol's bounds apply, and the connection's age
@@ -192,7 +209,9 @@ impl<C: ManagedConnection> PhaseTimer<'_, C> {
                 let own = C::deadline(&activity, &self.config).map(|(at, k)| (at, Due::Timeout(k)));
                 let grace = self.config.max_connection_age_grace;
                 let aged = match self.retiring {
-                    Some((since, reason)) => Some((later(since, grace), Due::GraceOver(reason))),
+                    Some((since, reason)) => {
+                        Some((later(self.instant(since), grace), Due::GraceOver(reason)))
+                    }
                     None => self.config.max_connection_age.map(|age| {
                         let limit = later(activity.opened_at, age_limit(age, self.conn.id));
                         (later(limit, grace), Due::GraceOver(CloseReason::MaxAge))
@@ -214,18 +233,18 @@ impl<C: ManagedConnection> PhaseTimer<'_, C> {
         let Some((deadline, due)) = rule else {
             // No deadline in this phase: an armed timer stays armed and only causes a re-check.
             // One that fired is no longer armed, so the next deadline arms it again.
-            if woken && self.armed.is_some() && self.sleep.as_mut().poll(cx).is_ready() {
-                self.armed = None;
+            if woken && self.armed && self.sleep.as_mut().poll(cx).is_ready() {
+                self.armed = false;
             }
             return Poll::Pending;
         };
         let mut rearmed = false;
-        if self.armed.is_none_or(|armed| deadline < armed) {
+        if !self.armed || deadline < self.sleep.deadline() {
             let at = match due {
                 Due::Timeout(_) => C::timer_at(deadline, &activity, &self.config).min(deadline),
                 Due::Age | Due::GraceOver(_) => deadline,
             };
-            self.armed = Some(at);
+            self.armed = true;
             self.sleep.as_mut().reset(at);
             rearmed = true;
         }
@@ -238,7 +257,7 @@ impl<C: ManagedConnection> PhaseTimer<'_, C> {
             match self.sleep.as_mut().poll(cx) {
                 Poll::Pending => return Poll::Pending,
                 // The armed deadline was the current one: it passed.
-                Poll::Ready(()) if self.armed == Some(deadline) => {
+                Poll::Ready(()) if self.sleep.deadline() == deadline => {
                     return Poll::Ready(match due {
                         Due::Timeout(kind) => Expiry::Timeout(kind),
                         Due::Age => Expiry::Retire(CloseReason::MaxAge),
@@ -247,21 +266,28 @@ impl<C: ManagedConnection> PhaseTimer<'_, C> {
                 }
                 // An earlier arming fired before the deadline (which activity moved out, or
                 // which `timer_at` armed ahead of): re-arm at the deadline itself.
-                Poll::Ready(()) => {
-                    self.armed = Some(deadline);
-                    self.sleep.as_mut().reset(deadline);
-                }
+                Poll::Ready(()) => self.sleep.as_mut().reset(deadline),
             }
         }
     }
 }
 
 impl<C> PhaseTimer<'_, C> {
+    /// `at` in nanoseconds since the pool's origin (exact for any instant since it).
+    fn stamp(&self, at: Instant) -> u64 {
+        self.conn.core.nanos(at)
+    }
+
+    /// The instant `stamp` nanoseconds after the pool's origin.
+    fn instant(&self, stamp: u64) -> Instant {
+        self.conn.core.instant(stamp)
+    }
+
     /// The connection's lifetime deadline: the end of its retirement's grace once it is
     /// retiring, else its age limit, unless it is closing for another reason.
     fn lifetime(&self, a: &Activity) -> Option<(Instant, Due)> {
         if let Some((since, reason)) = self.retiring {
-            let end = later(since, self.config.max_connection_age_grace);
+            let end = later(self.instant(since), self.config.max_connection_age_grace);
             return Some((end, Due::GraceOver(reason)));
         }
         let age = self.config.max_connection_age?;
@@ -281,85 +307,119 @@ enum Event<E> {
     HeadIn,
 }
 
+/// The driver's own state, beside the connection and the control waiter it polls: its poll
+/// closure borrows this once rather than each part (every borrow it holds is 8 bytes of the
+/// connection's task for as long as the connection lives).
+struct Driver<'a, C> {
+    timer: PhaseTimer<'a, C>,
+    closing: Closing,
+    /// The control generation last read.
+    generation: u64,
+    /// The waker the control waiter and the timer wake, which flags the pool's side as due:
+    /// polling them only then keeps the per-poll cost of the pool to a few atomic loads.
+    pool_side: Waker,
+    /// The waker last registered. A pool-side wake does not take it out, so a poll whose
+    /// waker is the same (a tokio task's always is) has nothing to register and no lock to
+    /// take; one that changed is registered before the pool's side is looked at, so a wake
+    /// either reaches the new waker or is seen by this poll.
+    registered: Option<Waker>,
+}
+
+impl<C: ManagedConnection> Driver<'_, C> {
+    /// Polls the connection, then the pool's side if it woke the driver.
+    #[inline(always)]
+    fn poll_event(
+        &mut self,
+        mut conn: Pin<&mut C>,
+        mut changed: Pin<&mut Notified<'_>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Event<C::Error>> {
+        let shared = self.timer.conn;
+        if !self
+            .registered
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            self.registered = Some(cx.waker().clone());
+            shared.register_driver(self.registered.clone());
+        }
+        if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+            return Poll::Ready(Event::Finished(result));
+        }
+        // Looked at after every poll of the connection, as the head completes in one.
+        if self.closing.deferred && !shared.head_in_progress() {
+            return Poll::Ready(Event::HeadIn);
+        }
+        let woken = shared.take_pool_side_wake();
+        let mut pool_cx = Context::from_waker(&self.pool_side);
+        // Polling the waiter also registers the pool-side waker with it.
+        if woken
+            && (changed.as_mut().poll(&mut pool_cx).is_ready()
+                || shared.core.control_changed_since(self.generation))
+        {
+            return Poll::Ready(Event::Control);
+        }
+        self.timer
+            .poll_expiry(woken, &mut pool_cx)
+            .map(Event::Expired)
+    }
+}
+
 /// Drives `conn` to its end under the pool's rules (timeouts, drain, live limit changes) and
-/// returns why it closed.
+/// returns why it closed. `conn` is pinned by the caller, whose future holds it once (an
+/// argument taken by value would be held twice, where it arrived and where it is pinned).
 pub(crate) async fn drive<C: ManagedConnection>(
-    shared: Arc<ConnectionShared>,
+    shared: &Arc<ConnectionShared>,
     core: &PoolCore,
-    conn: C,
+    mut conn: Pin<&mut C>,
 ) -> CloseReason {
-    let mut conn = pin!(conn);
     // Enabled before the state is read, so a change made after the read wakes this driver.
     let mut changed = pin!(core.control_changed.notified());
     changed.as_mut().enable();
-    let (mut generation, state) = core.control_snapshot();
+    let (generation, state) = core.control_snapshot();
     let stage = state.stage;
     let sleep = pin!(tokio::time::sleep_until(Instant::now()));
-    let mut timer = PhaseTimer::<C> {
-        conn: &shared,
-        rule: PhantomData,
-        config: state.config,
-        sleep,
-        armed: None,
-        key: None,
-        may_shed: true,
-        goodbye: None,
-        retiring: None,
+    let mut d = Driver {
+        timer: PhaseTimer::<C> {
+            conn: shared,
+            rule: PhantomData,
+            config: state.config,
+            sleep,
+            goodbye: None,
+            retiring: None,
+            key: NO_KEY,
+            armed: false,
+            may_shed: true,
+        },
+        closing: Closing::default(),
+        generation,
+        pool_side: Waker::from(shared.clone()),
+        registered: None,
     };
-    let mut closing = Closing::default();
     match stage {
         Stage::Serving | Stage::Leaving => {}
         Stage::Draining => {
-            closing.ask(&shared, conn.as_mut(), CloseReason::Shutdown);
-            timer.may_shed = false;
+            d.closing.ask(shared, conn.as_mut(), CloseReason::Shutdown);
+            d.timer.may_shed = false;
         }
         Stage::Forced => return CloseReason::ForcedShutdown,
     }
-    // The control waiter and the timer wake this waker, which flags the pool's side as due:
-    // polling them only then keeps the per-poll cost of the pool to a few atomic loads.
-    let pool_side = Waker::from(shared.clone());
     shared.request_pool_side_check();
-    // The waker last registered. A pool-side wake does not take it out, so a poll whose
-    // waker is the same (a tokio task's always is) has nothing to register and no lock to
-    // take; one that changed is registered before the pool's side is looked at, so a wake
-    // either reaches the new waker or is seen by this poll.
-    let mut registered: Option<Waker> = None;
     loop {
-        let event = std::future::poll_fn(|cx| {
-            if !registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                registered = Some(cx.waker().clone());
-                shared.register_driver(registered.clone());
-            }
-            if let Poll::Ready(result) = conn.as_mut().poll(cx) {
-                return Poll::Ready(Event::Finished(result));
-            }
-            // Looked at after every poll of the connection, as the head completes in one.
-            if closing.deferred && !shared.head_in_progress() {
-                return Poll::Ready(Event::HeadIn);
-            }
-            let woken = shared.take_pool_side_wake();
-            let mut pool_cx = Context::from_waker(&pool_side);
-            // Polling the waiter also registers the pool-side waker with it.
-            if woken
-                && (changed.as_mut().poll(&mut pool_cx).is_ready()
-                    || core.control_changed_since(generation))
-            {
-                return Poll::Ready(Event::Control);
-            }
-            timer.poll_expiry(woken, &mut pool_cx).map(Event::Expired)
-        })
-        .await;
+        let event =
+            std::future::poll_fn(|cx| d.poll_event(conn.as_mut(), changed.as_mut(), cx)).await;
         // Whatever happened, look at the pool's side again on the next poll.
         shared.request_pool_side_check();
         match event {
             Event::Finished(result) => {
-                if let Some((_, kind)) = timer.goodbye {
+                if let Some((_, kind)) = d.timer.goodbye {
                     // Closed after its timeout's goodbye, however the peer took it.
                     return CloseReason::Timeout(kind);
                 }
                 return match result {
                     Ok(()) if shared.shed_claimed() => CloseReason::LimitLowered,
-                    Ok(()) => closing
+                    Ok(()) => d
+                        .closing
                         .reason
                         .or_else(|| shared.retired_reason())
                         .unwrap_or(CloseReason::Completed),
@@ -372,11 +432,11 @@ pub(crate) async fn drive<C: ManagedConnection>(
                     }
                     Err(e) if C::is_peer_fault(&e) => {
                         ConnectionTracker::new(shared.clone()).peer_fault(&e);
-                        closing.reason.unwrap_or(CloseReason::ProtocolError)
+                        d.closing.reason.unwrap_or(CloseReason::ProtocolError)
                     }
                     Err(e) => {
                         ConnectionTracker::new(shared.clone()).error(&e);
-                        closing.reason.unwrap_or(CloseReason::Error)
+                        d.closing.reason.unwrap_or(CloseReason::Error)
                     }
                 };
             }
@@ -384,14 +444,14 @@ pub(crate) async fn drive<C: ManagedConnection>(
                 changed.set(core.control_changed.notified());
                 changed.as_mut().enable();
                 let state;
-                (generation, state) = core.control_snapshot();
-                timer.config = state.config;
-                timer.armed = None;
+                (d.generation, state) = core.control_snapshot();
+                d.timer.config = state.config;
+                d.timer.armed = false;
                 match state.stage {
                     Stage::Forced => return CloseReason::ForcedShutdown,
                     Stage::Draining => {
-                        timer.may_shed = false;
-                        closing.ask(&shared, conn.as_mut(), CloseReason::Shutdown);
+                        d.timer.may_shed = false;
+                        d.closing.ask(shared, conn.as_mut(), CloseReason::Shutdown);
                     }
                     Stage::Serving | Stage::Leaving => {}
                 }
@@ -408,14 +468,14 @@ pub(crate) async fn drive<C: ManagedConnection>(
                 // a multiplexed or upgraded connection gets its GOAWAY or close frame now.
                 if shared.is_multiplexed() || shared.is_upgraded() {
                     shared.set_retirement(Retirement::sent(reason));
-                    closing.ask(&shared, conn.as_mut(), reason);
+                    d.closing.ask(shared, conn.as_mut(), reason);
                 } else if shared.retirement() == Retirement::None {
                     shared.set_retirement(Retirement::AgeDue);
                 }
-                if timer.retiring.is_none() {
-                    timer.retiring = Some((Instant::now(), reason));
+                if d.timer.retiring.is_none() {
+                    d.timer.retiring = Some((core.nanos(Instant::now()), reason));
                 }
-                timer.armed = None;
+                d.timer.armed = false;
             }
             Event::Expired(Expiry::Timeout(kind)) => {
                 let id = shared.id;
@@ -426,20 +486,22 @@ pub(crate) async fn drive<C: ManagedConnection>(
                 if !C::GOODBYE_ON_TIMEOUT
                     || kind == TimeoutKind::WriteStall
                     || !shared.has_read()
-                    || closing.reason.is_some()
+                    || d.closing.reason.is_some()
                 {
                     return CloseReason::Timeout(kind);
                 }
-                timer.may_shed = false;
-                timer.goodbye = Some((Instant::now(), kind));
-                timer.armed = None;
-                closing.ask(&shared, conn.as_mut(), CloseReason::Timeout(kind));
+                d.timer.may_shed = false;
+                d.timer.goodbye = Some((core.nanos(Instant::now()), kind));
+                d.timer.armed = false;
+                d.closing
+                    .ask(shared, conn.as_mut(), CloseReason::Timeout(kind));
             }
             Event::Expired(Expiry::Shed) => {
-                closing.ask(&shared, conn.as_mut(), CloseReason::LimitLowered);
+                d.closing
+                    .ask(shared, conn.as_mut(), CloseReason::LimitLowered);
             }
             Event::HeadIn => {
-                closing.deferred = false;
+                d.closing.deferred = false;
                 conn.as_mut().close_politely();
             }
         }

@@ -65,11 +65,22 @@ impl<P: ProtocolPolicy> ConnectionGuard<P> {
     }
 
     /// Drives `conn` to its end under the pool's rules (timeouts, drain, live limit changes)
-    /// and returns why it closed. The guard, dropped afterwards, removes it from the pool.
-    pub async fn serve<C: ManagedConnection>(mut self, conn: C) -> CloseReason {
-        let reason = drive(self.shared.clone(), &self.pool.core, conn).await;
-        self.reason = reason;
-        reason
+    /// and returns why it closed. The guard, dropped afterwards (after `conn`), removes it from
+    /// the pool.
+    ///
+    /// The future is most of a connection's task, for as long as the connection lives, so it is
+    /// an `async` block rather than an `async fn`, which would hold the guard twice (where it
+    /// arrived and in the local it moves into); and the driver borrows the pinned `conn` rather
+    /// than holding a copy of its own.
+    // An `async fn` would hold its arguments twice (above).
+    #[allow(clippy::manual_async_fn)]
+    pub fn serve<C: ManagedConnection>(mut self, conn: C) -> impl Future<Output = CloseReason> {
+        async move {
+            let conn = pin!(conn);
+            let reason = drive(&self.shared, &self.pool.core, conn).await;
+            self.set_reason(reason);
+            reason
+        }
     }
 
     /// Runs a connection's opening step (a TLS handshake, say) bounded by `headers_timeout` and
@@ -82,7 +93,7 @@ impl<P: ProtocolPolicy> ConnectionGuard<P> {
             self.reason = CloseReason::Shutdown;
             return None;
         }
-        let deadline = later(self.shared.opened_at, state.config.headers_timeout);
+        let deadline = later(self.shared.opened_at(), state.config.headers_timeout);
         let mut step = pin!(step);
         loop {
             tokio::select! {
@@ -130,7 +141,7 @@ impl<P: ProtocolPolicy> Drop for ConnectionGuard<P> {
         let open = core.admission.release(s.shed_claimed());
         // Reading the clock costs as much as the rest of the release: only when it is reported.
         if tracing::enabled!(tracing::Level::DEBUG) || core.events.has_subscribers() {
-            let duration_ms = s.opened_at.elapsed().as_millis() as u64;
+            let duration_ms = s.opened_at().elapsed().as_millis() as u64;
             tracing::debug!(
                 pool = %core.name, id = s.id, reason = %self.reason, requests, duration_ms,
                 "connection removed"

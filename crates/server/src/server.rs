@@ -583,9 +583,10 @@ where
             ..
         } = self;
         match protocol.wire(tls.is_some(), tls.and_then(|t| t.alpn)) {
-            Wire::Http1 => launch.launch(async move {
-                http1::serve::<_, _, _, R>(guard, io, service, &config).await
-            }),
+            // Set up in the task that runs it, as before, and held alone there.
+            Wire::Http1 => {
+                launch.launch_made(move || http1::serve::<_, _, _, R>(guard, io, service, &config))
+            }
             Wire::Http2 => launch.launch(async move {
                 http2::serve::<_, _, _, R>(guard, io, service, &config, h2_keep_alive).await
             }),

@@ -13,17 +13,34 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{AcquireError, Semaphore};
 
 /// Bytes held for one reservation, returned to the budget when dropped.
-pub(crate) type Reserved = OwnedSemaphorePermit;
+#[derive(Debug)]
+pub(crate) struct Reserved {
+    budget: Arc<Budget>,
+    n: u32,
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        self.budget.bytes.add_permits(self.n as usize);
+    }
+}
 
 type Acquire = Pin<Box<dyn Future<Output = Result<Reserved, AcquireError>> + Send>>;
 
-/// One connection's read budget: `capacity` bytes, granted first come, first served.
+/// One connection's read budget: `capacity` bytes, granted first come, first served. One
+/// pointer, as every request body of the connection holds it (and on HTTP/1 the connection's
+/// buffer for its handler's future, sized to hold such a body, lives as long as it does).
 #[derive(Debug, Clone)]
 pub(crate) struct ReadBudget {
-    bytes: Arc<Semaphore>,
+    inner: Arc<Budget>,
+}
+
+#[derive(Debug)]
+struct Budget {
+    bytes: Semaphore,
     capacity: u32,
 }
 
@@ -32,15 +49,17 @@ impl ReadBudget {
     pub fn new(capacity: u32) -> Self {
         let capacity = capacity.max(1);
         ReadBudget {
-            bytes: Arc::new(Semaphore::new(capacity as usize)),
-            capacity,
+            inner: Arc::new(Budget {
+                bytes: Semaphore::new(capacity as usize),
+                capacity,
+            }),
         }
     }
 
     /// Bytes free right now (none while a reservation waits at the head of the line).
     #[cfg(test)]
     pub fn available(&self) -> usize {
-        self.bytes.available_permits()
+        self.inner.bytes.available_permits()
     }
 }
 
@@ -66,7 +85,9 @@ impl std::fmt::Debug for Reservation {
 impl Reservation {
     /// Starts reserving `n` bytes of `budget`.
     pub fn new(budget: &ReadBudget, n: u64) -> Self {
-        let n = u32::try_from(n).unwrap_or(u32::MAX).min(budget.capacity);
+        let n = u32::try_from(n)
+            .unwrap_or(u32::MAX)
+            .min(budget.inner.capacity);
         Reservation {
             budget: budget.clone(),
             n,
@@ -80,12 +101,22 @@ impl Reservation {
             // The common case, free room and nobody waiting, costs no allocation. tokio hands
             // released bytes to the waiter at the head of the line first, so this fails while
             // anyone waits and the order holds.
-            match self.budget.bytes.clone().try_acquire_many_owned(self.n) {
-                Ok(reserved) => return Poll::Ready(reserved),
+            let (budget, n) = (&self.budget.inner, self.n);
+            match budget.bytes.try_acquire_many(n) {
+                Ok(permit) => {
+                    // Given back by `Reserved`'s drop.
+                    permit.forget();
+                    return Poll::Ready(Reserved {
+                        budget: budget.clone(),
+                        n,
+                    });
+                }
                 Err(_) => {
-                    self.waiting = Some(Box::pin(
-                        self.budget.bytes.clone().acquire_many_owned(self.n),
-                    ));
+                    let budget = budget.clone();
+                    self.waiting = Some(Box::pin(async move {
+                        budget.bytes.acquire_many(n).await?.forget();
+                        Ok(Reserved { budget, n })
+                    }));
                 }
             }
         }

@@ -20,14 +20,36 @@ use super::rules::RequestRules;
 use super::upgrade::{PooledConnection, UpgradeLink};
 
 /// A hyper service that wraps each request of one connection in the pool's tracking, under the
-/// server's [`RequestRules`] `R`.
+/// server's [`RequestRules`] `R`; `A` holds the budget it hands request bodies, if any.
 #[derive(Debug)]
-pub(crate) struct TrackedService<S, R> {
+pub(crate) struct TrackedService<S, R, A = ()> {
     inner: S,
     tracker: ConnectionTracker,
     link: Arc<UpgradeLink>,
-    read_budget: Option<ReadBudget>,
+    read_budget: A,
     rules: PhantomData<fn() -> R>,
+}
+
+/// Where a [`TrackedService`] keeps the budget for bytes read ahead of the handler it hands
+/// every request body: nowhere on HTTP/1, which never reads ahead (hyper holds the service as
+/// long as the connection, so a field it never uses would be 8 bytes of every connection), the
+/// connection's budget, if any, on HTTP/2.
+pub(crate) trait ReadAhead {
+    fn budget(&self) -> Option<ReadBudget>;
+}
+
+impl ReadAhead for () {
+    #[inline]
+    fn budget(&self) -> Option<ReadBudget> {
+        None
+    }
+}
+
+impl ReadAhead for Option<ReadBudget> {
+    #[inline]
+    fn budget(&self) -> Option<ReadBudget> {
+        self.clone()
+    }
 }
 
 impl<S, R> TrackedService<S, R> {
@@ -36,23 +58,33 @@ impl<S, R> TrackedService<S, R> {
             inner,
             tracker,
             link,
-            read_budget: None,
+            read_budget: (),
             rules: PhantomData,
         }
     }
 
-    /// Hands every request body the connection's budget for bytes read ahead of the handler.
-    pub fn with_read_budget(mut self, budget: ReadBudget) -> Self {
-        self.read_budget = Some(budget);
-        self
+    /// Hands every request body the connection's budget for bytes read ahead of the handler,
+    /// when it has one.
+    pub fn with_read_budget(
+        self,
+        budget: Option<ReadBudget>,
+    ) -> TrackedService<S, R, Option<ReadBudget>> {
+        TrackedService {
+            inner: self.inner,
+            tracker: self.tracker,
+            link: self.link,
+            read_budget: budget,
+            rules: PhantomData,
+        }
     }
 }
 
-impl<S, B, R> hyper::service::Service<Request<Incoming>> for TrackedService<S, R>
+impl<S, B, R, A> hyper::service::Service<Request<Incoming>> for TrackedService<S, R, A>
 where
     S: Service<Request<Body>, Response = Response<B>> + Clone,
     B: http_body::Body,
     R: RequestRules,
+    A: ReadAhead,
 {
     type Response = Response<TrackedBody<B, R>>;
     type Error = S::Error;
@@ -73,7 +105,7 @@ where
         } else {
             let timed = self.tracker.is_multiplexed() && R::times_body(&req);
             let body = request.body_tracker();
-            let budget = self.read_budget.clone();
+            let budget = self.read_budget.budget();
             req.map(|b| Body::arriving(b, body, timed, budget))
         };
         // Only a request that can take the connection over needs the handle; leaving it off the

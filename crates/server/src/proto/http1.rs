@@ -159,13 +159,15 @@ fn ask_handler_to_close(tracker: &ConnectionTracker, link: &UpgradeLink) {
     link.ask_to_close();
 }
 
-/// Serves one admitted HTTP/1.1 connection to its end.
-pub(crate) async fn serve<IO, S, B, R>(
+/// Serves one admitted HTTP/1.1 connection to its end: sets it up now and returns the future
+/// that serves it, which holds nothing else (an `async fn` would keep its arguments beside it
+/// for as long as the connection lives).
+pub(crate) fn serve<IO, S, B, R>(
     guard: ConnectionGuard<ServerPolicy>,
     io: IO,
     service: S,
     config: &PoolConfig,
-) -> CloseReason
+) -> impl Future<Output = CloseReason> + Send + 'static
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Handler<B>,
@@ -176,7 +178,7 @@ where
     let link = Arc::new(UpgradeLink::default());
     let io = TokioIo::new(TrackedIo::gated(io, tracker.clone(), link.clone()));
     let service = TrackedService::<_, R>::new(service, tracker.clone(), link.clone());
-    // The builder is dropped before the await, so it takes no room in the connection's task.
+    // The builder is dropped here, so it takes no room in the connection's task.
     let serving = http1::Builder::new()
         .keep_alive(true)
         .max_buf_size(config.http1.max_header_size)
@@ -189,5 +191,5 @@ where
         close_asked: false,
         close_deferred: false,
     };
-    guard.serve(conn).await
+    guard.serve(conn)
 }

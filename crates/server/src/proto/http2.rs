@@ -187,10 +187,8 @@ where
         h2.max_concurrent_streams,
         R::READS_AHEAD,
     );
-    let mut service = TrackedService::<_, R>::new(service, tracker, link);
-    if let Some(bytes) = budget.read_ahead {
-        service = service.with_read_budget(ReadBudget::new(bytes));
-    }
+    let service = TrackedService::<_, R>::new(service, tracker, link)
+        .with_read_budget(budget.read_ahead.map(ReadBudget::new));
     // The builder lives in this block only, so it takes no room in the connection's task.
     let conn = {
         let mut builder = http2::Builder::new(TokioExecutor::new());

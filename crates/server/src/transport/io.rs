@@ -49,9 +49,11 @@ pub struct TrackedIo<S, G: IoGate = ()> {
     inner: S,
     tracker: ConnectionTracker,
     gate: G,
-    /// Bytes read and written since they were last reported to the pool.
-    unreported_read: u64,
-    unreported_written: u64,
+    /// Bytes read and written since they were last reported to the pool. 32 bits each (the
+    /// wrapper lives in the connection's memory as long as it is open): a tally that would
+    /// overflow is reported first.
+    unreported_read: u32,
+    unreported_written: u32,
 }
 
 impl<S> TrackedIo<S> {
@@ -82,11 +84,39 @@ impl<S, G: IoGate> TrackedIo<S, G> {
     #[inline]
     fn report_bytes(&mut self) {
         if self.unreported_read | self.unreported_written != 0 {
-            self.tracker
-                .report_bytes(self.unreported_read, self.unreported_written);
+            self.tracker.report_bytes(
+                u64::from(self.unreported_read),
+                u64::from(self.unreported_written),
+            );
             self.unreported_read = 0;
             self.unreported_written = 0;
         }
+    }
+
+    /// Tallies `n` bytes read (`read`) or written.
+    #[inline]
+    fn tally(&mut self, n: usize, read: bool) {
+        let tally = if read {
+            &mut self.unreported_read
+        } else {
+            &mut self.unreported_written
+        };
+        match u32::try_from(n).ok().and_then(|n| tally.checked_add(n)) {
+            Some(t) => *tally = t,
+            None => self.tally_overflow(n, read),
+        }
+    }
+
+    /// A tally that would overflow: what is tallied goes to the pool with these bytes.
+    #[cold]
+    fn tally_overflow(&mut self, n: usize, read: bool) {
+        let (r, w) = if read { (n as u64, 0) } else { (0, n as u64) };
+        self.tracker.report_bytes(
+            u64::from(self.unreported_read) + r,
+            u64::from(self.unreported_written) + w,
+        );
+        self.unreported_read = 0;
+        self.unreported_written = 0;
     }
 
     /// Tallies a write's result: progress clears a blocked write, waiting marks one (and is a
@@ -95,7 +125,7 @@ impl<S, G: IoGate> TrackedIo<S, G> {
     fn track_write(&mut self, r: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
         match &r {
             Poll::Ready(Ok(n)) => {
-                self.unreported_written += *n as u64;
+                self.tally(*n, false);
                 self.tracker.bytes_written();
                 if *n > 0 && self.gate.upgraded() {
                     self.tracker.traffic();
@@ -146,7 +176,7 @@ impl<S: AsyncRead + Unpin, G: IoGate + Unpin> AsyncRead for TrackedIo<S, G> {
         match r {
             Poll::Ready(Ok(())) => {
                 let n = buf.filled().len() - before;
-                this.unreported_read += n as u64;
+                this.tally(n, true);
                 this.tracker.bytes_read(n);
                 if n > 0 && this.gate.upgraded() {
                     this.tracker.traffic();

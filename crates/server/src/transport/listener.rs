@@ -18,6 +18,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -45,6 +46,12 @@ pub(crate) trait Launch {
     fn launch<F>(self, serving: F) -> Self::Launched
     where
         F: Future<Output = CloseReason> + Send + 'static;
+    /// Runs the future `make` makes, made in the task that runs it. Where the future is held
+    /// only once it is made, what `make` holds takes no room beside it.
+    fn launch_made<M, F>(self, make: M) -> Self::Launched
+    where
+        M: FnOnce() -> F + Send + 'static,
+        F: Future<Output = CloseReason> + Send + 'static;
 }
 
 /// In a task of its own, of exactly the serving future's type: a plain HTTP connection's task
@@ -59,6 +66,16 @@ impl Launch for Spawn {
     {
         tokio::spawn(serving);
     }
+
+    /// Made on the new task's first poll: the task holds `make` until then, in the room the
+    /// future takes after.
+    fn launch_made<M, F>(self, make: M)
+    where
+        M: FnOnce() -> F + Send + 'static,
+        F: Future<Output = CloseReason> + Send + 'static,
+    {
+        tokio::spawn(Deferred::new(make));
+    }
 }
 
 /// Boxed, for the task that did the TLS handshake to await: the task holds a pointer, not
@@ -72,6 +89,51 @@ impl Launch for Boxed {
         F: Future<Output = CloseReason> + Send + 'static,
     {
         Box::pin(serving)
+    }
+
+    /// Made now: the task that awaits the box is the one that runs it, so the box holds the
+    /// future alone.
+    fn launch_made<M, F>(self, make: M) -> Self::Launched
+    where
+        M: FnOnce() -> F + Send + 'static,
+        F: Future<Output = CloseReason> + Send + 'static,
+    {
+        Box::pin(make())
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A future made on its first poll, in the task that runs it, by `make`: what `make` holds
+    /// and the future it makes share their room in the task, where an `async` block awaiting the
+    /// future would hold both for as long as the connection lives.
+    #[project = DeferredProj]
+    enum Deferred<M, F> {
+        /// Not polled yet (`None` only while `make` runs).
+        Waiting { make: Option<M> },
+        Running { #[pin] future: F },
+    }
+}
+
+impl<M, F> Deferred<M, F> {
+    fn new(make: M) -> Self {
+        Deferred::Waiting { make: Some(make) }
+    }
+}
+
+impl<M: FnOnce() -> F, F: Future> Future for Deferred<M, F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        if let DeferredProj::Waiting { make } = self.as_mut().project() {
+            if let Some(make) = make.take() {
+                self.set(Deferred::Running { future: make() });
+            }
+        }
+        match self.project() {
+            DeferredProj::Running { future } => future.poll(cx),
+            // Only after `make` panicked, which ended the task.
+            DeferredProj::Waiting { .. } => Poll::Pending,
+        }
     }
 }
 
