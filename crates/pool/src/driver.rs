@@ -473,7 +473,7 @@ pub(crate) async fn drive<C: ManagedConnection>(
                     shared.set_retirement(Retirement::AgeDue);
                 }
                 if d.timer.retiring.is_none() {
-                    d.timer.retiring = Some((core.nanos(Instant::now()), reason));
+                    d.timer.retiring = Some((d.timer.stamp(Instant::now()), reason));
                 }
                 d.timer.armed = false;
             }
@@ -491,7 +491,7 @@ pub(crate) async fn drive<C: ManagedConnection>(
                     return CloseReason::Timeout(kind);
                 }
                 d.timer.may_shed = false;
-                d.timer.goodbye = Some((core.nanos(Instant::now()), kind));
+                d.timer.goodbye = Some((d.timer.stamp(Instant::now()), kind));
                 d.timer.armed = false;
                 d.closing
                     .ask(shared, conn.as_mut(), CloseReason::Timeout(kind));
